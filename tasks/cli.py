@@ -1,2 +1,152 @@
-def main():
-    raise SystemExit(0)
+"""The `videolm` command line: a thin layer of argument parsing over the library.
+
+Exit codes: 0 success, 2 usage errors (bad flags, missing or wrong inputs), 1 runtime errors,
+130 interrupted. Every error is one line on stderr naming the problem; ``--debug`` (anywhere on
+the line) shows the traceback too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from importlib.metadata import PackageNotFoundError, version
+
+from videolm.tokenizers.errors import UsageError, VideolmError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises a one-line UsageError instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def _size(text: str) -> tuple[int, int]:
+    """'64' -> (64, 64); '64x96' -> (64, 96) as (height, width)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use N or HxW, e.g. 64 or 64x96") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use N or HxW, e.g. 64 or 64x96")
+    return parts[0], parts[1]
+
+
+def _progress(total: int, desc: str):
+    """A progress bar on stderr that appears only if the work takes longer than a second."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="clip", delay=1.0, file=sys.stderr, leave=False)
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def _data_shapes(args) -> int:
+    from videolm.tasks.config import load_config
+    from videolm.tasks.shapes import BACKGROUNDS, ShapesConfig
+    from videolm.tasks.shapes_data import ShapesDataConfig, write_shapes
+
+    base = load_config(args.config, expect_entry="data shapes")[1] if args.config else ShapesDataConfig()
+    world = dict(vars(base.world))
+    if args.size:
+        world["height"], world["width"] = args.size
+    for key in ("frames", "fps"):
+        if getattr(args, key) is not None:
+            world[key] = getattr(args, key)
+    if args.background:
+        names = args.background.split(",")
+        world["backgrounds"] = list(BACKGROUNDS) if names == ["all"] else names
+    cfg = ShapesDataConfig(
+        num=args.num if args.num is not None else base.num,
+        seed=args.seed if args.seed is not None else base.seed,
+        split=args.split or base.split,
+        world=ShapesConfig(**world),
+    )
+    with _progress(cfg.num, "shapes") as bar:
+        out = write_shapes(args.out, cfg, overwrite=args.overwrite, progress=bar.update)
+    print(f"wrote {cfg.num} clips (seeds {cfg.seeds.start}..{cfg.seeds.stop - 1}) to {out}/ with manifest.jsonl")
+    return 0
+
+
+def _add_data(sub) -> None:
+    data = sub.add_parser("data", help="make or index datasets", description="Make or index datasets.")
+    data_sub = data.add_subparsers(dest="data_command", metavar="{shapes}", required=True)
+
+    p = data_sub.add_parser(
+        "shapes",
+        help="write a Shapes dataset (video, structure video, audio, manifest.jsonl)",
+        description="Write N seeded Shapes clips to --out: lossless video/*.mkv, structure/*.mkv, "
+        "audio/*.wav, manifest.jsonl (one JSON per clip) and config.yaml. The same seed gives "
+        "byte-identical files. Flags override --config.",
+    )
+    p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
+    p.add_argument("--num", type=int, help="number of clips (default 64)")
+    p.add_argument("--seed", type=int, help="first seed; clip i uses seed+i (default 0)")
+    p.add_argument("--split", choices=["train", "eval"], help="eval offsets seeds by 1,000,000 (default train)")
+    p.add_argument("--size", type=_size, help="frame size N or HxW, multiples of 8 (default 64)")
+    p.add_argument("--frames", type=int, help="frames per clip, 1+4k (default 17)")
+    p.add_argument("--fps", type=int, help="frames per second (default 8)")
+    p.add_argument("--background", help="background(s), comma-separated, or 'all' (default black)")
+    p.add_argument("--config", help="a YAML config with 'entry: data shapes'")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(run=_data_shapes)
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="videolm",
+        description="videolm: an autoregressive, token-based video language model.",
+    )
+    try:
+        parser.add_argument("--version", action="version", version=f"videolm {version('videolm')}")
+    except PackageNotFoundError:
+        pass
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_data(sub)
+    return parser
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not hasattr(args, "run"):
+            parser.print_help(sys.stderr)
+            return 2
+        return args.run(args)
+    except VideolmError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"videolm: error: {_one_line(e)}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("videolm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug or an unforeseen failure: still one line unless --debug
+        if debug:
+            traceback.print_exc()
+        print(f"videolm: error: unexpected {type(e).__name__}: {_one_line(e)} (rerun with --debug for details)", file=sys.stderr)
+        return 1
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=None, sort_keys=False))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
