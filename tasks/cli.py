@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import traceback
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 
 from videolm.tokenizers.errors import UsageError, VideolmError
@@ -73,9 +74,26 @@ def _data_shapes(args) -> int:
     return 0
 
 
+def _data_folder(args) -> int:
+    from videolm.tasks.config import load_config
+    from videolm.tasks.folder import FolderConfig
+
+    cfg = load_config(args.config, expect_entry="data folder")[1] if args.config else FolderConfig(root="")
+    cfg.root = args.root or cfg.root
+    if not cfg.root:
+        raise UsageError("videolm data folder: give the folder (ROOT) or a --config that names it")
+    for key in ("frames", "fps", "fit", "stride"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    if args.size:
+        cfg.height, cfg.width = args.size
+    print_json(cfg.dataset().summary())
+    return 0
+
+
 def _add_data(sub) -> None:
     data = sub.add_parser("data", help="make or index datasets", description="Make or index datasets.")
-    data_sub = data.add_subparsers(dest="data_command", metavar="{shapes}", required=True)
+    data_sub = data.add_subparsers(dest="data_command", metavar="{shapes,folder}", required=True)
 
     p = data_sub.add_parser(
         "shapes",
@@ -96,6 +114,86 @@ def _add_data(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(run=_data_shapes)
 
+    p = data_sub.add_parser(
+        "folder",
+        help="index a folder of your videos as fixed-length clips and print a JSON summary",
+        description="Index every video under ROOT (mp4 webm mkv avi mov gif) as clips of --frames frames at --fps, "
+        "resized to --size. Captions come from NAME.txt or captions.jsonl, audio from the file's track or NAME.wav. "
+        "The index is cached in ROOT/.videolm_index.json so reopening is instant; unreadable files are skipped "
+        "with one warning each.",
+    )
+    p.add_argument("root", nargs="?", metavar="ROOT", help="the folder (or give it in --config)")
+    p.add_argument("--frames", type=int, help="frames per clip (default 17)")
+    p.add_argument("--fps", type=float, help="frame rate clips are resampled to (default 8)")
+    p.add_argument("--size", type=_size, help="clip size N or HxW (default 64)")
+    p.add_argument("--fit", choices=["crop", "pad", "stretch"], help="aspect rule (default crop: cover, then centre-crop)")
+    p.add_argument("--stride", type=int, help="frames between clip starts (default: --frames, no overlap)")
+    p.add_argument("--config", help="a YAML config with 'entry: data folder'")
+    p.set_defaults(run=_data_folder)
+
+
+# ----------------------------------------------------------------------------------------- media
+
+
+def _media_info(args) -> int:
+    from dataclasses import asdict
+
+    from videolm.tokenizers.media import probe_video
+
+    for path in args.files:
+        print_json({"file": path, **asdict(probe_video(path))})
+    return 0
+
+
+def _media_convert(args) -> int:
+    from videolm.tokenizers.errors import MediaError
+    from videolm.tokenizers.media import read_audio, read_video, write_video
+
+    frames = read_video(args.input, fps=args.fps, size=args.size, fit=args.fit)  # (T, H, W, 3)
+    audio = None
+    if not args.output.lower().endswith(".gif"):
+        try:
+            audio = read_audio(args.input, sample_rate=args.sample_rate)
+        except MediaError as e:
+            if "no audio" not in str(e):
+                raise
+    fps = args.fps or _native_fps(args.input)
+    write_video(args.output, frames, fps=fps, audio=audio, sample_rate=args.sample_rate, quality=args.quality)
+    print(f"wrote {len(frames)} frames of {frames.shape[1]}x{frames.shape[2]} at {fps:g} fps to {args.output}")
+    return 0
+
+
+def _native_fps(path) -> float:
+    from videolm.tokenizers.media import probe_video
+
+    return probe_video(path).fps
+
+
+def _add_media(sub) -> None:
+    media = sub.add_parser("media", help="inspect and convert media files", description="Inspect and convert media files.")
+    media_sub = media.add_subparsers(dest="media_command", metavar="{info,convert}", required=True)
+
+    p = media_sub.add_parser("info", help="print what a video file holds, as JSON lines",
+                             description="Print fps, frames, duration, size and audio presence of each video file.")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(run=_media_info)
+
+    p = media_sub.add_parser(
+        "convert",
+        help="re-encode a video (e.g. a dataset's lossless .mkv to .mp4 or .gif)",
+        description="Read INPUT (any video ffmpeg reads), optionally resample and resize it, and write OUTPUT "
+        "(.mp4, .mov, .mkv, .webm or .gif by extension). The audio track is carried over where the output can hold it.",
+    )
+    p.add_argument("input", metavar="INPUT")
+    p.add_argument("output", metavar="OUTPUT")
+    p.add_argument("--fps", type=float, help="resample to this frame rate (default: keep)")
+    p.add_argument("--size", type=_size, help="resize to N or HxW (default: keep)")
+    p.add_argument("--fit", choices=["crop", "pad", "stretch"], default="crop", help="aspect rule when resizing")
+    p.add_argument("--quality", choices=["default", "high", "lossless"], default="default",
+                   help="default: H.264 yuv420p; high: yuv444p; lossless: FFV1 (.mkv) or x264rgb")
+    p.add_argument("--sample-rate", type=int, default=16000, help="audio sample rate (default 16000)")
+    p.set_defaults(run=_media_convert)
+
 
 # ------------------------------------------------------------------------------------------ main
 
@@ -112,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_data(sub)
+    _add_media(sub)
     return parser
 
 
@@ -119,9 +218,15 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"videolm: warning: {_one_line(message)}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    if not debug:
+        warnings.formatwarning = _one_line_warning
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -27,7 +27,9 @@ class MediaError(VideolmError):
 
 
 class ConfigError(VideolmError):
-    """A YAML config or a config dict does not fit the entry point it names."""
+    """A YAML config or a config dict does not fit the entry point it names (a usage error)."""
+
+    exit_code = 2
 
 
 class DataError(VideolmError):

@@ -97,21 +97,38 @@ def _stream_rate(stream) -> float | None:
     return float(rate) if rate else None
 
 
-def _timed_frames(container, stream, start: float):
-    """Decoded frames as ``(t, frame)``, t in seconds from the stream start; seeks near `start`."""
+def _stream_duration(stream) -> float | None:
+    """The video stream's own length in seconds (MKV keeps it in a DURATION tag), if known."""
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION", "")  # "HH:MM:SS.fffffffff"
+    try:
+        h, m, s = tag.split(":")
+        return int(h) * 3600 + int(m) * 60 + float(s)
+    except ValueError:
+        return None
+
+
+def _timed_frames(container, stream, start: float, path):
+    """Decoded frames as ``(t, end, frame)``: seconds from the stream start at which the frame
+    shows and stops showing. Seeks to the keyframe at or before `start` first.
+
+    Raises MediaError if decoding runs out well before the length the container declares:
+    truncated or corrupt files often end early without a decoder error.
+    """
     t0 = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
     if start > 0:
         container.seek(int((start + t0) / stream.time_base), stream=stream, backward=True)
     rate = _stream_rate(stream) or 25.0
+    end = None
     for i, frame in enumerate(container.decode(stream)):
-        yield (frame.time - t0 if frame.time is not None else i / rate), frame
-
-
-def _frame_end(t: float, frame, stream) -> float:
-    """When a frame stops showing: its own duration, else one period of the stream's rate."""
-    if frame.duration:
-        return t + float(frame.duration * stream.time_base)
-    return t + 1.0 / (_stream_rate(stream) or 25.0)
+        t = frame.time - t0 if frame.time is not None else i / rate
+        end = t + (float(frame.duration * stream.time_base) if frame.duration else 1.0 / rate)
+        yield t, end, frame
+    expected = _stream_duration(stream)
+    if end is not None and expected is not None and end < expected - 1.5 / rate:
+        raise MediaError(path, f"truncated or corrupt: video stops at {end:.2f}s "
+                               f"of {expected:.2f}s")
 
 
 def _scale(frame, width: int, height: int) -> np.ndarray:  # (height, width, 3)
@@ -161,28 +178,29 @@ class _Sampler:
         self.frames.append(self._img)
 
 
-def _sample_at_rate(timed, stream, out: _Sampler, fps: float, start: float) -> float | None:
-    """For each time start + k/fps, emit the last frame at or before it (the first if none)."""
-    prev = end = None
-    for t, frame in timed:
+def _sample_at_rate(timed, out: _Sampler, fps: float, start: float) -> float | None:
+    """For each time start + k/fps, emit the last frame at or before it (the first if none).
+
+    Returns when the last decoded frame stops showing (None if none was decoded).
+    """
+    prev = prev_end = None
+    for t, end, frame in timed:
         prev = frame if prev is None else prev
         while not out.full and start + len(out.frames) / fps < t - _TIME_TOL:
             out.emit(prev)
         if out.full:
-            return end
-        prev, end = frame, _frame_end(t, frame, stream)
-    while prev is not None and not out.full and start + len(out.frames) / fps < end - _TIME_TOL:
+            return prev_end
+        prev, prev_end = frame, end
+    while (prev is not None and not out.full
+           and start + len(out.frames) / fps < prev_end - _TIME_TOL):
         out.emit(prev)
-    return end
+    return prev_end
 
 
-def _sample_all(timed, stream, out: _Sampler, start: float) -> float | None:
-    """Emit the frame showing at `start`, then every later frame."""
+def _sample_all(timed, out: _Sampler, start: float) -> float | None:
+    """Emit the frame showing at `start`, then every later frame; returns like the above."""
     prev = end = None
-    for t, frame in timed:
-        if out.full:
-            break
-        end = _frame_end(t, frame, stream)
+    for t, end, frame in timed:
         if t < start - _TIME_TOL:
             prev = frame
             continue
@@ -190,6 +208,8 @@ def _sample_all(timed, stream, out: _Sampler, start: float) -> float | None:
             out.emit(prev)
         if not out.full:
             out.emit(frame)
+        if out.full:
+            break
     if prev is not None and not out.frames and start < end:
         out.emit(prev)
     return end
@@ -211,11 +231,11 @@ def read_video(path, fps=None, size=None, fit="crop", start=0.0, num_frames=None
     with _open(path) as container:
         stream = _video_stream(container, path)
         out = _Sampler(lambda frame: _fit(frame, size, fit), num_frames)
-        timed = _timed_frames(container, stream, start)
+        timed = _timed_frames(container, stream, start, path)
         if fps is None:
-            end = _sample_all(timed, stream, out, start)
+            end = _sample_all(timed, out, start)
         else:
-            end = _sample_at_rate(timed, stream, out, float(fps), start)
+            end = _sample_at_rate(timed, out, float(fps), start)
     if not out.frames:
         if end is None:
             raise MediaError(path, "truncated or corrupt: decoded no frames")
@@ -227,10 +247,8 @@ def probe_video(path) -> VideoInfo:
     """Size, rate, length and audio presence of a video; decodes only if metadata lacks them."""
     with _open(path) as container:
         stream = _video_stream(container, path)
-        fps, duration = _stream_rate(stream), None
-        if stream.duration:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration:
+        fps, duration = _stream_rate(stream), _stream_duration(stream)
+        if duration is None and container.duration:
             duration = container.duration / av.time_base
         num_frames = stream.frames
         if duration is None or fps is None:
@@ -244,12 +262,18 @@ def probe_video(path) -> VideoInfo:
 
 
 def _count_frames(container, stream, path) -> tuple[int, float]:
+    """Decode the whole stream: (number of frames, when the last one stops showing)."""
     count, end = 0, None
-    for count, (t, frame) in enumerate(_timed_frames(container, stream, 0.0), start=1):
-        end = _frame_end(t, frame, stream)
+    for _, end, _ in _timed_frames(container, stream, 0.0, path):
+        count += 1
     if not count:
         raise MediaError(path, "truncated or corrupt: decoded no frames")
     return count, end
+
+
+def num_frames_at(duration: float, fps: float) -> int:
+    """How many frames ``read_video(fps=fps)`` gives for a video `duration` seconds long."""
+    return max(0, math.ceil((duration - _TIME_TOL) * fps))
 
 
 def read_image(path, size=None, fit="crop") -> np.ndarray:

@@ -1,0 +1,41 @@
+"""The README can't lie: its two commands are the ones CI and users run, and the main job works."""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _command(marker: str) -> str:
+    block = re.search(rf"<!-- {marker} -->\s*```bash\n(.+?)\n```", README, re.S)
+    assert block, f"README has no command after <!-- {marker} -->"
+    return block.group(1).strip()
+
+
+def test_readme_has_exactly_two_commands_and_both_install_cpu_torch_first():
+    assert len(re.findall(r"```bash", README)) == 2
+    for marker in ("main-command", "test-command"):
+        assert _command(marker).startswith("pip install torch==2.13.0 && pip install ")
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "<!-- test-command -->" in ci and "README.md" in ci
+    awk = re.search(r"cmd=\"\$\(awk '(.+?)' README.md\)\"", ci).group(1)
+    out = subprocess.run(["awk", awk, str(ROOT / "README.md")], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == _command("test-command")
+
+
+def test_readme_main_job_runs(tmp_path):
+    job = _command("main-command").split(" && ")[-1]
+    argv = shlex.split(job)
+    assert argv[0] == "videolm"
+    cli = [sys.executable, "-m", "videolm.tasks.cli", *argv[1:]]
+    out = subprocess.run(cli, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = (tmp_path / "shapes" / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 64
