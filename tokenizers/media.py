@@ -519,6 +519,22 @@ def write_audio(path, audio, sample_rate=16000, subtype="PCM_16") -> None:
     with _writing(path) as tmp:
         sf.write(str(tmp), audio, sample_rate, subtype=subtype,
                  format=formats[path.suffix.lower()])
+        if formats[path.suffix.lower()] == "WAV":
+            _clear_peak_timestamp(tmp)
+
+
+def _clear_peak_timestamp(path: Path) -> None:
+    """Zero the write time libsndfile stamps into a float wav's PEAK chunk, so equal audio gives equal bytes."""
+    with open(path, "r+b") as f:
+        data = f.read(4096)  # the PEAK chunk sits in the header, before the samples
+        at = 12  # after "RIFF", size, "WAVE"
+        while at + 8 <= len(data) and data[at:at + 4] != b"data":
+            size = int.from_bytes(data[at + 4:at + 8], "little")
+            if data[at:at + 4] == b"PEAK":  # version (4 bytes), then the timestamp (4 bytes)
+                f.seek(at + 12)
+                f.write(b"\0\0\0\0")
+                return
+            at += 8 + size + size % 2
 
 
 def write_image(path, image) -> None:

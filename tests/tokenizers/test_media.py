@@ -271,3 +271,14 @@ def test_unreadable_file(tmp_path, mp4):
     path.chmod(0)
     with pytest.raises(MediaError, match="locked.mp4: permission denied"):
         read_video(path)
+
+
+def test_float_wav_is_byte_identical_across_writes(tmp_path):
+    import time
+
+    audio = tone(330, 0.2)
+    write_audio(tmp_path / "a.wav", audio, subtype="FLOAT")
+    time.sleep(1.05)  # libsndfile stamps the write time (in seconds) into float wavs
+    write_audio(tmp_path / "b.wav", audio, subtype="FLOAT")
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+    assert np.array_equal(read_audio(tmp_path / "a.wav"), audio)
