@@ -555,8 +555,8 @@ def write_image(path, image) -> None:
 # ----------------------------------------------------------------------------- helpers
 
 
-def frame_grid(frames, cols=None, pad=2) -> np.ndarray:
-    """Tile frames into one image with `pad` black pixels between and around the tiles.
+def frame_grid(frames, cols=None, pad=2, pad_value=160) -> np.ndarray:
+    """Tile frames into one image with `pad` pixels of gray `pad_value` between and around the tiles.
 
     ``(T, H, W, 3)``: `cols` tiles per row (default: all T in one row), wrapping onto more
     rows. ``(N, T, H, W, 3)``: one clip per row, time left to right (`cols` is ignored).
@@ -568,7 +568,7 @@ def frame_grid(frames, cols=None, pad=2) -> np.ndarray:
     T, H, W, C = frames.shape
     cols = cols or T
     rows = -(-T // cols)
-    grid = np.zeros((rows * (H + pad) + pad, cols * (W + pad) + pad, C), np.uint8)
+    grid = np.full((rows * (H + pad) + pad, cols * (W + pad) + pad, C), pad_value, np.uint8)
     for i, frame in enumerate(frames):
         top, left = pad + (i // cols) * (H + pad), pad + (i % cols) * (W + pad)
         grid[top:top + H, left:left + W] = frame
