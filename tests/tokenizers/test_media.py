@@ -282,3 +282,27 @@ def test_float_wav_is_byte_identical_across_writes(tmp_path):
     write_audio(tmp_path / "b.wav", audio, subtype="FLOAT")
     assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
     assert np.array_equal(read_audio(tmp_path / "a.wav"), audio)
+
+
+def _write_avi(path, frames, fps=8):
+    """An MJPEG .avi made directly with PyAV (write_video does not produce avi)."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mjpeg", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuvj444p"
+        stream.options = {"q:v": "2"}
+        for frame in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode(None))
+
+
+@pytest.mark.parametrize("ext, bar", [(".mp4", 29), (".webm", 29), (".mkv", 29), (".mov", 29), (".avi", 25), (".gif", 40)])
+def test_every_container_reads_back_at_the_right_rate_and_size(tmp_path, clip, ext, bar):
+    path = tmp_path / f"clip{ext}"
+    if ext == ".avi":
+        _write_avi(path, clip)
+    else:
+        write_video(path, clip, fps=8)
+    back = read_video(path, fps=8)
+    assert back.shape == clip.shape and back.dtype == np.uint8
+    assert psnr(back, clip) >= bar
+    assert read_video(path, fps=4, size=(32, 48)).shape == (9, 32, 48, 3)
