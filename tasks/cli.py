@@ -132,6 +132,69 @@ def _add_data(sub) -> None:
     p.set_defaults(run=_data_folder)
 
 
+# ------------------------------------------------------------------------------------- tokenizer
+
+
+def _tokenizer_fit(args) -> int:
+    from videolm.tasks.config import load_config
+    from videolm.tasks.tokenizer_runs import run_fit
+
+    cfg = load_config(args.config, expect_entry="tokenizer fit")[1]
+    for flag, key in (("steps", "steps"), ("max_minutes", "max_minutes"), ("batch_size", "batch_size"), ("threads", "threads")):
+        if getattr(args, flag) is not None:
+            setattr(cfg.train, key, getattr(args, flag))
+    if args.out:
+        cfg.out = args.out
+    if args.data:
+        cfg.data.source = args.data
+    model_dir = run_fit(cfg)
+    print(f"trained {cfg.modality} tokenizer saved to {model_dir}/ (run folder {cfg.out}/)")
+    return 0
+
+
+def _tokenizer_eval(args) -> int:
+    from videolm.tasks.tokenizer_runs import evaluate_tokenizer
+
+    print_json(evaluate_tokenizer(args.model, data=args.data, num=args.num, seed=args.seed,
+                                  batch_size=args.batch_size, modality=args.modality))
+    return 0
+
+
+def _add_tokenizer(sub) -> None:
+    tok = sub.add_parser("tokenizer", help="train and evaluate the video and audio tokenizers",
+                         description="Train and evaluate the video and audio tokenizers.")
+    tok_sub = tok.add_subparsers(dest="tokenizer_command", metavar="{fit,eval}", required=True)
+
+    p = tok_sub.add_parser(
+        "fit", help="train a tokenizer from a YAML config (resumes a stopped run)",
+        description="Train the tokenizer a config describes (configs/tokenizer/*.yaml). The run folder gets "
+        "checkpoints/last.ckpt (a rerun resumes from it), samples/*.png, metrics.jsonl and model/ (safetensors). "
+        "Flags override the config.",
+    )
+    p.add_argument("--config", required=True, help="a YAML config with 'entry: tokenizer fit'")
+    p.add_argument("--out", help="run folder (default: the config's out)")
+    p.add_argument("--data", help="'shapes' or a folder of videos (default: the config's)")
+    p.add_argument("--steps", type=int, help="training steps")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget in minutes")
+    p.add_argument("--batch-size", type=int, help="clips per step")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.set_defaults(run=_tokenizer_fit)
+
+    p = tok_sub.add_parser(
+        "eval", help="reconstruction quality on held-out clips, as one JSON object",
+        description="Encode and decode held-out clips (Shapes seeds >= 1,000,000, or a folder's clips) and print "
+        "one JSON object: video: psnr, ssim, codebook_usage, perplexity, clips_per_s; audio: stft_distance, "
+        "frequency_agreement (dominant frequency within 3%), codebook_usage, perplexity, clips_per_s.",
+    )
+    p.add_argument("--model", default="shapes-64", help="a tokenizer folder, a model bundle, or a shipped name (default shapes-64)")
+    p.add_argument("--modality", choices=["video", "audio"], help="which tokenizer of a bundle (default video)")
+    p.add_argument("--data", default="shapes", help="'shapes' (held-out seeds) or a folder of videos")
+    p.add_argument("--num", type=int, default=256, help="clips (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="first held-out seed offset / first folder clip")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(run=_tokenizer_eval)
+
+
 # ----------------------------------------------------------------------------------------- media
 
 
@@ -210,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_data(sub)
+    _add_tokenizer(sub)
     _add_media(sub)
     return parser
 

@@ -27,6 +27,7 @@ from videolm.tokenizers.schema import from_dict, to_dict  # noqa: F401  (re-expo
 ENTRY_POINTS: dict[str, str] = {
     "data shapes": "videolm.tasks.shapes_data:ShapesDataConfig",
     "data folder": "videolm.tasks.folder:FolderConfig",
+    "tokenizer fit": "videolm.tasks.tokenizer_runs:TokenizerFitConfig",
 }
 
 

@@ -1,0 +1,138 @@
+"""`videolm tokenizer fit` and `videolm tokenizer eval`: the tokenizers trained and measured on clips.
+
+The trainer itself (`videolm.tokenizers.training`) knows nothing of datasets; this module picks
+the data (Shapes on the fly, or a folder of videos), builds the model from its preset, and runs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from videolm.tasks.models import resolve_model
+from videolm.tasks.shapes import ShapesConfig
+from videolm.tasks.shapes_data import ShapesDataset
+from videolm.tokenizers.errors import UsageError
+from videolm.tokenizers.pretrained import read_config_json
+from videolm.tokenizers.schema import to_dict
+from videolm.tokenizers.training import TrainConfig, codebook_stats, fit
+
+VAL_SEED_START = 999_000  # validation during training: the top of the training seed range
+
+
+@dataclass
+class DataConfig:
+    source: str = "shapes"  # "shapes" (drawn on the fly) or a folder of videos
+    num: int = 900_000  # Shapes training clips (seeds 0 .. num-1)
+    frames: int = 17
+    height: int = 64
+    width: int = 64
+    fps: int = 8
+    backgrounds: list[str] = field(default_factory=lambda: ["black"])
+
+    def world(self) -> ShapesConfig:
+        return ShapesConfig(height=self.height, width=self.width, frames=self.frames, fps=self.fps,
+                            backgrounds=list(self.backgrounds))
+
+
+@dataclass
+class TokenizerFitConfig:
+    modality: Literal["video", "audio"] = "video"
+    preset: str = "default"
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's fields
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out: str = "runs/tokenizer"
+
+
+def build_tokenizer(modality: str, preset: str, overrides: dict):
+    if modality == "video":
+        from videolm.tokenizers.video import VideoTokenizer, VideoTokenizerConfig
+
+        return VideoTokenizer(VideoTokenizerConfig.from_name(preset, **overrides))
+    from videolm.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
+
+    return AudioTokenizer(AudioTokenizerConfig.from_name(preset, **overrides))
+
+
+def clip_dataset(data: DataConfig, split: Literal["train", "val", "eval"], num: int, seed: int = 0) -> Dataset:
+    """Shapes clips of a split, or a folder's clips (train: all; val/eval: the first `num` after `seed`)."""
+    if data.source == "shapes":
+        if split == "val":
+            return ShapesDataset(num, seed=VAL_SEED_START, world=data.world())
+        if split == "eval":
+            return ShapesDataset(num, seed=seed, split="eval", world=data.world())
+        if data.num > VAL_SEED_START:
+            raise UsageError(f"data.num={data.num}: Shapes training seeds must stay below {VAL_SEED_START}")
+        return ShapesDataset(data.num, seed=0, world=data.world())
+    from videolm.tasks.folder import FolderDataset
+
+    ds = FolderDataset(data.source, frames=data.frames, fps=data.fps, size=(data.height, data.width))
+    return ds if split == "train" else Subset(ds, range(seed, min(seed + num, len(ds))))
+
+
+def run_fit(cfg: TokenizerFitConfig) -> Path:
+    model = build_tokenizer(cfg.modality, cfg.preset, cfg.model)
+    train = clip_dataset(cfg.data, "train", cfg.data.num)
+    val = clip_dataset(cfg.data, "val", cfg.train.val_clips)
+    return fit(model, cfg.modality, cfg.train, train, val, cfg.out, run_config={"entry": "tokenizer fit", **to_dict(cfg)})
+
+
+# ------------------------------------------------------------------------------------------ eval
+
+
+def load_tokenizer(model: str, modality: str | None = None):
+    """A tokenizer folder, or the `video_tokenizer`/`audio_tokenizer` inside a model bundle."""
+    from videolm.tokenizers.audio import AudioTokenizer
+    from videolm.tokenizers.video import VideoTokenizer
+
+    folder = resolve_model(model)
+    if not (folder / "config.json").exists():
+        modality = modality or "video"
+        folder = folder / f"{modality}_tokenizer"
+    kind = None
+    for cls in (VideoTokenizer, AudioTokenizer):
+        try:
+            read_config_json(folder, cls.kind)
+            kind = cls
+        except Exception:  # noqa: BLE001 - try the next kind; the last error is raised below
+            continue
+    if kind is None:
+        read_config_json(folder, VideoTokenizer.kind)  # raises the clear error
+    return kind.from_pretrained(folder)
+
+
+@torch.no_grad()
+def evaluate_tokenizer(model: str, data: str = "shapes", num: int = 256, seed: int = 0, batch_size: int = 8,
+                       modality: str | None = None, frames: int = 17, size: tuple[int, int] = (64, 64)) -> dict:
+    """Reconstruction quality on held-out clips, as one JSON-ready dict."""
+    from videolm.tokenizers.training import AudioModality, VideoModality, _collate
+
+    tok = load_tokenizer(model, modality)
+    is_video = tok.kind == "video_tokenizer"
+    ds = clip_dataset(DataConfig(source=data, frames=frames, height=size[0], width=size[1]), "eval", num, seed)
+    if len(ds) == 0:
+        raise UsageError(f"--data {data}: no clips to evaluate")
+    adapter = VideoModality() if is_video else AudioModality()
+    metrics: dict[str, list] = {}
+    codes, seconds = [], 0.0
+    for start in range(0, len(ds), batch_size):
+        batch = _collate([ds[i] for i in range(start, min(start + batch_size, len(ds)))])
+        x = adapter.inputs(batch, train=False)
+        t0 = time.perf_counter()
+        c = tok.encode(x)
+        recon = tok.decode(c, x.shape[-2], x.shape[-1]) if is_video else tok.decode(c, x.shape[-1])
+        seconds += time.perf_counter() - t0
+        codes.append(c.reshape(-1) if is_video else c.reshape(-1, c.shape[-1]))
+        for k, v in adapter.metrics(x, recon).items():
+            metrics.setdefault(k, []).append(v)
+    result = {k: round(float(torch.cat(v).mean()), 4) for k, v in metrics.items()}
+    result.update({k: round(v, 4) for k, v in codebook_stats(torch.cat(codes), tok.codebook_size).items()})
+    result["clips_per_s"] = round(len(ds) / seconds, 2)
+    result["clips"] = len(ds)
+    return result

@@ -1,0 +1,74 @@
+"""One interface over vector-quantize-pytorch's quantizers: LFQ (default), FSQ and VQ.
+
+``quantized, indices, aux_loss = q(z)`` with ``z`` channel-first ``(B, C, *spatial)``; indices are
+int64 ``(B, *spatial)``; ``q.indices_to_codes(indices)`` gives back ``(B, C, *spatial)``. The
+quantizer always runs in fp32, also under autocast: the library's quantizers are known to lose
+codes or produce NaN in bf16/fp16.
+
+- LFQ, lookup-free quantization (MAGVIT-v2, Yu et al. 2023, arXiv:2310.05737): each of log2(K)
+  channels is quantized to ±1; an entropy loss keeps the code usage spread out.
+- FSQ, finite scalar quantization (Mentzer et al. 2023, arXiv:2309.15505): each channel is
+  rounded to a few levels; no auxiliary loss, no codebook collapse.
+- VQ with an EMA codebook, k-means init and dead-code revival (VQ-VAE, van den Oord et al. 2017).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from vector_quantize_pytorch import FSQ, LFQ, VectorQuantize
+
+# FSQ levels per codebook size, as recommended in the FSQ paper's table 1 (2^12 -> 8,5,5,5 is
+# 1000 codes; these products are exact powers of two so they fill the vocabulary's range).
+FSQ_LEVELS = {1024: [8, 8, 4, 4], 2048: [8, 8, 8, 4], 4096: [8, 8, 8, 8], 256: [8, 8, 4]}
+
+
+class Quantizer(nn.Module):
+    def __init__(self, kind: str, dim: int, codebook_size: int, entropy_weight: float = 0.1,
+                 commitment_weight: float = 0.25):
+        super().__init__()
+        self.kind, self.codebook_size = kind, codebook_size
+        if kind == "lfq":
+            bits = int(math.log2(codebook_size))
+            if 2**bits != codebook_size:
+                raise ValueError(f"LFQ needs a power-of-two codebook, got {codebook_size}")
+            self.code_dim = bits
+            self.q = LFQ(dim=bits, codebook_size=codebook_size, entropy_loss_weight=entropy_weight,
+                         commitment_loss_weight=commitment_weight, diversity_gamma=1.0)
+        elif kind == "fsq":
+            levels = FSQ_LEVELS.get(codebook_size)
+            if levels is None:
+                raise ValueError(f"FSQ levels for {codebook_size} codes are not defined; use one of {sorted(FSQ_LEVELS)}")
+            self.code_dim = len(levels)
+            self.q = FSQ(levels=levels, dim=len(levels))
+        elif kind == "vq":
+            self.code_dim = 32
+            self.q = VectorQuantize(dim=self.code_dim, codebook_size=codebook_size, decay=0.99, kmeans_init=True,
+                                    kmeans_iters=10, threshold_ema_dead_code=2, commitment_weight=commitment_weight)
+        else:
+            raise ValueError(f"unknown quantizer {kind!r}: choose lfq, fsq or vq")
+        self.project_in = nn.Conv1d(dim, self.code_dim, 1)
+        self.project_out = nn.Conv1d(self.code_dim, dim, 1)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        shape = z.shape  # (B, C, *spatial)
+        flat = self.project_in(z.flatten(2))  # (B, D, N)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            x = flat.float().transpose(1, 2)  # (B, N, D)
+            if self.kind == "fsq":
+                q, idx = self.q(x)
+                aux = x.new_zeros(())
+            else:
+                q, idx, aux = self.q(x)
+        out = self.project_out(q.transpose(1, 2).to(flat.dtype))  # (B, C, N)
+        return out.reshape(shape), idx.long().reshape(shape[0], *shape[2:]), aux.float().sum()
+
+    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        shape = indices.shape  # (B, *spatial)
+        with torch.autocast(device_type=indices.device.type, enabled=False):
+            q = self.q.get_codes_from_indices(indices.flatten(1)) if self.kind == "vq" else \
+                self.q.indices_to_codes(indices.flatten(1))  # (B, N, D)
+        out = self.project_out(q.float().transpose(1, 2))  # (B, C, N)
+        return out.reshape(shape[0], -1, *shape[1:])

@@ -1,0 +1,372 @@
+"""Training the media tokenizers with Lightning: `videolm tokenizer fit --config configs/tokenizer/NAME.yaml`.
+
+One Lightning module serves both modalities; what differs (how a batch becomes a tensor, the
+reconstruction loss, the metrics) sits in a small per-modality adapter. The run folder holds::
+
+    OUT/checkpoints/last.ckpt   Lightning's checkpoint (optimizer state too): a rerun resumes from it
+    OUT/samples/step_NNNNNN.png reconstruction grids (video: originals above, reconstructions below)
+    OUT/metrics.jsonl           one JSON line per log step and per validation
+    OUT/model/                  the trained tokenizer, save_pretrained format (safetensors + config.json)
+
+Video loss: L1 + MSE on pixels, the quantizer's aux loss (LFQ entropy / commitment), and, if
+enabled, a hinge GAN loss from a 3D patch discriminator switched on after `start_step` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+
+
+# ------------------------------------------------------------------------------------- configs
+
+
+@dataclass
+class AdversarialConfig:
+    enabled: bool = False
+    start_step: int = 2000  # the discriminator and its loss switch on after this many steps
+    weight: float = 0.1
+    channels: int = 32
+    lr: float = 2e-4
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20_000
+    max_minutes: float | None = None  # wall-clock budget: training stops at whichever limit comes first
+    batch_size: int = 8
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    l1_weight: float = 1.0
+    mse_weight: float = 1.0
+    aux_weight: float = 1.0
+    audio_crop_seconds: float = 1.0  # audio trains on random crops of this length
+    precision: str = "32-true"  # "bf16-mixed" where the hardware has it
+    accelerator: str = "auto"
+    log_every: int = 50
+    val_every: int = 500  # validation, sample grids and GIFs, and model export every N steps
+    checkpoint_every: int = 100  # Lightning checkpoint (for resuming) every N steps
+    val_clips: int = 32
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    workers: int = 0  # DataLoader workers
+    seed: int = 0
+    save_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+
+
+def lr_factor(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
+    """Linear warmup, then cosine decay to `min_lr_ratio` at the end of the budget.
+
+    The budget ends at `steps` or, if set, after `max_minutes` of training, whichever comes first,
+    so a run cut by the clock still finishes its decay.
+    """
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    if cfg.max_minutes:
+        progress = max(progress, elapsed_s / (60 * cfg.max_minutes))
+    progress = min(1.0, progress)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ------------------------------------------------------------------------------------ modalities
+
+
+def video_batch(batch: dict) -> torch.Tensor:
+    """uint8 (B, T, H, W, 3) -> float (B, 3, T, H, W) in [-1, 1]."""
+    return batch["video"].permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+
+
+def psnr_per_clip(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """PSNR of uint8-rounded clips in [-1, 1] (the same figure as on 0..255 pixels), (B,)."""
+    q = lambda v: v.float().clamp(-1, 1).add(1).mul(127.5).round()  # noqa: E731
+    mse = (q(x) - q(y)).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(255.0**2 / mse)
+
+
+def ssim_per_clip(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    b, c, t, h, w = x.shape
+    frames = lambda v: v.float().clamp(-1, 1).add(1).div(2).transpose(1, 2).reshape(b * t, c, h, w)  # noqa: E731
+    per_frame = ssim(frames(y), frames(x), data_range=1.0, reduction="none")  # (B*T,)
+    return per_frame.reshape(b, t).mean(1)
+
+
+class VideoModality:
+    name = "video"
+
+    def inputs(self, batch: dict, train: bool) -> torch.Tensor:
+        return video_batch(batch)
+
+    def loss(self, x, recon, cfg: TrainConfig, model) -> tuple[torch.Tensor, dict]:
+        l1, mse = F.l1_loss(recon, x), F.mse_loss(recon, x)
+        return cfg.l1_weight * l1 + cfg.mse_weight * mse, {"l1": l1.item(), "mse": mse.item()}
+
+    def metrics(self, x, recon) -> dict[str, torch.Tensor]:
+        return {"psnr": psnr_per_clip(x, recon), "ssim": ssim_per_clip(x, recon)}
+
+    def write_samples(self, x, recon, stem: Path) -> None:
+        """A PNG grid (originals above, reconstructions below) and a GIF (original | reconstruction)."""
+        from videolm.tokenizers.media import write_grid, write_video
+        from videolm.tokenizers.video import to_frames
+
+        n = min(4, x.shape[0])
+        orig, rec = to_frames(x[:n]), to_frames(recon[:n].clamp(-1, 1))  # (n, T, H, W, 3)
+        write_grid(stem.with_suffix(".png"), np.concatenate([orig, rec]))
+        write_video(stem.with_suffix(".gif"), np.concatenate([orig[0], rec[0]], axis=2), fps=8)
+
+
+class AudioModality:
+    name = "audio"
+
+    def inputs(self, batch: dict, train: bool, crop_seconds: float = 1.0, sample_rate: int = 16000) -> torch.Tensor:
+        audio = batch["audio"].float()  # (B, S)
+        n = int(crop_seconds * sample_rate)
+        if train and audio.shape[1] > n:
+            start = int(torch.randint(0, audio.shape[1] - n + 1, ()).item())
+            audio = audio[:, start:start + n]
+        return audio
+
+    def loss(self, x, recon, cfg: TrainConfig, model) -> tuple[torch.Tensor, dict]:
+        return model.reconstruction_loss(x, recon)
+
+    def metrics(self, x, recon) -> dict[str, torch.Tensor]:
+        from videolm.tokenizers.audio import frequency_agreement, stft_distance
+
+        xs, rs = x.float().cpu().numpy(), recon.float().cpu().numpy()
+        agree = [float(frequency_agreement(a, b, 16000)) for a, b in zip(xs, rs)]
+        dist = [float(stft_distance(a, b)) for a, b in zip(xs, rs)]
+        return {"frequency_agreement": torch.tensor(agree), "stft_distance": torch.tensor(dist)}
+
+    def write_samples(self, x, recon, stem: Path) -> None:
+        """Audio: a wav of the first original and its reconstruction, one after the other."""
+        from videolm.tokenizers.media import write_audio
+
+        both = torch.cat([x[0], recon[0].clamp(-1, 1)]).float().cpu().numpy()
+        write_audio(stem.with_suffix(".wav"), both)
+
+
+# --------------------------------------------------------------------------------- discriminator
+
+
+class PatchDiscriminator3d(nn.Module):
+    """A 3D patch discriminator: real/fake logits for overlapping space-time patches."""
+
+    def __init__(self, channels: int = 32):
+        super().__init__()
+        c = channels
+
+        def block(cin, cout, stride):
+            return [nn.Conv3d(cin, cout, 4, stride=stride, padding=1), nn.GroupNorm(min(8, cout // 4), cout), nn.LeakyReLU(0.2)]
+
+        self.net = nn.Sequential(
+            nn.Conv3d(3, c, (3, 4, 4), stride=(1, 2, 2), padding=1), nn.LeakyReLU(0.2),
+            *block(c, 2 * c, (2, 2, 2)), *block(2 * c, 4 * c, (2, 2, 2)),
+            nn.Conv3d(4 * c, 1, 3, padding=1),
+        )
+
+    def forward(self, x):  # (B, 3, T, H, W) -> (B, 1, T', H', W')
+        return self.net(x)
+
+
+# ----------------------------------------------------------------------------------- the module
+
+
+class TokenizerModule(L.LightningModule):
+    """Trains a media tokenizer; manual optimization so the GAN's two optimizers stay explicit."""
+
+    def __init__(self, model: nn.Module, modality, cfg: TrainConfig, out: Path):
+        super().__init__()
+        self.model, self.modality, self.cfg, self.out = model, modality, cfg, Path(out)
+        self.automatic_optimization = False
+        self.discriminator = PatchDiscriminator3d(cfg.adversarial.channels) if cfg.adversarial.enabled else None
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("elapsed", torch.zeros((), dtype=torch.float64))  # training seconds, kept across resumes
+        self._val: dict[str, list] = {}
+        self._validated_at = -1
+        self._t0, self._clips = time.perf_counter(), 0
+
+    # -- optimization
+    def configure_optimizers(self):
+        cfg = self.cfg
+        opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+        if self.discriminator is None:
+            return opt
+        return [opt, torch.optim.AdamW(self.discriminator.parameters(), lr=cfg.adversarial.lr, betas=(0.5, 0.9))]
+
+    def _inputs(self, batch, train: bool):
+        if self.modality.name == "audio":
+            return self.modality.inputs(batch, train, self.cfg.audio_crop_seconds)
+        return self.modality.inputs(batch, train)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self._last_tick = time.perf_counter()
+
+    def training_step(self, batch, batch_idx):
+        cfg, step = self.cfg, int(self.step)
+        if step >= cfg.steps or (cfg.max_minutes and float(self.elapsed) >= 60 * cfg.max_minutes):
+            self.trainer.should_stop = True  # the budget (steps or minutes, kept across resumes) is spent
+            return None
+        opts = self.optimizers()
+        opt = opts[0] if isinstance(opts, list) else opts
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(step, cfg, float(self.elapsed))
+        x = self._inputs(batch, train=True)
+        out = self.model(x)
+        recon_loss, logs = self.modality.loss(x, out.recon, cfg, self.model)
+        loss = recon_loss + cfg.aux_weight * out.aux_loss
+        gan = self.discriminator is not None and step >= cfg.adversarial.start_step
+        if gan:
+            g_loss = -self.discriminator(out.recon).mean()
+            loss = loss + cfg.adversarial.weight * g_loss
+            logs["g_loss"] = g_loss.item()
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        self.clip_gradients(opt, gradient_clip_val=cfg.grad_clip, gradient_clip_algorithm="norm")
+        opt.step()
+        if gan:
+            logs["d_loss"] = self._discriminator_step(opts[1], x, out.recon.detach())
+        self.step += 1
+        now = time.perf_counter()
+        self.elapsed += now - self._last_tick
+        self._last_tick = now
+        self._clips += x.shape[0]
+        if (step + 1) % cfg.log_every == 0:
+            self._log_train(step + 1, loss, out.aux_loss, logs, opt)
+        if (step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps:
+            self._export()
+        return loss
+
+    def _discriminator_step(self, d_opt, real, fake) -> float:
+        d_loss = F.relu(1 - self.discriminator(real)).mean() + F.relu(1 + self.discriminator(fake)).mean()
+        d_opt.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        d_opt.step()
+        return d_loss.item()
+
+    def _log_train(self, step, loss, aux, logs, opt):
+        elapsed = time.perf_counter() - self._t0
+        row = {"step": step, "minutes": round(float(self.elapsed) / 60, 2), "loss": loss.item(), "aux": aux.item(),
+               "lr": opt.param_groups[0]["lr"],
+               "clips_per_s": self._clips / max(elapsed, 1e-9), **logs}
+        self._t0, self._clips = time.perf_counter(), 0
+        self.log_dict({"loss": row["loss"], "clips_per_s": row["clips_per_s"]}, prog_bar=True)
+        self._append_metrics(row)
+
+    # -- validation
+    def validation_step(self, batch, batch_idx):
+        x = self._inputs(batch, train=False)
+        out = self.model(x)
+        for k, v in self.modality.metrics(x, out.recon).items():
+            self._val.setdefault(k, []).append(v.float().cpu())
+        self._val.setdefault("codes", []).append(out.codes.cpu())
+        if batch_idx == 0:
+            self._write_samples(x, out.recon)
+
+    def on_validation_epoch_end(self):
+        if not self._val or int(self.step) == self._validated_at:
+            self._val = {}
+            return
+        self._validated_at = int(self.step)
+        codes = torch.cat([c.flatten(0, -2) if c.ndim > 2 else c.flatten() for c in self._val.pop("codes")])
+        row = {"step": int(self.step), **{f"val_{k}": torch.cat(v).mean().item() for k, v in self._val.items()},
+               **codebook_stats(codes, self.model.codebook_size)}
+        self._val = {}
+        self.log_dict({k: v for k, v in row.items() if k != "step"}, prog_bar=False)
+        self._append_metrics(row)
+
+    # -- outputs
+    def _write_samples(self, x, recon):
+        if self.trainer.is_global_zero:
+            self.modality.write_samples(x, recon, self.out / "samples" / f"step_{int(self.step):06d}")
+
+    def _append_metrics(self, row: dict):
+        if self.trainer.is_global_zero:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _export(self):
+        if self.trainer.is_global_zero:
+            self.model.save_pretrained(self.out / "model", dtype=self.cfg.save_dtype)
+
+
+def codebook_stats(codes: torch.Tensor, codebook_size: int) -> dict[str, float]:
+    """Usage (fraction of codes ever used) and perplexity (exp of the code entropy).
+
+    `codes` is flat (N,) for one codebook, or (N, Q) for Q residual levels (averaged over levels).
+    """
+    levels = codes.reshape(-1, 1) if codes.ndim == 1 else codes
+    usage, perplexity = [], []
+    for q in range(levels.shape[1]):
+        counts = torch.bincount(levels[:, q].long(), minlength=codebook_size).float()
+        p = counts / counts.sum()
+        usage.append((counts > 0).float().mean().item())
+        perplexity.append(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()).item())
+    return {"codebook_usage": float(np.mean(usage)), "perplexity": float(np.mean(perplexity))}
+
+
+# ------------------------------------------------------------------------------------------ fit
+
+
+def _collate(items: list[dict]) -> dict:
+    return {
+        "video": torch.from_numpy(np.stack([it["video"] for it in items])),  # (B, T, H, W, 3) uint8
+        "audio": torch.from_numpy(np.stack([it["audio"] for it in items])),  # (B, S) float32
+    }
+
+
+def fit(model: nn.Module, modality: str, cfg: TrainConfig, train_data: Dataset, val_data: Dataset,
+        out: str | Path, run_config: dict | None = None) -> Path:
+    """Train (resuming from OUT/checkpoints/last.ckpt if present); returns OUT/model."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for noise in ("Using ModelCheckpoint with manual optimization", ".*LeafSpec.*is deprecated", ".*does not have many workers"):
+        warnings.filterwarnings("ignore", message=noise)
+    if run_config is not None:
+        (out / "run.json").write_text(json.dumps(run_config, indent=2) + "\n")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = TokenizerModule(model, VideoModality() if modality == "video" else AudioModality(), cfg, out)
+    loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
+                        collate_fn=_collate, drop_last=True, persistent_workers=cfg.workers > 0)
+    val_loader = DataLoader(val_data, batch_size=cfg.batch_size, num_workers=0, collate_fn=_collate)
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
+                                                     every_n_train_steps=cfg.checkpoint_every, save_top_k=0)
+    trainer = L.Trainer(
+        max_epochs=-1, max_steps=-1,
+        accelerator=cfg.accelerator, devices=1, precision=cfg.precision,
+        val_check_interval=min(cfg.val_every, len(loader)), check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, limit_val_batches=max(1, math.ceil(cfg.val_clips / cfg.batch_size)),
+        logger=False, callbacks=[checkpoint], enable_progress_bar=os.isatty(2), enable_model_summary=False,
+        default_root_dir=out,
+    )
+    last = out / "checkpoints" / "last.ckpt"
+    trainer.fit(module, loader, val_loader, ckpt_path=str(last) if last.exists() else None)
+    module._export()
+    return out / "model"
+
+
