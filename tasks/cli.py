@@ -160,10 +160,18 @@ def _tokenizer_eval(args) -> int:
     return 0
 
 
+def _tokenizer_bundle(args) -> int:
+    from videolm.tasks.tokenizer_runs import build_bundle
+
+    print_json(build_bundle(args.out, args.video, args.audio, data=args.data, captions=args.captions,
+                            text_vocab=args.text_vocab))
+    return 0
+
+
 def _add_tokenizer(sub) -> None:
     tok = sub.add_parser("tokenizer", help="train and evaluate the video and audio tokenizers",
                          description="Train and evaluate the video and audio tokenizers.")
-    tok_sub = tok.add_subparsers(dest="tokenizer_command", metavar="{fit,eval}", required=True)
+    tok_sub = tok.add_subparsers(dest="tokenizer_command", metavar="{fit,eval,bundle}", required=True)
 
     p = tok_sub.add_parser(
         "fit", help="train a tokenizer from a YAML config (resumes a stopped run)",
@@ -193,6 +201,20 @@ def _add_tokenizer(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="first held-out seed offset / first folder clip")
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(run=_tokenizer_eval)
+
+    p = tok_sub.add_parser(
+        "bundle", help="assemble a model folder: tokenizers, a text tokenizer and the vocabulary",
+        description="Copy trained video/audio tokenizers into OUT (stored as fp16), train the sentencepiece text "
+        "tokenizer on the data's captions (byte fallback: any Unicode prompt encodes) into OUT/text.model, and "
+        "write the unified vocabulary OUT/vocab.json. Tokenizers already in OUT are kept unless replaced.",
+    )
+    p.add_argument("--out", required=True, help="the model folder to fill (e.g. tasks/models/shapes-64)")
+    p.add_argument("--video", help="a trained video tokenizer folder (e.g. RUN/model)")
+    p.add_argument("--audio", help="a trained audio tokenizer folder")
+    p.add_argument("--data", default="shapes", help="captions from 'shapes' (all backgrounds) or a folder")
+    p.add_argument("--captions", type=int, default=4000, help="how many captions to train on")
+    p.add_argument("--text-vocab", type=int, default=512, help="text vocabulary size")
+    p.set_defaults(run=_tokenizer_bundle)
 
 
 # ----------------------------------------------------------------------------------------- media

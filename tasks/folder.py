@@ -97,6 +97,10 @@ class FolderDataset(Dataset):
     def __len__(self) -> int:
         return self._starts[-1]
 
+    def captions(self) -> list[str]:
+        """The caption of every readable video, in index order (one per video, not per clip)."""
+        return [v.caption for v in self._videos]
+
     def summary(self) -> dict:
         """What the folder holds at this clip setting, as JSON-ready data."""
         return {

@@ -136,3 +136,60 @@ def evaluate_tokenizer(model: str, data: str = "shapes", num: int = 256, seed: i
     result["clips_per_s"] = round(len(ds) / seconds, 2)
     result["clips"] = len(ds)
     return result
+
+
+# ---------------------------------------------------------------------------------------- bundle
+
+
+def corpus_captions(data: str = "shapes", num: int = 4000) -> list[str]:
+    """Captions to train the text tokenizer on: Shapes (every background, so every word of the
+    grammar appears) or a folder's captions."""
+    if data == "shapes":
+        from videolm.tasks.shapes import BACKGROUNDS, make_clip
+
+        world = ShapesConfig(backgrounds=list(BACKGROUNDS))
+        return [make_clip(seed, world).caption for seed in range(num)]
+    from videolm.tasks.folder import FolderDataset
+
+    return [c for c in FolderDataset(data).captions() if c][:num]
+
+
+def build_bundle(out: str | Path, video: str | None, audio: str | None, data: str = "shapes",
+                 captions: int = 4000, text_vocab: int = 512, resolutions=((64, 64),)) -> dict:
+    """Assemble a model folder: the trained tokenizers, a text tokenizer fit on the data's captions,
+    and the unified vocabulary that lays their ids out. Returns a summary."""
+    from videolm.tokenizers.audio import AudioTokenizer
+    from videolm.tokenizers.text import TextTokenizer
+    from videolm.tokenizers.video import VideoTokenizer
+    from videolm.tokenizers.vocab import Vocabulary
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"folder": str(out)}
+    video_tok = audio_tok = None
+    if video:
+        video_tok = VideoTokenizer.from_pretrained(resolve_model(video))
+        video_tok.save_pretrained(out / "video_tokenizer", dtype="float16")
+    elif (out / "video_tokenizer").exists():
+        video_tok = VideoTokenizer.from_pretrained(out / "video_tokenizer")
+    if audio:
+        audio_tok = AudioTokenizer.from_pretrained(resolve_model(audio))
+        audio_tok.save_pretrained(out / "audio_tokenizer", dtype="float16")
+    elif (out / "audio_tokenizer").exists():
+        audio_tok = AudioTokenizer.from_pretrained(out / "audio_tokenizer")
+    text = TextTokenizer.train(corpus_captions(data, captions), vocab_size=text_vocab)
+    text.save(out)
+    vocab = Vocabulary(
+        text.vocab_size,
+        video_codes=video_tok.codebook_size if video_tok else 4096,
+        audio_levels=audio_tok.config.num_quantizers if audio_tok else 4,
+        audio_codes=audio_tok.config.codebook_size if audio_tok else 1024,
+        resolutions=tuple(resolutions),
+    )
+    vocab.save(out)
+    for part in ("video_tokenizer", "audio_tokenizer"):
+        weights = out / part / "model.safetensors"
+        if weights.exists():
+            summary[f"{part}_mb"] = round(weights.stat().st_size / 2**20, 2)
+    summary.update({"text_vocab": text.vocab_size, "vocabulary": len(vocab)})
+    return summary

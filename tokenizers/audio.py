@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ class AudioTokenizerConfig:
     stage_channels: list[int] | None = None  # derived: width at each rate, len(strides) + 1
     latent_dim: int = 64  # the dimension the quantizer sees (= codebook dimension)
     kernel_size: int = 7  # residual units' dilated convs
+    activation: Literal["elu", "snake"] = "elu"
     dilations: list[int] = field(default_factory=lambda: [1, 3, 9])
     hop: int | None = None  # derived: samples per token frame, prod(strides)
     # quantizer (vector-quantize-pytorch VectorQuantize options, per level)
@@ -53,7 +54,8 @@ class AudioTokenizerConfig:
     commitment_weight: float = 1.0
     # reconstruction loss
     waveform_weight: float = 1.0  # L1 on samples
-    stft_weight: float = 1.0  # multi-resolution STFT: spectral convergence + log-magnitude L1
+    sc_weight: float = 1.0  # multi-resolution STFT spectral convergence
+    log_mag_weight: float = 1.0  # multi-resolution STFT log-magnitude L1
     stft_sizes: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
     stft_eps: float = 1e-5  # magnitude floor before the log
 
@@ -100,20 +102,40 @@ PRESETS: dict[str, dict] = {
 # ------------------------------------------------------------------------------------- modules
 
 
-class ResidualUnit(nn.Module):
-    """ELU -> dilated conv -> ELU -> 1x1 conv, plus the input (SoundStream Fig. 2)."""
+class Snake(nn.Module):
+    """x + sin^2(a x) / a with a learned per channel (Ziyin et al. 2020, arXiv:2006.08195; as in DAC)."""
 
-    def __init__(self, channels: int, kernel_size: int, dilation: int):
+    def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv1d(channels, channels, kernel_size, dilation=dilation, padding=dilation * (kernel_size - 1) // 2)
-        self.proj = nn.Conv1d(channels, channels, 1)
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
 
     def forward(self, x):  # (B, C, L)
-        return x + self.proj(F.elu(self.conv(F.elu(x))))
+        return x + torch.sin(self.alpha * x).pow(2) / (self.alpha + 1e-9)
+
+
+def act(channels: int, cfg: AudioTokenizerConfig) -> nn.Module:
+    return Snake(channels) if cfg.activation == "snake" else nn.ELU()
+
+
+class ResidualUnit(nn.Module):
+    """act -> dilated conv -> act -> 1x1 conv, plus the input (SoundStream Fig. 2)."""
+
+    def __init__(self, channels: int, dilation: int, cfg: AudioTokenizerConfig):
+        super().__init__()
+        k = cfg.kernel_size
+        self.block = nn.Sequential(
+            act(channels, cfg),
+            nn.Conv1d(channels, channels, k, dilation=dilation, padding=dilation * (k - 1) // 2),
+            act(channels, cfg),
+            nn.Conv1d(channels, channels, 1),
+        )
+
+    def forward(self, x):  # (B, C, L)
+        return x + self.block(x)
 
 
 def residual_units(channels: int, cfg: AudioTokenizerConfig) -> list[nn.Module]:
-    return [ResidualUnit(channels, cfg.kernel_size, d) for d in cfg.dilations]
+    return [ResidualUnit(channels, d, cfg) for d in cfg.dilations]
 
 
 def down(c_in: int, c_out: int, stride: int) -> nn.Conv1d:
@@ -131,8 +153,8 @@ class Encoder(nn.Sequential):
         ch = cfg.stage_channels
         layers: list[nn.Module] = [nn.Conv1d(1, ch[0], 7, padding=3)]
         for i, s in enumerate(cfg.strides):
-            layers += [*residual_units(ch[i], cfg), nn.ELU(), down(ch[i], ch[i + 1], s)]
-        layers += [nn.ELU(), nn.Conv1d(ch[-1], cfg.latent_dim, 3, padding=1)]
+            layers += [*residual_units(ch[i], cfg), act(ch[i], cfg), down(ch[i], ch[i + 1], s)]
+        layers += [act(ch[-1], cfg), nn.Conv1d(ch[-1], cfg.latent_dim, 3, padding=1)]
         super().__init__(*layers)
 
 
@@ -141,8 +163,8 @@ class Decoder(nn.Sequential):
         ch = cfg.stage_channels
         layers: list[nn.Module] = [nn.Conv1d(cfg.latent_dim, ch[-1], 7, padding=3)]
         for i, s in reversed(list(enumerate(cfg.strides))):
-            layers += [nn.ELU(), up(ch[i + 1], ch[i], s), *residual_units(ch[i], cfg)]
-        layers += [nn.ELU(), nn.Conv1d(ch[0], 1, 7, padding=3)]
+            layers += [act(ch[i + 1], cfg), up(ch[i + 1], ch[i], s), *residual_units(ch[i], cfg)]
+        layers += [act(ch[0], cfg), nn.Conv1d(ch[0], 1, 7, padding=3)]
         super().__init__(*layers)
 
 
@@ -245,7 +267,7 @@ class AudioTokenizer(nn.Module, Pretrained):
             audio, recon = audio.float(), recon.float()
             l1 = F.l1_loss(recon, audio)
             sc, log_mag = multi_resolution_stft_loss(audio, recon, cfg.stft_sizes, cfg.stft_eps)
-            loss = cfg.waveform_weight * l1 + cfg.stft_weight * (sc + log_mag)
+            loss = cfg.waveform_weight * l1 + cfg.sc_weight * sc + cfg.log_mag_weight * log_mag
         logs = {"l1": l1.item(), "sc": sc.item(), "log_mag": log_mag.item(), "loss": loss.item()}
         return loss, logs
 

@@ -60,6 +60,8 @@ class TrainConfig:
     mse_weight: float = 1.0
     aux_weight: float = 1.0
     audio_crop_seconds: float = 1.0  # audio trains on random crops of this length
+    video_crop_frames: int | None = None  # video trains on random windows of 1 + 4k frames (None: whole clips)
+    video_crop_size: int | None = None  # ... and random square crops of this size, a multiple of 8 (None: whole)
     precision: str = "32-true"  # "bf16-mixed" where the hardware has it
     accelerator: str = "auto"
     log_every: int = 50
@@ -113,10 +115,27 @@ def ssim_per_clip(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class VideoModality:
+    """Video clips; training may use random space-time crops (the tokenizer is fully convolutional,
+    so it learns the same operators on cheaper inputs and still encodes whole clips)."""
+
     name = "video"
 
+    def __init__(self, crop_frames: int | None = None, crop_size: int | None = None):
+        self.crop_frames, self.crop_size = crop_frames, crop_size
+
     def inputs(self, batch: dict, train: bool) -> torch.Tensor:
-        return video_batch(batch)
+        x = video_batch(batch)  # (B, 3, T, H, W)
+        if not train:
+            return x
+        _, _, t, h, w = x.shape
+        if self.crop_frames and self.crop_frames < t:
+            start = int(torch.randint(0, t - self.crop_frames + 1, ()))
+            x = x[:, :, start:start + self.crop_frames]
+        if self.crop_size and self.crop_size < min(h, w):
+            top = 8 * int(torch.randint(0, (h - self.crop_size) // 8 + 1, ()))
+            left = 8 * int(torch.randint(0, (w - self.crop_size) // 8 + 1, ()))
+            x = x[..., top:top + self.crop_size, left:left + self.crop_size]
+        return x
 
     def loss(self, x, recon, cfg: TrainConfig, model) -> tuple[torch.Tensor, dict]:
         l1, mse = F.l1_loss(recon, x), F.mse_loss(recon, x)
@@ -350,7 +369,8 @@ def fit(model: nn.Module, modality: str, cfg: TrainConfig, train_data: Dataset, 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = TokenizerModule(model, VideoModality() if modality == "video" else AudioModality(), cfg, out)
+    adapter = VideoModality(cfg.video_crop_frames, cfg.video_crop_size) if modality == "video" else AudioModality()
+    module = TokenizerModule(model, adapter, cfg, out)
     loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
                         collate_fn=_collate, drop_last=True, persistent_workers=cfg.workers > 0)
     val_loader = DataLoader(val_data, batch_size=cfg.batch_size, num_workers=0, collate_fn=_collate)
