@@ -132,7 +132,7 @@ def evaluate_tokenizer(model: str, data: str = "shapes", num: int = 256, seed: i
         for k, v in adapter.metrics(x, recon).items():
             metrics.setdefault(k, []).append(v)
     result = {k: round(float(torch.cat(v).mean()), 4) for k, v in metrics.items()}
-    result.update({k: round(v, 4) for k, v in codebook_stats(torch.cat(codes), tok.codebook_size).items()})
+    result.update({k: round(v, 4) for k, v in codebook_stats(torch.cat(codes), tok.config.codebook_size).items()})
     result["clips_per_s"] = round(len(ds) / seconds, 2)
     result["clips"] = len(ds)
     return result

@@ -15,9 +15,10 @@ evaluation uses to score a reconstruction against its reference.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -36,12 +37,11 @@ class AudioTokenizerConfig:
     name: str = "default"
     sample_rate: int = 16000
     strides: list[int] = field(default_factory=lambda: [2, 4, 5, 8])  # encoder order; decoder mirrors it
-    channels: int = 16  # width of the first (full-rate) stage
+    channels: int = 8  # width of the first (full-rate) stage
     max_channels: int = 128  # channels double per stride up to this cap
     stage_channels: list[int] | None = None  # derived: width at each rate, len(strides) + 1
     latent_dim: int = 64  # the dimension the quantizer sees (= codebook dimension)
     kernel_size: int = 7  # residual units' dilated convs
-    activation: Literal["elu", "snake"] = "elu"
     dilations: list[int] = field(default_factory=lambda: [1, 3, 9])
     hop: int | None = None  # derived: samples per token frame, prod(strides)
     # quantizer (vector-quantize-pytorch VectorQuantize options, per level)
@@ -50,14 +50,19 @@ class AudioTokenizerConfig:
     kmeans_init: bool = True  # SoundStream: codebooks start as k-means of the first training batch
     kmeans_iters: int = 10
     codebook_decay: float = 0.95  # EMA decay of the codebook updates
-    threshold_ema_dead_code: float = 2.0  # codes whose EMA usage falls below this are re-seeded from the batch
+    # Codes whose EMA usage (vectors per step) falls below this are re-seeded from the batch. Keep it
+    # well under (batch frames) / codebook_size, or codes in steady use get replaced every step.
+    threshold_ema_dead_code: float = 0.1
     commitment_weight: float = 1.0
-    # reconstruction loss
+    # Reconstruction loss. On Shapes (pure tones), a log term floored 45-60 dB under the peak, or
+    # the STFT terms without the waveform L1, stalled training at a near-silent output for
+    # hundreds of steps; L1 + SC + log-magnitude floored at 30 dB learns the tones in ~300 steps.
     waveform_weight: float = 1.0  # L1 on samples
     sc_weight: float = 1.0  # multi-resolution STFT spectral convergence
     log_mag_weight: float = 1.0  # multi-resolution STFT log-magnitude L1
     stft_sizes: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
-    stft_eps: float = 1e-5  # magnitude floor before the log
+    stft_eps: float = 1e-5  # absolute magnitude floor before the log
+    stft_range_db: float | None = 30.0  # also floor magnitudes this far below each reference's peak
 
     def __post_init__(self):
         if not self.strides or any(s < 2 for s in self.strides):
@@ -90,8 +95,8 @@ class AudioTokenizerConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # ~1.2 M parameters and buffers (codebooks included): ~2.4 MB of fp16 weights.
-    "default": dict(name="default", channels=8, max_channels=128, latent_dim=64),
+    # 0.66 M parameters; 1.19 M values with the codebooks' buffers: 2.4 MB of fp16 weights.
+    "default": dict(name="default"),
     # Tiny, for tests: same hop and token layout as default.
     "debug": dict(
         name="debug", channels=4, max_channels=16, latent_dim=8, kmeans_iters=2, stft_sizes=[256, 512]
@@ -102,31 +107,16 @@ PRESETS: dict[str, dict] = {
 # ------------------------------------------------------------------------------------- modules
 
 
-class Snake(nn.Module):
-    """x + sin^2(a x) / a with a learned per channel (Ziyin et al. 2020, arXiv:2006.08195; as in DAC)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
-
-    def forward(self, x):  # (B, C, L)
-        return x + torch.sin(self.alpha * x).pow(2) / (self.alpha + 1e-9)
-
-
-def act(channels: int, cfg: AudioTokenizerConfig) -> nn.Module:
-    return Snake(channels) if cfg.activation == "snake" else nn.ELU()
-
-
 class ResidualUnit(nn.Module):
-    """act -> dilated conv -> act -> 1x1 conv, plus the input (SoundStream Fig. 2)."""
+    """ELU -> dilated conv -> ELU -> 1x1 conv, plus the input (SoundStream Fig. 2)."""
 
     def __init__(self, channels: int, dilation: int, cfg: AudioTokenizerConfig):
         super().__init__()
         k = cfg.kernel_size
         self.block = nn.Sequential(
-            act(channels, cfg),
+            nn.ELU(),
             nn.Conv1d(channels, channels, k, dilation=dilation, padding=dilation * (k - 1) // 2),
-            act(channels, cfg),
+            nn.ELU(),
             nn.Conv1d(channels, channels, 1),
         )
 
@@ -153,8 +143,8 @@ class Encoder(nn.Sequential):
         ch = cfg.stage_channels
         layers: list[nn.Module] = [nn.Conv1d(1, ch[0], 7, padding=3)]
         for i, s in enumerate(cfg.strides):
-            layers += [*residual_units(ch[i], cfg), act(ch[i], cfg), down(ch[i], ch[i + 1], s)]
-        layers += [act(ch[-1], cfg), nn.Conv1d(ch[-1], cfg.latent_dim, 3, padding=1)]
+            layers += [*residual_units(ch[i], cfg), nn.ELU(), down(ch[i], ch[i + 1], s)]
+        layers += [nn.ELU(), nn.Conv1d(ch[-1], cfg.latent_dim, 3, padding=1)]
         super().__init__(*layers)
 
 
@@ -163,8 +153,8 @@ class Decoder(nn.Sequential):
         ch = cfg.stage_channels
         layers: list[nn.Module] = [nn.Conv1d(cfg.latent_dim, ch[-1], 7, padding=3)]
         for i, s in reversed(list(enumerate(cfg.strides))):
-            layers += [act(ch[i + 1], cfg), up(ch[i + 1], ch[i], s), *residual_units(ch[i], cfg)]
-        layers += [act(ch[0], cfg), nn.Conv1d(ch[0], 1, 7, padding=3)]
+            layers += [nn.ELU(), up(ch[i + 1], ch[i], s), *residual_units(ch[i], cfg)]
+        layers += [nn.ELU(), nn.Conv1d(ch[0], 1, 7, padding=3)]
         super().__init__(*layers)
 
 
@@ -221,15 +211,22 @@ class AudioTokenizer(nn.Module, Pretrained):
             quantized, codes, losses = self.quantizer(latents.float())  # (B, F, D), (B, F, Q), (Q,)
         return quantized, codes, losses.sum()
 
+    @contextlib.contextmanager
     def _no_init_in_eval(self):
         """Keep eval-mode calls free of side effects.
 
-        vector-quantize-pytorch runs its k-means init on the first forward, in eval mode too, so an
+        vector-quantize-pytorch runs its k-means init on the first forward in eval mode too, so an
         untrained model's first ``encode`` would rewrite its codebooks from that one input. In eval
-        mode an uninitialised codebook is used as it is (all zeros, every code id 0) instead.
+        mode an uninitialised codebook is used as it is (all zeros: every code id 0) instead.
         """
-        codebooks = [] if self.training else [vq._codebook for vq in self.quantizer.layers if not vq._codebook.initted]
-        return _TemporarilyInitted(codebooks)
+        pending = [] if self.training else [vq._codebook for vq in self.quantizer.layers if not vq._codebook.initted]
+        for codebook in pending:
+            codebook.initted.fill_(True)
+        try:
+            yield
+        finally:
+            for codebook in pending:
+                codebook.initted.fill_(False)
 
     # ----------------------------------------------------------------------------- public API
 
@@ -266,50 +263,42 @@ class AudioTokenizer(nn.Module, Pretrained):
         with torch.autocast(device_type=audio.device.type, enabled=False):
             audio, recon = audio.float(), recon.float()
             l1 = F.l1_loss(recon, audio)
-            sc, log_mag = multi_resolution_stft_loss(audio, recon, cfg.stft_sizes, cfg.stft_eps)
+            sc, log_mag = multi_resolution_stft_loss(audio, recon, cfg.stft_sizes, cfg.stft_eps, cfg.stft_range_db)
             loss = cfg.waveform_weight * l1 + cfg.sc_weight * sc + cfg.log_mag_weight * log_mag
-        logs = {"l1": l1.item(), "sc": sc.item(), "log_mag": log_mag.item(), "loss": loss.item()}
+        logs = dict(zip(("l1", "sc", "log_mag", "loss"), torch.stack([l1, sc, log_mag, loss]).tolist()))  # one sync
         return loss, logs
-
-
-class _TemporarilyInitted:
-    """Marks the given codebooks as initialised for the duration of a ``with`` block."""
-
-    def __init__(self, codebooks):
-        self.codebooks = codebooks
-
-    def __enter__(self):
-        for cb in self.codebooks:
-            cb.initted.fill_(True)
-
-    def __exit__(self, *exc):
-        for cb in self.codebooks:
-            cb.initted.fill_(False)
 
 
 # ------------------------------------------------------------------------------------ STFT loss
 
 
-def stft_magnitude(audio: torch.Tensor, n_fft: int, eps: float) -> torch.Tensor:
+def stft_magnitude(audio: torch.Tensor, n_fft: int) -> torch.Tensor:
     """|STFT| of (B, S) audio with a Hann window and hop n_fft / 4: (B, n_fft // 2 + 1, frames)."""
     window = torch.hann_window(n_fft, device=audio.device, dtype=audio.dtype)
     spec = torch.stft(audio, n_fft, hop_length=n_fft // 4, window=window, return_complex=True,
                       pad_mode="constant")  # (B, bins, frames)
-    return spec.abs().clamp_min(eps)
+    return spec.abs().clamp_min(1e-8)  # the floor keeps the gradient of |.| finite at 0
 
 
-def multi_resolution_stft_loss(audio, recon, sizes, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
-    """(spectral convergence, log-magnitude L1), each averaged over FFT ``sizes``.
+def multi_resolution_stft_loss(audio, recon, sizes, eps: float = 1e-5, range_db: float | None = None):
+    """(spectral convergence, log-magnitude L1) of (B, S) signals, each averaged over FFT ``sizes``.
 
     Spectral convergence ||S - S'||_F / ||S||_F and mean |log S - log S'| (Yamamoto et al. 2020,
-    Parallel WaveGAN, arXiv:1910.11480). FFT sizes above the signal's length are skipped.
+    Parallel WaveGAN, arXiv:1910.11480). Before the log, magnitudes are floored at ``eps`` and, if
+    ``range_db`` is given, at ``range_db`` below the reference's peak (per example): pure tones
+    have spectra that are almost all floor, and without a relative floor the log term's gradient
+    (1/|S'|) on those bins drowns out everything else. FFT sizes above the signal's length are
+    skipped.
     """
     sizes = [n for n in sizes if n <= audio.shape[-1]] or [min(sizes)]
     sc = log_mag = 0.0
     for n_fft in sizes:
-        ref, out = stft_magnitude(audio, n_fft, eps), stft_magnitude(recon, n_fft, eps)
+        ref, out = stft_magnitude(audio, n_fft), stft_magnitude(recon, n_fft)  # (B, bins, frames)
         sc = sc + torch.linalg.vector_norm(ref - out) / torch.linalg.vector_norm(ref).clamp_min(eps)
-        log_mag = log_mag + (ref.log() - out.log()).abs().mean()
+        floor = torch.full_like(ref[:, :1, :1], eps)  # (B, 1, 1)
+        if range_db is not None:
+            floor = floor.maximum(ref.detach().amax(dim=(1, 2), keepdim=True) * 10 ** (-range_db / 20))
+        log_mag = log_mag + (ref.maximum(floor).log() - out.maximum(floor).log()).abs().mean()
     return sc / len(sizes), log_mag / len(sizes)
 
 
@@ -322,18 +311,20 @@ def _as_batch(audio) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1])  # (B, S)
 
 
-def stft_distance(a, b, sizes=(256, 512, 1024, 2048), eps: float = 1e-5) -> float:
-    """Multi-resolution log-magnitude STFT L1 between two signals (lower is closer).
+def stft_distance(ref, recon, sizes=(256, 512, 1024, 2048), range_db: float | None = 60.0) -> float:
+    """Multi-resolution log-magnitude STFT L1 of ``recon`` against ``ref`` (lower is closer; 0 if equal).
 
-    ``a`` and ``b`` are numpy arrays or tensors of the same shape, (S,) or (B, S); the mean of
-    |log|STFT(a)| - log|STFT(b)|| over bins, frames and FFT ``sizes`` (Hann window, hop n/4,
-    magnitudes floored at ``eps``). 0 for identical signals.
+    Both are numpy arrays or tensors of one shape, (S,) or (B, S). The mean of
+    |log|STFT(ref)| - log|STFT(recon)|| (natural log) over bins, frames and FFT ``sizes`` (Hann
+    window, hop n/4), with magnitudes floored at 1e-5 and at ``range_db`` below each reference's
+    peak, so that differences far under the audible content (the floor of a pure tone) do not
+    dominate the score.
     """
-    a, b = _as_batch(a), _as_batch(b)
-    if a.shape != b.shape:
-        raise ValueError(f"stft_distance: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
+    ref, recon = _as_batch(ref), _as_batch(recon)
+    if ref.shape != recon.shape:
+        raise ValueError(f"stft_distance: shapes differ, {tuple(ref.shape)} vs {tuple(recon.shape)}")
     with torch.no_grad():
-        return float(multi_resolution_stft_loss(a, b, list(sizes), eps)[1])
+        return float(multi_resolution_stft_loss(ref, recon, list(sizes), 1e-5, range_db)[1])
 
 
 def dominant_frequency(audio, sample_rate: int) -> float:

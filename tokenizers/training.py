@@ -58,6 +58,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     l1_weight: float = 1.0
     mse_weight: float = 1.0
+    contrast_weight: float = 0.0  # video: extra loss weight on pixels that differ from their frame's median
     aux_weight: float = 1.0
     audio_crop_seconds: float = 1.0  # audio trains on random crops of this length
     video_crop_frames: int | None = None  # video trains on random windows of 1 + 4k frames (None: whole clips)
@@ -138,8 +139,18 @@ class VideoModality:
         return x
 
     def loss(self, x, recon, cfg: TrainConfig, model) -> tuple[torch.Tensor, dict]:
-        l1, mse = F.l1_loss(recon, x), F.mse_loss(recon, x)
-        return cfg.l1_weight * l1 + cfg.mse_weight * mse, {"l1": l1.item(), "mse": mse.item()}
+        err = recon - x  # (B, 3, T, H, W)
+        l1, mse = err.abs().mean(), err.pow(2).mean()
+        logs = {"l1": l1.item(), "mse": mse.item()}
+        if cfg.contrast_weight:
+            # Small objects on a plain background are a sliver of the pixels, so a plain mean
+            # error learns them last; weighting pixels by how far they sit from the frame's
+            # median (a cheap saliency) makes them count from the start.
+            median = x.flatten(3).median(dim=3).values[..., None, None]  # (B, 3, T, 1, 1)
+            weight = 1 + cfg.contrast_weight * (x - median).abs().mean(1, keepdim=True)  # (B, 1, T, H, W)
+            weight = weight / weight.mean()
+            l1, mse = (weight * err.abs()).mean(), (weight * err.pow(2)).mean()
+        return cfg.l1_weight * l1 + cfg.mse_weight * mse, logs
 
     def metrics(self, x, recon) -> dict[str, torch.Tensor]:
         return {"psnr": psnr_per_clip(x, recon), "ssim": ssim_per_clip(x, recon)}
@@ -309,7 +320,7 @@ class TokenizerModule(L.LightningModule):
         self._validated_at = int(self.step)
         codes = torch.cat([c.flatten(0, -2) if c.ndim > 2 else c.flatten() for c in self._val.pop("codes")])
         row = {"step": int(self.step), **{f"val_{k}": torch.cat(v).mean().item() for k, v in self._val.items()},
-               **codebook_stats(codes, self.model.codebook_size)}
+               **codebook_stats(codes, self.model.config.codebook_size)}
         self._val = {}
         self.log_dict({k: v for k, v in row.items() if k != "step"}, prog_bar=False)
         self._append_metrics(row)
@@ -360,6 +371,12 @@ def fit(model: nn.Module, modality: str, cfg: TrainConfig, train_data: Dataset, 
     """Train (resuming from OUT/checkpoints/last.ckpt if present); returns OUT/model."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    try:  # vector-quantize-pytorch logs a k-means warning through loguru on every small first batch
+        from loguru import logger
+
+        logger.disable("vector_quantize_pytorch")
+    except ImportError:
+        pass
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for noise in ("Using ModelCheckpoint with manual optimization", ".*LeafSpec.*is deprecated", ".*does not have many workers"):

@@ -69,3 +69,35 @@ def test_bad_model_folder_is_a_clear_error(tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["tokenizer", "eval", "--model", str(tmp_path / "empty")]) == 1
+
+
+@pytest.fixture(scope="module")
+def trained_audio(tmp_path_factory):
+    run = tmp_path_factory.mktemp("fit_audio") / "run"
+    cfg = ROOT / "configs" / "tokenizer" / "audio-debug.yaml"
+    assert main(["tokenizer", "fit", "--config", str(cfg), "--out", str(run)]) == 0
+    return run
+
+
+def test_audio_fit_and_eval(trained_audio, capsys):
+    assert (trained_audio / "samples" / "step_000004.wav").exists()
+    assert main(["tokenizer", "eval", "--model", str(trained_audio / "model"), "--num", "2", "--batch-size", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"stft_distance", "frequency_agreement", "codebook_usage", "perplexity", "clips_per_s"}
+    assert 0 <= result["frequency_agreement"] <= 1
+
+
+def test_bundle_assembles_tokenizers_text_and_vocabulary(trained, trained_audio, tmp_path, capsys):
+    from videolm.tokenizers.text import TextTokenizer
+    from videolm.tokenizers.vocab import Vocabulary
+
+    out = tmp_path / "bundle"
+    assert main(["tokenizer", "bundle", "--out", str(out), "--video", str(trained / "model"),
+                 "--audio", str(trained_audio / "model"), "--captions", "300"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    vocab, text = Vocabulary.load(out), TextTokenizer.load(out)
+    assert summary["vocabulary"] == len(vocab) and vocab.range("text")[1] - vocab.range("text")[0] == text.vocab_size
+    assert vocab.range("video")[1] - vocab.range("video")[0] == 4096
+    caption = "a large red circle moves left on a striped background"
+    assert text.decode(text.encode(caption)) == caption and len(text.encode(caption)) <= 12
+    assert main(["tokenizer", "eval", "--model", str(out), "--modality", "audio", "--num", "1", "--batch-size", "1"]) == 0
