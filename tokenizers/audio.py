@@ -327,27 +327,49 @@ def stft_distance(ref, recon, sizes=(256, 512, 1024, 2048), range_db: float | No
         return float(multi_resolution_stft_loss(ref, recon, list(sizes), 1e-5, range_db)[1])
 
 
-def dominant_frequency(audio, sample_rate: int) -> float:
-    """The frequency in Hz of the strongest spectral peak of a 1D signal.
-
-    Hann-windowed FFT of the whole signal (DC excluded), refined to sub-bin accuracy by fitting a
-    parabola through the log magnitudes of the peak bin and its two neighbours.
-    """
+def _spectrum(audio) -> np.ndarray:
+    """Hann-windowed magnitude spectrum of a 1D signal (mean removed)."""
     x = np.asarray(audio.detach().cpu().float() if torch.is_tensor(audio) else audio, dtype=np.float64)
     if x.ndim != 1 or x.size < 4:
-        raise ValueError(f"dominant_frequency: expected a 1D signal of >= 4 samples, got shape {x.shape}")
-    mag = np.abs(np.fft.rfft((x - x.mean()) * np.hanning(x.size)))
-    k = int(np.argmax(mag[1:-1])) + 1  # keep both neighbours inside the spectrum
+        raise ValueError(f"expected a 1D signal of >= 4 samples, got shape {x.shape}")
+    return np.abs(np.fft.rfft((x - x.mean()) * np.hanning(x.size)))
+
+
+def _peak_frequency(mag: np.ndarray, k: int, sample_rate: int, size: int) -> float:
+    """Bin k refined to sub-bin accuracy by a parabola through the log magnitudes around it."""
     lo, mid, hi = np.log(mag[k - 1 : k + 2] + 1e-12)
     denom = lo - 2 * mid + hi
     offset = 0.5 * (lo - hi) / denom if denom < 0 else 0.0
-    return float((k + offset) * sample_rate / x.size)
+    return float((k + offset) * sample_rate / size)
 
 
-def frequency_agreement(ref, recon, sample_rate: int, tol: float = 0.03) -> bool:
-    """True when the dominant frequency of ``recon`` is within ``tol`` (relative) of ``ref``'s."""
-    f_ref = dominant_frequency(ref, sample_rate)
-    return abs(dominant_frequency(recon, sample_rate) - f_ref) <= tol * f_ref
+def dominant_frequency(audio, sample_rate: int) -> float:
+    """The frequency in Hz of the strongest spectral peak of a 1D signal (DC excluded)."""
+    mag = _spectrum(audio)
+    k = int(np.argmax(mag[1:-1])) + 1  # keep both neighbours inside the spectrum
+    return _peak_frequency(mag, k, sample_rate, 2 * (mag.size - 1) + (len(audio) % 2))
+
+
+def dominant_frequencies(audio, sample_rate: int, tie_db: float = 1.0) -> list[float]:
+    """Every spectral peak within ``tie_db`` of the strongest one: the dominant frequency, or the
+    tied ones when two tones are equally loud (e.g. two Shapes objects of the same size)."""
+    mag = _spectrum(audio)
+    inner = mag[1:-1]
+    is_peak = (inner >= mag[:-2]) & (inner >= mag[2:]) & (inner >= inner.max() * 10 ** (-tie_db / 20))
+    size = 2 * (mag.size - 1) + (len(audio) % 2)
+    return [_peak_frequency(mag, int(k) + 1, sample_rate, size) for k in np.flatnonzero(is_peak)]
+
+
+def frequency_agreement(ref, recon, sample_rate: int, tol: float = 0.03, tie_db: float | None = 1.0) -> bool:
+    """True when the dominant frequency of ``recon`` is within ``tol`` (relative) of ``ref``'s.
+
+    With ``tie_db`` (default 1 dB), any of ``ref``'s peaks within that much of its strongest counts:
+    when two tones are equally loud, the dominant one is a matter of FFT scalloping, not of the
+    signal. ``tie_db=None`` is the strict single-peak version.
+    """
+    found = dominant_frequency(recon, sample_rate)
+    targets = [dominant_frequency(ref, sample_rate)] if tie_db is None else dominant_frequencies(ref, sample_rate, tie_db)
+    return any(abs(found - f) <= tol * f for f in targets)
 
 
 __all__ = [
@@ -355,6 +377,7 @@ __all__ = [
     "AudioTokenizer",
     "AudioTokenizerConfig",
     "dominant_frequency",
+    "dominant_frequencies",
     "frequency_agreement",
     "multi_resolution_stft_loss",
     "stft_distance",

@@ -72,6 +72,7 @@ class Pretrained:
         state = {k: (v.to(cast) if v.is_floating_point() else v).contiguous() for k, v in self.state_dict().items()}
         tmp = folder / f".{WEIGHTS_NAME}.tmp"
         save_file(state, str(tmp), metadata={"kind": self.kind, "dtype": dtype})
+        os.chmod(tmp, 0o644)  # the library creates it private; a model folder is meant to be shared
         os.replace(tmp, folder / WEIGHTS_NAME)
         write_json(folder / CONFIG_NAME, {"kind": self.kind, "format": FORMAT, "config": to_dict(self.config)})
         return folder

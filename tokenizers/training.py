@@ -185,8 +185,10 @@ class AudioModality:
 
         xs, rs = x.float().cpu().numpy(), recon.float().cpu().numpy()
         agree = [float(frequency_agreement(a, b, 16000)) for a, b in zip(xs, rs)]
+        strict = [float(frequency_agreement(a, b, 16000, tie_db=None)) for a, b in zip(xs, rs)]
         dist = [float(stft_distance(a, b)) for a, b in zip(xs, rs)]
-        return {"frequency_agreement": torch.tensor(agree), "stft_distance": torch.tensor(dist)}
+        return {"frequency_agreement": torch.tensor(agree), "frequency_agreement_strict": torch.tensor(strict),
+                "stft_distance": torch.tensor(dist)}
 
     def write_samples(self, x, recon, stem: Path) -> None:
         """Audio: a wav of the first original and its reconstruction, one after the other."""

@@ -189,3 +189,17 @@ def test_frequency_agreement_and_stft_distance():
     assert stft_distance(a, a) == 0
     assert 0 < stft_distance(a, 0.9 * a) < stft_distance(a, b)
     assert stft_distance(np.stack([a, b]), np.stack([a, b])) == 0
+
+
+def test_frequency_agreement_accepts_either_of_two_equally_loud_tones():
+    from videolm.tokenizers.audio import dominant_frequencies, frequency_agreement
+
+    t = np.arange(34000) / 16000
+    tied = 0.3 * np.sin(2 * np.pi * 330 * t) + 0.3 * np.sin(2 * np.pi * 494 * t)  # circle + square, same size
+    louder = 0.3 * np.sin(2 * np.pi * 330 * t) + 0.15 * np.sin(2 * np.pi * 494 * t)
+    low, high = 0.3 * np.sin(2 * np.pi * 330 * t), 0.3 * np.sin(2 * np.pi * 494 * t)
+    assert [round(f) for f in dominant_frequencies(tied, 16000)] == [330, 494]
+    assert frequency_agreement(tied, low, 16000) and frequency_agreement(tied, high, 16000)
+    assert frequency_agreement(louder, low, 16000) and not frequency_agreement(louder, high, 16000)
+    strict = [frequency_agreement(tied, x, 16000, tie_db=None) for x in (low, high)]
+    assert sorted(strict) == [False, True]  # the strict version picks one of the tied peaks

@@ -1,0 +1,39 @@
+"""The models shipped in the package load by name and still do their job."""
+
+import numpy as np
+import torch
+
+from videolm.tasks.models import DEFAULT_MODEL, resolve_model, shipped_models
+from videolm.tasks.shapes import make_clip
+from videolm.tokenizers.audio import AudioTokenizer, frequency_agreement
+from videolm.tokenizers.text import TextTokenizer
+from videolm.tokenizers.vocab import Vocabulary
+
+
+def test_default_model_resolves_by_name():
+    assert DEFAULT_MODEL in shipped_models()
+    folder = resolve_model(DEFAULT_MODEL)
+    assert (folder / "vocab.json").exists() and (folder / "text.model").exists()
+
+
+def test_shipped_weights_stay_within_budget():
+    total = sum(p.stat().st_size for p in resolve_model(DEFAULT_MODEL).rglob("*.safetensors"))
+    assert total <= 12 * 2**20  # the tokenizers' share of the shipped budget
+
+
+def test_shipped_audio_tokenizer_keeps_the_tones_of_held_out_clips():
+    tok = AudioTokenizer.from_pretrained(resolve_model(DEFAULT_MODEL) / "audio_tokenizer")
+    clips = [make_clip(1_000_000 + i).audio for i in range(8)]
+    x = torch.from_numpy(np.stack(clips))
+    recon = tok.decode(tok.encode(x), x.shape[1])
+    assert all(frequency_agreement(a, b, 16000) for a, b in zip(x.numpy(), recon.numpy()))
+
+
+def test_shipped_text_tokenizer_and_vocabulary_agree():
+    folder = resolve_model(DEFAULT_MODEL)
+    text, vocab = TextTokenizer.load(folder), Vocabulary.load(folder)
+    start, stop = vocab.range("text")
+    assert stop - start == text.vocab_size
+    caption = make_clip(1_000_000).caption
+    ids = vocab.text_to_ids(text.encode(caption))
+    assert text.decode(vocab.ids_to_text(ids)) == caption
