@@ -238,11 +238,13 @@ class AudioTokenizer(nn.Module, Pretrained):
         recon = self.decoder(quantized.transpose(1, 2))[:, 0, :num_samples]  # (B, S)
         return TokenizerOutput(recon, codes, aux_loss)
 
+    @torch.no_grad()
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
         """audio (B, S) -> codes (B, F, Q) int64, F = ceil(S / hop)."""
         latents = self.encoder(self._pad(audio)[:, None])  # (B, D, F)
         return self.quantize(latents.transpose(1, 2))[1]
 
+    @torch.no_grad()
     def decode(self, codes: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
         """codes (B, F, Q) -> audio (B, num_samples); ``num_samples`` defaults to F * hop."""
         if codes.ndim != 3 or codes.shape[-1] != self.config.num_quantizers:
