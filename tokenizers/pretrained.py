@@ -30,15 +30,20 @@ FORMAT = 1
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def read_json(path: Path, missing: str):
+    """Parsed JSON; `missing` is the message when the file does not exist."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise VideolmError(missing) from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable ({e})") from e
+
+
 def read_config_json(folder: str | Path, kind: str) -> dict:
     """The ``config`` block of ``folder/config.json``, checked to be of ``kind``."""
     path = Path(folder) / CONFIG_NAME
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise VideolmError(f"{folder}: not a saved model folder (no {CONFIG_NAME})") from None
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: unreadable ({e})") from e
+    data = read_json(path, f"{folder}: not a saved model folder (no {CONFIG_NAME})")
     if not isinstance(data, dict) or data.get("kind") != kind:
         found = data.get("kind") if isinstance(data, dict) else None
         raise ConfigError(f"{path}: holds a {found!r}, not a {kind!r}")

@@ -14,7 +14,6 @@ torch tensor gives an int64 tensor on the same device, anything else gives a num
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from videolm.tokenizers.errors import ConfigError, VideolmError
-from videolm.tokenizers.pretrained import write_json
+from videolm.tokenizers.pretrained import read_json, write_json
 from videolm.tokenizers.schema import from_dict
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<mask>", "<bot_i>", "<eot_i>", "<bov_i>", "<eov_i>",
@@ -290,12 +289,7 @@ class Vocabulary:
         path = Path(path)
         if path.is_dir():
             path = path / FILE_NAME
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise VideolmError(f"{path}: no vocabulary there (file not found)") from None
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{path}: unreadable ({e})") from e
+        data = read_json(path, f"{path}: no vocabulary there (file not found)")
         if not isinstance(data, dict) or data.get("kind") != "vocabulary" or "vocabulary" not in data:
             raise ConfigError(f"{path}: not a saved vocabulary")
         if data.get("format") != FORMAT:
