@@ -27,9 +27,9 @@ FSQ_LEVELS = {1024: [8, 8, 4, 4], 2048: [8, 8, 8, 4], 4096: [8, 8, 8, 8], 256: [
 
 class Quantizer(nn.Module):
     def __init__(self, kind: str, dim: int, codebook_size: int, entropy_weight: float = 0.1,
-                 commitment_weight: float = 0.25):
+                 commitment_weight: float = 0.25, normalize: bool = False):
         super().__init__()
-        self.kind, self.codebook_size = kind, codebook_size
+        self.kind, self.codebook_size, self.normalize = kind, codebook_size, normalize
         if kind == "lfq":
             bits = int(math.log2(codebook_size))
             if 2**bits != codebook_size:
@@ -57,6 +57,8 @@ class Quantizer(nn.Module):
         flat = self.project_in(z.flatten(2))  # (B, D, N)
         with torch.autocast(device_type=z.device.type, enabled=False):
             x = flat.float().transpose(1, 2)  # (B, N, D)
+            if self.normalize:  # unit RMS per token, so the code levels are spanned from the start
+                x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
             if self.kind == "fsq":
                 q, idx = self.q(x)
                 aux = x.new_zeros(())

@@ -55,6 +55,7 @@ class VideoTokenizerConfig:
     latent_channels: int = 96  # width of the code map before and after quantization
     entropy_weight: float = 0.1  # LFQ
     commitment_weight: float = 0.25  # LFQ / VQ
+    quantizer_norm: bool = False  # RMS-normalize each token's vector before quantizing
 
     def __post_init__(self):
         if len(self.channels) != 3 or len(self.blocks_2d) != 3:
@@ -253,7 +254,7 @@ class FlatBottleneck(nn.Module):
     def __init__(self, cfg: VideoTokenizerConfig):
         super().__init__()
         self.quantizer = Quantizer(cfg.quantizer, cfg.latent_channels, cfg.codebook_size,
-                                   cfg.entropy_weight, cfg.commitment_weight)
+                                   cfg.entropy_weight, cfg.commitment_weight, cfg.quantizer_norm)
         self.decoder_channels = cfg.latent_channels
 
     def tokens_per_frame(self, h: int, w: int) -> int:
@@ -276,10 +277,10 @@ class HierarchicalBottleneck(nn.Module):
         c, half = cfg.latent_channels, cfg.codebook_size // 2
         self.half = half
         self.to_top = nn.Sequential(nn.Conv2d(c * 4, c, 1), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1))
-        self.top_q = Quantizer(cfg.quantizer, c, half, cfg.entropy_weight, cfg.commitment_weight)
+        self.top_q = Quantizer(cfg.quantizer, c, half, cfg.entropy_weight, cfg.commitment_weight, cfg.quantizer_norm)
         self.top_up = nn.Sequential(nn.Conv2d(c, c * 4, 3, padding=1))  # then 2x depth-to-space
         self.to_bottom = nn.Conv2d(2 * c, c, 1)
-        self.bottom_q = Quantizer(cfg.quantizer, c, half, cfg.entropy_weight, cfg.commitment_weight)
+        self.bottom_q = Quantizer(cfg.quantizer, c, half, cfg.entropy_weight, cfg.commitment_weight, cfg.quantizer_norm)
         self.decoder_channels = 2 * c
 
     def tokens_per_frame(self, h: int, w: int) -> int:

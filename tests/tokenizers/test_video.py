@@ -13,6 +13,7 @@ VARIANTS = {
     "fsq": {"quantizer": "fsq"},
     "vq": {"quantizer": "vq"},
     "vqvae2": {"architecture": "vqvae2"},
+    "lfq_norm": {"quantizer": "lfq", "quantizer_norm": True},
 }
 
 
