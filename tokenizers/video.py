@@ -4,10 +4,11 @@
 Any H, W divisible by 8 and T = 1 + 4k work with the same weights (the network is fully
 convolutional).
 
-Where the compute goes. At full resolution the network only rearranges pixels (space-to-depth,
-"pixel unshuffle") and runs a few cheap per-frame 2D convolutions; the 3D (space-time)
-convolutions run after the spatial downsampling, at 8x8, where they cost little. This keeps
-the tokenizer trainable on a CPU, which full-resolution 3D convolutions are not.
+Where the compute goes. Each frame is brought to H/8 by three cheap stride-2 2D convolutions
+(and mirrored back by transposed ones); the 3D (space-time) convolutions run only at H/8,
+where they cost little. This keeps the tokenizer trainable on a CPU, which full-resolution 3D
+convolutions are not. (An earlier design rearranged pixels by space-to-depth with 1x1
+convolutions; this one learns as fast per step and runs about 1.6x faster.)
 
 Causality. Every temporal convolution is padded only at the front, and normalization is per frame,
 so latent frame j sees frames <= 4j and nothing later. Hence the contract `extend` relies on:
@@ -190,17 +191,18 @@ def _stage(c: int, n: int) -> nn.Sequential:
 
 
 class Encoder(nn.Module):
-    """(B, 3, T, H, W) -> (B, latent, 1 + (T-1)/4, H/8, W/8)."""
+    """(B, 3, T, H, W) -> (B, latent, 1 + (T-1)/4, H/8, W/8).
+
+    Per frame, three stride-2 4x4 convolutions take the frame to H/8 (each followed by its
+    residual blocks); then causal space-time blocks and two stride-2 temporal convolutions.
+    """
 
     def __init__(self, cfg: VideoTokenizerConfig):
         super().__init__()
         c0, c1, c2 = cfg.channels
-        self.stem = nn.Conv2d(3 * 4, c0, 3, padding=1)  # after a 2x2 space-to-depth
-        self.level0 = _stage(c0, cfg.blocks_2d[0])
-        self.down1 = nn.Conv2d(c0 * 4, c1, 1)
-        self.level1 = _stage(c1, cfg.blocks_2d[1])
-        self.down2 = nn.Conv2d(c1 * 4, c2, 1)
-        self.level2 = _stage(c2, cfg.blocks_2d[2])
+        self.down = nn.ModuleList([nn.Conv2d(3, c0, 4, 2, 1), nn.Conv2d(c0, c1, 4, 2, 1), nn.Conv2d(c1, c2, 4, 2, 1)])
+        self.levels = nn.ModuleList([_stage(c, n) for c, n in zip(cfg.channels, cfg.blocks_2d)])
+        self.norms = nn.ModuleList([_norm(c) for c in (c0, c1)])
         self.time = nn.Sequential(
             *(ResBlock3d(c2) for _ in range(cfg.blocks_3d)), TimeDown(c2),
             *(ResBlock3d(c2) for _ in range(cfg.blocks_3d)), TimeDown(c2),
@@ -210,15 +212,17 @@ class Encoder(nn.Module):
 
     def forward(self, x):
         b = x.shape[0]
-        h = self.stem(F.pixel_unshuffle(frames_2d(x), 2))  # (B*T, c0, H/2, W/2)
-        h = self.down1(F.pixel_unshuffle(self.level0(h), 2))  # (B*T, c1, H/4, W/4)
-        h = self.down2(F.pixel_unshuffle(self.level1(h), 2))  # (B*T, c2, H/8, W/8)
-        h = frames_3d(self.level2(h), b)  # (B, c2, T, H/8, W/8)
-        return self.out(self.time(h))  # (B, latent, t, H/8, W/8)
+        h = frames_2d(x)  # (B*T, 3, H, W)
+        for i, (down, level) in enumerate(zip(self.down, self.levels)):
+            if i:
+                h = F.silu(self.norms[i - 1](h))
+            h = level(down(h))  # H/2, H/4, H/8
+        return self.out(self.time(frames_3d(h, b)))  # (B, latent, t, H/8, W/8)
 
 
 class Decoder(nn.Module):
-    """(B, latent, t, H/8, W/8) -> (B, 3, 1 + 4(t-1), H, W)."""
+    """(B, latent, t, H/8, W/8) -> (B, 3, 1 + 4(t-1), H, W): the encoder mirrored, with
+    stride-2 4x4 transposed convolutions back to full resolution."""
 
     def __init__(self, cfg: VideoTokenizerConfig, in_channels: int | None = None):
         super().__init__()
@@ -229,19 +233,16 @@ class Decoder(nn.Module):
             *(ResBlock3d(c2) for _ in range(cfg.blocks_3d)), TimeUp(c2),
             *(ResBlock3d(c2) for _ in range(cfg.blocks_3d)),
         )
-        self.level2 = _stage(c2, cfg.blocks_2d[2])
-        self.up2 = nn.Conv2d(c2, c1 * 4, 1)
-        self.level1 = _stage(c1, cfg.blocks_2d[1])
-        self.up1 = nn.Conv2d(c1, c0 * 4, 1)
-        self.level0 = _stage(c0, cfg.blocks_2d[0])
-        self.out = nn.Sequential(_norm(c0), nn.SiLU(), nn.Conv2d(c0, 3 * 4, 3, padding=1))
+        self.levels = nn.ModuleList([_stage(c, n) for c, n in zip((c2, c1, c0), cfg.blocks_2d[::-1])])
+        self.norms = nn.ModuleList([_norm(c) for c in (c2, c1, c0)])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(c2, c1, 4, 2, 1), nn.ConvTranspose2d(c1, c0, 4, 2, 1),
+                                 nn.ConvTranspose2d(c0, 3, 4, 2, 1)])
 
     def forward(self, z):
         b = z.shape[0]
         h = frames_2d(self.time(self.inp(z)))  # (B*T, c2, H/8, W/8)
-        h = F.pixel_shuffle(self.up2(self.level2(h)), 2)  # (B*T, c1, H/4, W/4)
-        h = F.pixel_shuffle(self.up1(self.level1(h)), 2)  # (B*T, c0, H/2, W/2)
-        h = F.pixel_shuffle(self.out(self.level0(h)), 2)  # (B*T, 3, H, W)
+        for level, norm, up in zip(self.levels, self.norms, self.up):
+            h = up(F.silu(norm(level(h))))  # H/4, H/2, H
         return frames_3d(h, b)
 
 
