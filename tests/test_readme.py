@@ -23,11 +23,8 @@ def test_readme_has_exactly_two_commands_and_both_install_cpu_torch_first():
 
 
 def test_ci_runs_the_readme_test_command():
-    ci = (ROOT / ".ci" / "run").read_text()
-    assert "<!-- test-command -->" in ci and "README.md" in ci
-    awk = re.search(r"cmd=\"\$\(awk '(.+?)' README.md\)\"", ci).group(1)
-    out = subprocess.run(["awk", awk, str(ROOT / "README.md")], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == _command("test-command")
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert _command("test-command") in ci  # the README's command is a line of .ci/run, verbatim
 
 
 def test_readme_main_job_runs(tmp_path):
