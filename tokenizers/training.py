@@ -169,9 +169,12 @@ class VideoModality:
 class AudioModality:
     name = "audio"
 
-    def inputs(self, batch: dict, train: bool, crop_seconds: float = 1.0, sample_rate: int = 16000) -> torch.Tensor:
+    def __init__(self, crop_seconds: float = 1.0, sample_rate: int = 16000):
+        self.crop_seconds, self.sample_rate = crop_seconds, sample_rate
+
+    def inputs(self, batch: dict, train: bool) -> torch.Tensor:
         audio = batch["audio"].float()  # (B, S)
-        n = int(crop_seconds * sample_rate)
+        n = int(self.crop_seconds * self.sample_rate)
         if train and audio.shape[1] > n:
             start = int(torch.randint(0, audio.shape[1] - n + 1, ()).item())
             audio = audio[:, start:start + n]
@@ -246,11 +249,6 @@ class TokenizerModule(L.LightningModule):
             return opt
         return [opt, torch.optim.AdamW(self.discriminator.parameters(), lr=cfg.adversarial.lr, betas=(0.5, 0.9))]
 
-    def _inputs(self, batch, train: bool):
-        if self.modality.name == "audio":
-            return self.modality.inputs(batch, train, self.cfg.audio_crop_seconds)
-        return self.modality.inputs(batch, train)
-
     def on_train_batch_start(self, batch, batch_idx):
         self._last_tick = time.perf_counter()
 
@@ -263,7 +261,7 @@ class TokenizerModule(L.LightningModule):
         opt = opts[0] if isinstance(opts, list) else opts
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, cfg, float(self.elapsed))
-        x = self._inputs(batch, train=True)
+        x = self.modality.inputs(batch, train=True)
         out = self.model(x)
         recon_loss, logs = self.modality.loss(x, out.recon, cfg, self.model)
         loss = recon_loss + cfg.aux_weight * out.aux_loss
@@ -307,7 +305,7 @@ class TokenizerModule(L.LightningModule):
 
     # -- validation
     def validation_step(self, batch, batch_idx):
-        x = self._inputs(batch, train=False)
+        x = self.modality.inputs(batch, train=False)
         out = self.model(x)
         for k, v in self.modality.metrics(x, out.recon).items():
             self._val.setdefault(k, []).append(v.float().cpu())
@@ -388,7 +386,10 @@ def fit(model: nn.Module, modality: str, cfg: TrainConfig, train_data: Dataset, 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    adapter = VideoModality(cfg.video_crop_frames, cfg.video_crop_size) if modality == "video" else AudioModality()
+    if modality == "video":
+        adapter = VideoModality(cfg.video_crop_frames, cfg.video_crop_size)
+    else:
+        adapter = AudioModality(cfg.audio_crop_seconds)
     module = TokenizerModule(model, adapter, cfg, out)
     loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
                         collate_fn=_collate, drop_last=True, persistent_workers=cfg.workers > 0)
