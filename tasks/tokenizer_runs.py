@@ -17,8 +17,8 @@ from torch.utils.data import Dataset, Subset
 from videolm.tasks.models import resolve_model
 from videolm.tasks.shapes import ShapesConfig
 from videolm.tasks.shapes_data import ShapesDataset
-from videolm.tokenizers.errors import UsageError
-from videolm.tokenizers.pretrained import read_config_json
+from videolm.tokenizers.errors import ConfigError, UsageError
+from videolm.tokenizers.pretrained import CONFIG_NAME, read_json
 from videolm.tokenizers.schema import to_dict
 from videolm.tokenizers.training import TrainConfig, codebook_stats, fit
 
@@ -92,26 +92,21 @@ def load_tokenizer(model: str, modality: str | None = None):
     from videolm.tokenizers.video import VideoTokenizer
 
     folder = resolve_model(model)
-    if not (folder / "config.json").exists():
-        modality = modality or "video"
-        folder = folder / f"{modality}_tokenizer"
-    kind = None
-    for cls in (VideoTokenizer, AudioTokenizer):
-        try:
-            read_config_json(folder, cls.kind)
-            kind = cls
-        except Exception:  # noqa: BLE001 - try the next kind; the last error is raised below
-            continue
-    if kind is None:
-        read_config_json(folder, VideoTokenizer.kind)  # raises the clear error
-    return kind.from_pretrained(folder)
+    if not (folder / CONFIG_NAME).exists():
+        folder = folder / f"{modality or 'video'}_tokenizer"
+    data = read_json(folder / CONFIG_NAME, f"{folder}: not a saved tokenizer folder (no {CONFIG_NAME})")
+    kinds = {cls.kind: cls for cls in (VideoTokenizer, AudioTokenizer)}
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind not in kinds:
+        raise ConfigError(f"{folder / CONFIG_NAME}: holds a {kind!r}, not a video or audio tokenizer")
+    return kinds[kind].from_pretrained(folder)
 
 
 @torch.no_grad()
 def evaluate_tokenizer(model: str, data: str = "shapes", num: int = 256, seed: int = 0, batch_size: int = 8,
                        modality: str | None = None, frames: int = 17, size: tuple[int, int] = (64, 64)) -> dict:
     """Reconstruction quality on held-out clips, as one JSON-ready dict."""
-    from videolm.tokenizers.training import AudioModality, VideoModality, _collate
+    from videolm.tokenizers.training import AudioModality, VideoModality, collate_clips
 
     tok = load_tokenizer(model, modality)
     is_video = tok.kind == "video_tokenizer"
@@ -122,7 +117,7 @@ def evaluate_tokenizer(model: str, data: str = "shapes", num: int = 256, seed: i
     metrics: dict[str, list] = {}
     codes, seconds = [], 0.0
     for start in range(0, len(ds), batch_size):
-        batch = _collate([ds[i] for i in range(start, min(start + batch_size, len(ds)))])
+        batch = collate_clips([ds[i] for i in range(start, min(start + batch_size, len(ds)))])
         x = adapter.inputs(batch, train=False)
         t0 = time.perf_counter()
         c = tok.encode(x)

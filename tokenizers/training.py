@@ -359,7 +359,7 @@ def codebook_stats(codes: torch.Tensor, codebook_size: int) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------ fit
 
 
-def _collate(items: list[dict]) -> dict:
+def collate_clips(items: list[dict]) -> dict:
     return {
         "video": torch.from_numpy(np.stack([it["video"] for it in items])),  # (B, T, H, W, 3) uint8
         "audio": torch.from_numpy(np.stack([it["audio"] for it in items])),  # (B, S) float32
@@ -392,8 +392,8 @@ def fit(model: nn.Module, modality: str, cfg: TrainConfig, train_data: Dataset, 
         adapter = AudioModality(cfg.audio_crop_seconds)
     module = TokenizerModule(model, adapter, cfg, out)
     loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
-                        collate_fn=_collate, drop_last=True, persistent_workers=cfg.workers > 0)
-    val_loader = DataLoader(val_data, batch_size=cfg.batch_size, num_workers=0, collate_fn=_collate)
+                        collate_fn=collate_clips, drop_last=True, persistent_workers=cfg.workers > 0)
+    val_loader = DataLoader(val_data, batch_size=cfg.batch_size, num_workers=0, collate_fn=collate_clips)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
                                                      every_n_train_steps=cfg.checkpoint_every, save_top_k=0)
     trainer = L.Trainer(
