@@ -279,7 +279,7 @@ class HierarchicalBottleneck(nn.Module):
         self.half = half
         self.to_top = nn.Sequential(nn.Conv2d(c * 4, c, 1), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1))
         self.top_q = Quantizer(cfg.quantizer, c, half, cfg.entropy_weight, cfg.commitment_weight, cfg.quantizer_norm)
-        self.top_up = nn.Sequential(nn.Conv2d(c, c * 4, 3, padding=1))  # then 2x depth-to-space
+        self.top_up = nn.Conv2d(c, c * 4, 3, padding=1)  # then 2x depth-to-space
         self.to_bottom = nn.Conv2d(2 * c, c, 1)
         self.bottom_q = Quantizer(cfg.quantizer, c, half, cfg.entropy_weight, cfg.commitment_weight, cfg.quantizer_norm)
         self.decoder_channels = 2 * c
@@ -287,7 +287,7 @@ class HierarchicalBottleneck(nn.Module):
     def tokens_per_frame(self, h: int, w: int) -> int:
         return (h // 2) * (w // 2) + h * w
 
-    def _upsample_top(self, qt, b):  # (B, C, t, h/2, w/2) -> (B*t, C, h, w)
+    def _upsample_top(self, qt):  # (B, C, t, h/2, w/2) -> (B*t, C, h, w)
         return F.pixel_shuffle(self.top_up(frames_2d(qt)), 2)
 
     def forward(self, z):
@@ -296,7 +296,7 @@ class HierarchicalBottleneck(nn.Module):
             raise UsageError(f"vqvae2 needs an even latent size, got {h}x{w} (frame size a multiple of 16)")
         top = frames_3d(self.to_top(F.pixel_unshuffle(frames_2d(z), 2)), b)  # (B, C, t, h/2, w/2)
         qt, it, aux_t = self.top_q(top)
-        top_feat = self._upsample_top(qt, b)  # (B*t, C, h, w)
+        top_feat = self._upsample_top(qt)  # (B*t, C, h, w)
         bottom = frames_3d(self.to_bottom(torch.cat([frames_2d(z), top_feat], 1)), b)
         qb, ib, aux_b = self.bottom_q(bottom)
         codes = torch.cat([it.flatten(2), ib.flatten(2) + self.half], dim=2)  # (B, t, h*w/4 + h*w)
@@ -311,7 +311,7 @@ class HierarchicalBottleneck(nn.Module):
         it, ib = codes[:, :, :n_top], codes[:, :, n_top:] - self.half
         qt = self.top_q.indices_to_codes(it.reshape(b, t, h // 2, w // 2))
         qb = self.bottom_q.indices_to_codes(ib.reshape(b, t, h, w))
-        return self._merge(qb, self._upsample_top(qt, b), b)
+        return self._merge(qb, self._upsample_top(qt), b)
 
 
 # ---------------------------------------------------------------------------------- the model
