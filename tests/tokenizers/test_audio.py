@@ -23,13 +23,7 @@ def clips(*seeds, num=CLIP):  # (B, S)
     return torch.from_numpy(np.stack([make_clip(s).audio[:num] for s in seeds]))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny; on a busy machine extra intra-op threads only fight for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the models here are tiny
 
 
 @pytest.fixture(scope="module")
