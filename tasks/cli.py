@@ -217,6 +217,83 @@ def _add_tokenizer(sub) -> None:
     p.set_defaults(run=_tokenizer_bundle)
 
 
+# -------------------------------------------------------------------------------------- tokenize
+
+
+def _tokenize(args) -> int:
+    from videolm.tasks.token_shards import ClipSource, write_token_shards
+
+    height, width = args.size or (64, 64)
+    source = ClipSource(data=args.data, num=args.num, seed=args.seed, split=args.split, frames=args.frames,
+                        height=height, width=width)
+    with _progress(args.num, "tokenize") as bar:
+        summary = write_token_shards(args.out, source, model=args.model, batch_size=args.batch_size,
+                                     shard_size=args.shard_size, overwrite=args.overwrite, progress=bar.update)
+    print_json(summary)
+    return 0
+
+
+def _add_tokenize(sub) -> None:
+    p = sub.add_parser(
+        "tokenize", help="encode clips once into token shards for LM training",
+        description="Encode clips with the frozen tokenizers of a model folder (caption -> text ids, video -> "
+        "codes (t, n), audio -> codes (frames, levels), Shapes structure video -> codes) into safetensors shards "
+        "with index.json and vocab.json in --out, and print a JSON summary. `videolm lm fit` trains on them.",
+    )
+    p.add_argument("--data", default="shapes", help="'shapes' (seeded clips) or a folder of videos (default shapes)")
+    p.add_argument("--num", type=int, required=True, help="number of clips")
+    p.add_argument("--seed", type=int, default=0, help="Shapes: first seed (clip i uses seed+i); folder: first clip")
+    p.add_argument("--split", choices=["train", "eval"], default="train", help="Shapes split (default train)")
+    p.add_argument("--size", type=_size, help="frame size N or HxW, multiples of 8 (default 64)")
+    p.add_argument("--frames", type=int, default=17, help="frames per clip, 1+4k (default 17)")
+    p.add_argument("--model", default="shapes-64", help="a model folder or a shipped name (default shapes-64)")
+    p.add_argument("--batch-size", type=int, default=16, help="clips encoded at once (default 16)")
+    p.add_argument("--shard-size", type=int, default=1024, help="clips per shard file (default 1024)")
+    p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(run=_tokenize)
+
+
+# -------------------------------------------------------------------------------------------- lm
+
+
+def _lm_fit(args) -> int:
+    from videolm.tasks.config import load_config
+    from videolm.tasks.lm_runs import run_fit
+
+    cfg = load_config(args.config, expect_entry="lm fit")[1]
+    for flag in ("steps", "max_minutes", "threads"):
+        if getattr(args, flag) is not None:
+            setattr(cfg.train, flag, getattr(args, flag))
+    if args.shards:
+        cfg.data.shards, cfg.data.source = args.shards, None
+    if args.out:
+        cfg.out = args.out
+    model_dir = run_fit(cfg)
+    if model_dir is not None:
+        print(f"trained LM saved to {model_dir}/ (run folder {cfg.out}/)")
+    return 0
+
+
+def _add_lm(sub) -> None:
+    lm = sub.add_parser("lm", help="train the prefix language model", description="Train the prefix language model.")
+    lm_sub = lm.add_subparsers(dest="lm_command", metavar="{fit}", required=True)
+
+    p = lm_sub.add_parser(
+        "fit", help="train the LM on a task mixture from a YAML config (resumes a stopped run)",
+        description="Train the LM a config describes (configs/lm/*.yaml) on token shards or clips tokenized on the "
+        "fly. The run folder gets checkpoints/last.ckpt (a rerun resumes from it), metrics.jsonl (loss per task, "
+        "tokens/s), samples/ and model/ (safetensors + vocab.json). Flags override the config.",
+    )
+    p.add_argument("--config", required=True, help="a YAML config with 'entry: lm fit'")
+    p.add_argument("--out", help="run folder (default: the config's out)")
+    p.add_argument("--shards", help="token shards folder (default: the config's data)")
+    p.add_argument("--steps", type=int, help="training steps")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget in minutes")
+    p.add_argument("--threads", type=int, help="CPU threads for torch, per process")
+    p.set_defaults(run=_lm_fit)
+
+
 # ----------------------------------------------------------------------------------------- media
 
 
@@ -296,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_data(sub)
     _add_tokenizer(sub)
+    _add_tokenize(sub)
+    _add_lm(sub)
     _add_media(sub)
     return parser
 

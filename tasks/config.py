@@ -28,6 +28,7 @@ ENTRY_POINTS: dict[str, str] = {
     "data shapes": "videolm.tasks.shapes_data:ShapesDataConfig",
     "data folder": "videolm.tasks.folder:FolderConfig",
     "tokenizer fit": "videolm.tasks.tokenizer_runs:TokenizerFitConfig",
+    "lm fit": "videolm.tasks.lm_runs:LMFitConfig",
 }
 
 

@@ -1,0 +1,294 @@
+"""Training the prefix LM with Lightning: `LMModule` and `fit`.
+
+AdamW (no decay on norms), linear warmup then cosine decay, gradient clipping by norm, bf16-mixed
+where the hardware has it; the loss falls on output tokens only and is logged per task. Devices,
+nodes and the strategy (``auto``, ``ddp``, ``fsdp``) come from the config and go to Lightning as
+they are: there is no distribution code here. The run folder holds::
+
+    OUT/checkpoints/last.ckpt   Lightning's checkpoint (optimizer and time budget too): a rerun resumes
+    OUT/metrics.jsonl           one JSON line per log step: loss, loss_<task>, lr, tokens_per_s, padding
+    OUT/samples/                whatever the sample function writes every ``sample_every`` steps
+    OUT/model/                  the trained VideoLM (save_pretrained: config.json + model.safetensors)
+                                and vocab.json
+
+The LM sees ids only: sample videos are made by a function passed in by the tasks layer
+(``sample(model, step)``), which generates with `videolm.lm.engine` and decodes through the
+tokenizers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from transformers.utils import logging as hf_logging
+from videolm.lm.data import PackCollate, TaskBatch
+from videolm.lm.masks import IGNORE, attention_bias
+from videolm.lm.model import VideoLM
+from videolm.tokenizers.errors import ConfigError
+from videolm.tokenizers.training import lr_factor  # the tokenizers' schedule, shared
+
+
+@dataclass
+class LMTrainConfig:
+    steps: int = 10_000
+    max_minutes: float | None = None  # wall-clock budget, kept across resumes; the first limit reached stops
+    batch_size: int = 16  # sequences per step and device, packed into rows of row_len tokens
+    row_len: int = 1024
+    packing: bool = True  # False: one sequence per row, padded to the batch's longest (the baseline)
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+    warmup_steps: int = 200
+    weight_decay: float = 0.1  # on matrices and embeddings, not on norms
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    precision: str = "auto"  # auto: bf16-mixed on a GPU with bf16, else 32-true; or any Lightning precision
+    accelerator: str = "auto"
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    log_every: int = 50
+    checkpoint_every: int = 500
+    sample_every: int = 0  # 0: no samples
+    threads: int | None = None  # torch CPU threads per process (None: torch's default)
+    workers: int = 0  # DataLoader workers
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "row_len", "log_every", "checkpoint_every", "num_nodes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
+        if len(self.betas) != 2:
+            raise ConfigError(f"train.betas={self.betas}: need two values")
+
+
+def resolve_precision(cfg: LMTrainConfig) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    gpu = cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def output_losses(model: VideoLM, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of every output token ``(N,)`` and the task of each ``(N,)``.
+
+    The head runs on the positions that predict an output token only, so prefix tokens (often
+    most of a sequence: the input video of v2a) cost no vocabulary projection.
+    """
+    rows = batch.rows
+    bias = attention_bias(rows.attention_mask(), model.dtype)  # (R, 1, L, L)
+    hidden = model.model(input_ids=rows.ids, attention_mask=bias, position_ids=rows.positions,
+                         use_cache=False).last_hidden_state  # (R, L, D)
+    labels = rows.labels[:, 1:]  # (R, L-1): the token each position predicts
+    keep = labels != IGNORE  # (R, L-1)
+    logits = model.lm_head(hidden[:, :-1][keep])  # (N, V)
+    nll = F.cross_entropy(logits.float(), labels[keep], reduction="none")  # (N,)
+    return nll, batch.tasks[rows.example[:, 1:][keep]]  # (N,), (N,)
+
+
+class LMModule(L.LightningModule):
+    def __init__(self, model: VideoLM, cfg: LMTrainConfig, out: str | Path, task_names: Sequence[str],
+                 vocab=None, sample: Callable[[VideoLM, int], None] | None = None, run_config: dict | None = None):
+        super().__init__()
+        self.model, self.cfg, self.out = model, cfg, Path(out)
+        self.task_names, self.vocab, self.sample, self.run_config = list(task_names), vocab, sample, run_config
+        self.elapsed = 0.0  # wall-clock seconds of training, kept in the checkpoint
+        self._elapsed_before = self._run_start = 0.0
+        self._reset_stats()
+
+    def on_fit_start(self):
+        if self.trainer.is_global_zero and self.run_config is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "run.json").write_text(json.dumps(self.run_config, indent=2) + "\n")
+
+    # -- optimization
+
+    def configure_optimizers(self):
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
+        other = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=tuple(self.cfg.betas))
+
+    def on_train_start(self):
+        self._reset_stats(self.device)
+        self._run_start = time.perf_counter()
+        self._elapsed_before = self.elapsed
+
+    def on_train_batch_start(self, batch, batch_idx):
+        elapsed = self._shared_elapsed()
+        if self.global_step >= self.cfg.steps or (self.cfg.max_minutes and elapsed >= 60 * self.cfg.max_minutes):
+            self.trainer.should_stop = True  # the budget (steps or minutes, kept across resumes) is spent
+            return -1
+        for group in self.optimizers().param_groups:
+            group["lr"] = self.cfg.lr * lr_factor(self.global_step, self.cfg, elapsed)
+
+    def training_step(self, batch: TaskBatch, batch_idx):
+        nll, tasks = output_losses(self.model, batch)  # (N,), (N,)
+        k = len(self.task_names)
+        with torch.no_grad():
+            self._stats["loss"] += torch.bincount(tasks, weights=nll.detach().float(), minlength=k).double()
+            self._stats["count"] += torch.bincount(tasks, minlength=k).double()
+            self._stats["tokens"] += (batch.rows.example >= 0).sum().double()
+            self._stats["slots"] += batch.rows.example.numel()
+        return nll.sum() / max(1, len(nll))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.elapsed = self._elapsed_before + time.perf_counter() - self._run_start
+        step = self.global_step
+        if step % self.cfg.log_every == 0 or step == self.cfg.steps:
+            self._log(step)
+        if self.sample is not None and self.cfg.sample_every and step % self.cfg.sample_every == 0:
+            start = time.perf_counter()
+            self._write_samples(step)
+            self._interval_start += time.perf_counter() - start  # throughput counts training time only
+
+    def _shared_elapsed(self) -> float:
+        """Wall-clock seconds of training so far (over every run of this folder); rank 0's under
+        several processes, so all ranks agree on the learning rate and on when to stop."""
+        if self.cfg.max_minutes and self.trainer.world_size > 1:
+            return float(self.trainer.strategy.broadcast(self.elapsed, src=0))
+        return self.elapsed
+
+    # -- logging
+
+    def _reset_stats(self, device=None):
+        """Sums over the steps since the last log: loss and output tokens per task, real tokens, slots."""
+        k, zeros = len(self.task_names), lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)
+        self._stats = {"loss": zeros(k), "count": zeros(k), "tokens": zeros(), "slots": zeros()}
+        self._interval_start = time.perf_counter()
+
+    def _log(self, step: int):
+        """One metrics line: the interval's statistics summed over every process."""
+        stats = {name: self.trainer.strategy.reduce(v, reduce_op="sum") for name, v in self._stats.items()}
+        loss, count = stats["loss"].cpu(), stats["count"].cpu()
+        row = {"step": step, "minutes": round(self.elapsed / 60, 3),
+               "loss": float(loss.sum() / count.sum().clamp(min=1)),
+               "lr": self.optimizers().param_groups[0]["lr"],
+               "tokens_per_s": round(float(stats["tokens"]) / max(time.perf_counter() - self._interval_start, 1e-9), 1),
+               "padding": round(1 - float(stats["tokens"] / stats["slots"].clamp(min=1)), 4)}
+        row.update({f"loss_{name}": float(loss[k] / count[k]) for k, name in enumerate(self.task_names) if count[k]})
+        self._reset_stats(self.device)
+        self._append_metrics(row)
+
+    def _append_metrics(self, row: dict):
+        if self.trainer.is_global_zero:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    # -- samples and the final model
+
+    def _write_samples(self, step: int):
+        if not self.trainer.is_global_zero or self.cfg.strategy == "fsdp":  # FSDP: no rank holds every weight
+            return
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+            self.sample(self.model, step)
+        self.model.train(was_training)
+
+    def on_train_end(self):
+        """Log the last partial interval, export the model (every rank takes part: under FSDP
+        gathering the weights is collective) and, with several processes, record a fingerprint of
+        each rank's weights."""
+        if float(self.trainer.strategy.reduce(self._stats["slots"].clone(), reduce_op="sum")) > 0:
+            self._log(self.global_step)
+        state = self.trainer.strategy.lightning_module_state_dict()
+        if self.trainer.is_global_zero:
+            export_model(self.model.config, state, self.out / "model", self.vocab)
+        if self.trainer.world_size > 1 and self.cfg.strategy != "fsdp":
+            prints = torch.zeros(self.trainer.world_size, 3, dtype=torch.float64, device=self.device)  # (W, 3)
+            prints[self.global_rank] = weights_fingerprint(self.model)
+            prints = self.trainer.strategy.reduce(prints, reduce_op="sum")  # each row from its rank (+ zeros: exact)
+            self._append_metrics({"step": self.global_step, "rank_weight_fingerprints": prints.tolist()})
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["videolm"] = {"elapsed": self.elapsed}
+
+    def on_load_checkpoint(self, checkpoint):
+        self.elapsed = float(checkpoint.get("videolm", {}).get("elapsed", 0.0))
+
+
+def weights_fingerprint(model: torch.nn.Module) -> torch.Tensor:
+    """``(3,)`` float64: sum, sum of squares and a position-weighted sum of every parameter.
+    Equal weights give equal fingerprints (the same reduction over the same numbers)."""
+    flat = torch.cat([p.detach().double().flatten() for p in model.parameters()])  # (P,)
+    ramp = torch.linspace(-1, 1, len(flat), dtype=torch.float64, device=flat.device)  # (P,)
+    return torch.stack([flat.sum(), flat.square().sum(), (flat * ramp).sum()])  # (3,)
+
+
+def export_model(config, state: dict, folder: Path, vocab=None) -> Path:
+    """Save the LightningModule state's ``model.*`` weights as a VideoLM folder (with the vocabulary)."""
+    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    with torch.device("meta"):
+        model = VideoLM(config)
+    model.load_state_dict(weights, assign=True)
+    model.tie_weights()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(folder)
+    finally:
+        hf_logging.enable_progress_bar()
+    if vocab is not None:
+        vocab.save(folder)
+    return folder
+
+
+def fit(model: VideoLM, cfg: LMTrainConfig, train_data: Dataset, out: str | Path, task_names: Sequence[str],
+        vocab=None, pad_id: int = 0, sample: Callable[[VideoLM, int], None] | None = None,
+        run_config: dict | None = None) -> Path | None:
+    """Train on ``train_data`` (items: `videolm.lm.data.TaskExample`), resuming from
+    OUT/checkpoints/last.ckpt if present. Returns OUT/model on the main process, None on the others."""
+    out = Path(out)
+    _quiet()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = LMModule(model, cfg, out, task_names, vocab=vocab, sample=sample, run_config=run_config)
+    loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
+                        collate_fn=PackCollate(cfg.row_len, pad_id, cfg.packing), drop_last=True,
+                        persistent_workers=cfg.workers > 0)
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
+                                                     every_n_train_steps=cfg.checkpoint_every, save_top_k=0)
+    trainer = L.Trainer(
+        max_epochs=-1, max_steps=cfg.steps, accelerator=cfg.accelerator, devices=cfg.devices,
+        num_nodes=cfg.num_nodes, strategy=_strategy(cfg), precision=resolve_precision(cfg),
+        gradient_clip_val=cfg.grad_clip or None, gradient_clip_algorithm="norm",
+        logger=False, callbacks=[checkpoint], enable_progress_bar=os.isatty(2), enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=out,
+    )
+    last = out / "checkpoints" / "last.ckpt"
+    trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
+    return out / "model" if trainer.is_global_zero else None
+
+
+def _strategy(cfg: LMTrainConfig):
+    if cfg.strategy != "fsdp":
+        return cfg.strategy
+    from lightning.pytorch.strategies import FSDPStrategy
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    return FSDPStrategy(auto_wrap_policy={LlamaDecoderLayer})  # one FSDP unit per decoder layer
+
+
+def _quiet():
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for noise in (".*does not have many workers", ".*LeafSpec.*is deprecated", ".*on_train_batch_start.*-1",
+                  ".*dirpath has changed"):  # a run folder moved or copied: the checkpoints move with it
+        warnings.filterwarnings("ignore", message=noise)
+
+
+__all__ = ["LMModule", "LMTrainConfig", "export_model", "fit", "lr_factor", "output_losses", "resolve_precision",
+           "weights_fingerprint"]

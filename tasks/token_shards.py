@@ -1,0 +1,185 @@
+"""`videolm tokenize`: clips encoded once by a model folder's frozen tokenizers into token shards.
+
+`ClipTokenizer` holds the tokenizers of a model folder (``video_tokenizer/``, ``audio_tokenizer/``,
+``text.model``, ``vocab.json``) and turns clips (dicts of media, as `ShapesDataset` and
+`FolderDataset` give them) into samples of local codes, and codes back into media.
+`write_token_shards` runs it over a dataset into a shard folder (`videolm.lm.data`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+from videolm.lm.data import ShardWriter
+from videolm.tasks.models import resolve_model
+from videolm.tasks.outdir import atomic_output_dir
+from videolm.tokenizers.errors import DataError, UsageError
+from videolm.tokenizers.vocab import Vocabulary
+
+
+class ClipTokenizer:
+    """The frozen tokenizers of a model folder, loaded when first needed."""
+
+    def __init__(self, model: str | Path = "shapes-64", device: str = "cpu"):
+        self.folder = resolve_model(model).absolute()
+        self.device = torch.device(device)
+        self.vocab = Vocabulary.load(self.folder)
+        self._video = self._audio = self._text = None
+
+    @property
+    def video(self):
+        if self._video is None:
+            from videolm.tokenizers.video import VideoTokenizer
+
+            self._video = self._load(VideoTokenizer, "video_tokenizer")
+        return self._video
+
+    @property
+    def audio(self):
+        if self._audio is None:
+            from videolm.tokenizers.audio import AudioTokenizer
+
+            self._audio = self._load(AudioTokenizer, "audio_tokenizer")
+        return self._audio
+
+    @property
+    def text(self):
+        if self._text is None:
+            from videolm.tokenizers.text import TextTokenizer
+
+            self._text = TextTokenizer.load(self.folder)
+        return self._text
+
+    def _load(self, cls, part: str):
+        if not (self.folder / part).is_dir():
+            raise UsageError(f"{self.folder}: has no {part}/ (a model folder needs video_tokenizer/, "
+                             "audio_tokenizer/, text.model and vocab.json)")
+        return cls.from_pretrained(self.folder / part).to(self.device).eval()
+
+    # -- clips -> samples
+
+    @torch.no_grad()
+    def encode(self, clips: Sequence[dict]) -> list[dict]:
+        """Clips of one size -> samples: ``text (n,)``, ``video (t, n)``, ``structure (t, n)`` if the
+        clip has one, ``audio (F, Q)`` if it has audio; int64 local codes, plus metadata."""
+        from videolm.tokenizers.video import to_tensor
+
+        video = self.video.encode(to_tensor(np.stack([c["video"] for c in clips])).to(self.device))  # (B, t, n)
+        structure = None
+        if all(c.get("structure") is not None for c in clips):
+            structure = self.video.encode(to_tensor(np.stack([c["structure"] for c in clips])).to(self.device))
+        with_audio = [i for i, c in enumerate(clips) if c.get("has_audio", True)]
+        audio = {}
+        if with_audio:
+            wave = torch.from_numpy(np.stack([clips[i]["audio"] for i in with_audio])).float()  # (B', S)
+            audio = dict(zip(with_audio, self.audio.encode(wave.to(self.device)).cpu()))  # (F, Q) each
+        samples = []
+        for i, clip in enumerate(clips):
+            sample = {"text": torch.tensor(self.text.encode(clip.get("caption") or ""), dtype=torch.long),
+                      "video": video[i].cpu(), **clip_meta(clip)}
+            if structure is not None:
+                sample["structure"] = structure[i].cpu()
+            if i in audio:
+                sample["audio"] = audio[i]
+            samples.append(sample)
+        return samples
+
+    def __call__(self, clip: dict) -> dict:
+        """One clip -> one sample (tokenizing on the fly)."""
+        return self.encode([clip])[0]
+
+    # -- codes -> media
+
+    @torch.no_grad()
+    def decode_video(self, codes: torch.Tensor, height: int, width: int) -> np.ndarray:
+        """Local codes ``(t, n)`` -> uint8 frames ``(T, H, W, 3)``."""
+        from videolm.tokenizers.video import to_frames
+
+        return to_frames(self.video.decode(codes[None].to(self.device), height, width))[0]
+
+    @torch.no_grad()
+    def decode_audio(self, codes: torch.Tensor, num_samples: int | None = None) -> np.ndarray:
+        """Local codes ``(F, Q)`` -> float32 samples ``(S,)``."""
+        return self.audio.decode(codes[None].to(self.device), num_samples)[0].float().cpu().numpy()
+
+
+def clip_meta(clip: dict) -> dict:
+    """What a sample keeps of its clip besides the codes: caption, sizes, and where it came from."""
+    frames, height, width, _ = np.shape(clip["video"])
+    meta = {"caption": clip.get("caption") or "", "frames": int(frames), "height": int(height), "width": int(width)}
+    if clip.get("has_audio", True):
+        meta["num_samples"] = int(np.shape(clip["audio"])[0])
+    for key in ("seed", "path", "start"):
+        if clip.get(key) is not None:
+            meta[key] = clip[key]
+    return meta
+
+
+# ---------------------------------------------------------------------------------- datasets
+
+
+@dataclass
+class ClipSource:
+    """Which clips to tokenize: Shapes (seeded) or a folder of videos."""
+
+    data: str = "shapes"  # "shapes" or a folder of videos
+    num: int = 1024
+    seed: int = 0  # Shapes: first seed offset; folder: first clip
+    split: Literal["train", "eval"] = "train"  # Shapes only
+    frames: int = 17
+    height: int = 64
+    width: int = 64
+    fps: int = 8
+
+    def dataset(self) -> Dataset:
+        if self.data == "shapes":
+            from videolm.tasks.shapes import ShapesConfig
+            from videolm.tasks.shapes_data import ShapesDataset
+
+            world = ShapesConfig(height=self.height, width=self.width, frames=self.frames, fps=self.fps)
+            return ShapesDataset(self.num, seed=self.seed, split=self.split, world=world)
+        from videolm.tasks.folder import FolderDataset
+
+        folder = FolderDataset(self.data, frames=self.frames, fps=self.fps, size=(self.height, self.width))
+        if self.seed >= len(folder):
+            raise DataError(f"{self.data}: has {len(folder)} clips; none from clip {self.seed} on")
+        return Subset(folder, range(self.seed, min(self.seed + self.num, len(folder))))
+
+
+def write_token_shards(out: str | Path, source: ClipSource, model: str | Path = "shapes-64", batch_size: int = 16,
+                       shard_size: int = 1024, overwrite: bool = False,
+                       progress: Callable[[int], object] | None = None) -> dict:
+    """Encode ``source``'s clips with ``model``'s tokenizers into a shard folder (all or nothing).
+    The folder's vocabulary is the model's, with the clips' resolution added if it lacked it.
+    Returns a JSON-ready summary."""
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size} must be >= 1")
+    tokenizer = ClipTokenizer(model)
+    clips = source.dataset()
+    vocab = tokenizer.vocab
+    vocab.add_resolution(source.height, source.width)
+    tokens = 0
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        writer = ShardWriter(tmp, shard_size)
+        for start in range(0, len(clips), batch_size):
+            batch = [clips[i] for i in range(start, min(start + batch_size, len(clips)))]
+            for sample in tokenizer.encode(batch):
+                codes = {k: sample.pop(k) for k in ("text", "video", "audio", "structure") if k in sample}
+                tokens += sum(v.numel() for k, v in codes.items() if k != "structure")
+                writer.add(codes, sample)
+            if progress:
+                progress(len(batch))
+        vocab.save(tmp)
+        writer.close({"model": str(tokenizer.folder), "source": vars(source)})
+    return {"out": str(out), "clips": len(clips), "shards": len(writer.shards),
+            "tokens_per_clip": round(tokens / max(1, len(clips)), 1), "vocabulary": len(vocab)}
+
+
+__all__ = ["ClipSource", "ClipTokenizer", "clip_meta", "write_token_shards"]

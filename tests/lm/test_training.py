@@ -1,0 +1,194 @@
+"""`videolm lm fit` end to end on the debug preset over synthetic token shards: outputs, per-task loss,
+resume, time budget, samples, the loss itself, and a 2-process DDP run on CPU."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from videolm.lm.data import PackCollate, ShardWriter, TaskExample
+from videolm.lm.masks import token_losses
+from videolm.lm.model import VideoLM
+from videolm.lm.training import LMTrainConfig, fit, lr_factor, output_losses
+from videolm.tasks.cli import main
+from videolm.tokenizers.vocab import Vocabulary
+
+ROOT = Path(__file__).resolve().parents[2]
+DEBUG = ROOT / "configs" / "lm" / "debug.yaml"
+
+
+def _vocab():
+    return Vocabulary(text_size=16, video_codes=32, audio_levels=2, audio_codes=8, resolutions=[(32, 32)])
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _config(tmp_path: Path, **train) -> Path:
+    cfg = yaml.safe_load(DEBUG.read_text())
+    cfg["train"].update(train)
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """16 clips of random codes: text (3..6,), video (2, 8), audio (8, 2); every fourth without audio."""
+    folder = tmp_path_factory.mktemp("shards")
+    g = torch.Generator().manual_seed(0)
+    writer = ShardWriter(folder, shard_size=5)
+    for i in range(16):
+        codes = {"text": torch.randint(0, 16, (3 + i % 4,), generator=g),
+                 "video": torch.randint(0, 32, (2, 8), generator=g)}
+        if i % 4:
+            codes["audio"] = torch.randint(0, 8, (8, 2), generator=g)
+        writer.add(codes, {"caption": f"clip {i}", "height": 32, "width": 32, "seed": i})
+    _vocab().save(folder)
+    writer.close({"model": None})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(shards, tmp_path_factory):
+    run = tmp_path_factory.mktemp("fit") / "run"
+    assert main(["lm", "fit", "--config", str(DEBUG), "--shards", str(shards), "--out", str(run)]) == 0
+    return run
+
+
+def test_fit_writes_a_loadable_model_with_its_vocabulary_metrics_per_task_and_a_checkpoint(trained):
+    model = VideoLM.from_pretrained(trained / "model")
+    vocab = Vocabulary.load(trained / "model")
+    assert vocab.tasks == ["t2v", "v2a"] and len(vocab) == len(_vocab())
+    assert model.config.vocab_size == 192 and model.lm_config.d_model == 64  # debug preset, vocab rounded to 64
+    rows = _rows(trained)
+    assert [r["step"] for r in rows] == [2, 4]
+    assert {k for r in rows for k in r if k.startswith("loss_")} == {"loss_t2v", "loss_v2a"}
+    for row in rows:
+        per_task = [v for k, v in row.items() if k.startswith("loss_")]  # the tasks drawn in the interval
+        assert per_task and all(math.isfinite(v) for v in per_task)
+        assert min(per_task) - 1e-9 <= row["loss"] <= max(per_task) + 1e-9  # the token-weighted mean of them
+        assert row["tokens_per_s"] > 0 and 0 <= row["padding"] < 1
+    assert (trained / "checkpoints" / "last.ckpt").exists()
+    assert json.loads((trained / "run.json").read_text())["entry"] == "lm fit"
+
+
+def test_rerun_resumes_from_the_last_checkpoint(trained, shards, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = VideoLM.from_pretrained(run / "model").state_dict()
+    assert main(["lm", "fit", "--config", str(DEBUG), "--shards", str(shards), "--out", str(run), "--steps", "6"]) == 0
+    rows = _rows(run)
+    assert [r["step"] for r in rows] == [2, 4, 6]  # continued at step 5, did not start over
+    assert rows[2]["lr"] < rows[1]["lr"]  # further down the cosine, not back in warmup
+    after = VideoLM.from_pretrained(run / "model").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_time_budget_stops_the_run_and_still_saves_the_model(shards, tmp_path):
+    run = tmp_path / "run"
+    args = ["lm", "fit", "--config", str(DEBUG), "--shards", str(shards), "--out", str(run), "--max-minutes", "1e-6"]
+    assert main(args) == 0
+    assert [r["step"] for r in _rows(run)] == [1]  # the step in flight when the minute budget ran out
+    assert (run / "model" / "model.safetensors").exists()
+
+
+def test_loss_goes_down_and_samples_are_written_every_n_steps_in_eval_mode(shards, tmp_path):
+    from videolm.lm.data import TaskSequences, TokenShards
+    from videolm.tasks.base import build_tasks
+
+    data = TokenShards(shards)
+    vocab = data.vocab()
+    tasks = build_tasks(["t2v", "v2a"], vocab)
+    calls = []
+
+    def sample(model, step):
+        calls.append((step, model.training, torch.is_grad_enabled()))
+        (tmp_path / "run" / "samples").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "run" / "samples" / f"{step}.txt").write_text("ok")
+
+    cfg = LMTrainConfig(steps=12, batch_size=4, row_len=128, lr=1e-2, warmup_steps=2, log_every=4, sample_every=5,
+                        accelerator="cpu")
+    model = VideoLM.from_lm_config("debug", vocab_size=192)
+    fit(model, cfg, TaskSequences(data, tasks, max_len=128), tmp_path / "run", ["t2v", "v2a"], vocab=vocab,
+        sample=sample)
+    assert calls == [(5, False, False), (10, False, False)]
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["10.txt", "5.txt"]
+    losses = [r["loss"] for r in _rows(tmp_path / "run")]
+    assert losses[-1] < losses[0] - 1.0  # from ~ln(192) toward the entropy of the output ranges
+
+
+def test_output_losses_equal_the_full_forward_losses():
+    torch.manual_seed(0)
+    model = VideoLM.from_lm_config("debug").eval()
+    items = [TaskExample(torch.randint(3, 256, (n,)), p, task) for n, p, task in [(30, 9, 0), (12, 4, 1), (20, 20, 1)]]
+    batch = PackCollate(row_len=40)(items)
+    nll, tasks = output_losses(model, batch)  # (N,), (N,)
+    rows = batch.rows
+    full = token_losses(model.logits(rows.ids, rows.attention_mask(), rows.positions), rows.labels)  # (R, L)
+    labelled = rows.labels != -100
+    assert torch.allclose(nll, full[labelled], atol=1e-5)
+    assert tasks.tolist() == batch.tasks[rows.example[labelled]].tolist()
+    assert len(nll) == (30 - 9) + (12 - 4)  # output tokens only (the third example is all prefix)
+
+
+def test_learning_rate_warms_up_then_follows_the_cosine_to_its_floor():
+    cfg = LMTrainConfig(steps=110, warmup_steps=10, min_lr_ratio=0.1)
+    assert [lr_factor(s, cfg) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert lr_factor(10, cfg) == pytest.approx(1.0) and lr_factor(60, cfg) == pytest.approx(0.55)
+    assert lr_factor(110, cfg) == pytest.approx(0.1) and lr_factor(500, cfg) == pytest.approx(0.1)
+    timed = LMTrainConfig(steps=110, warmup_steps=10, max_minutes=1.0)
+    assert lr_factor(20, timed, elapsed_s=60.0) == pytest.approx(0.1)  # the clock ran out first
+
+
+def test_bad_runs_are_one_clear_line(shards, tmp_path, capsys):
+    def error(path, *extra):
+        code = main(["lm", "fit", "--config", str(path), "--out", str(tmp_path / "run"), *extra])
+        return code, capsys.readouterr().err.strip()
+
+    code, err = error(DEBUG, "--shards", str(tmp_path / "none"))
+    assert code == 1 and "videolm tokenize" in err and len(err.splitlines()) == 1
+    code, err = error(_config(tmp_path, row_len=24), "--shards", str(shards))
+    assert code == 1 and "raise train.row_len" in err and len(err.splitlines()) == 1
+    cfg = yaml.safe_load(DEBUG.read_text())
+    cfg["data"]["source"] = "shapes"
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump(cfg))
+    code, err = error(tmp_path / "both.yaml")
+    assert code == 2 and "exactly one of shards" in err
+    cfg = yaml.safe_load(DEBUG.read_text())
+    cfg["model"] = {"vocab_size": 64}
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(cfg))
+    code, err = error(tmp_path / "small.yaml", "--shards", str(shards))
+    assert code == 2 and "smaller than the vocabulary" in err
+
+
+def _can_run_two_processes() -> bool:
+    return (os.cpu_count() or 1) >= 2 and torch.distributed.is_available() and torch.distributed.is_gloo_available()
+
+
+@pytest.mark.skipif(not _can_run_two_processes(), reason="needs 2 CPU cores and torch.distributed with gloo")
+def test_two_process_ddp_on_cpu_ends_with_identical_weights_on_both_ranks(shards, tmp_path):
+    config = _config(tmp_path, strategy="ddp", devices=2, steps=3, log_every=1)
+    exe = Path(sys.executable).with_name("videolm")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "videolm.tasks.cli"]
+    run = tmp_path / "run"
+    out = subprocess.run([*cmd, "lm", "fit", "--config", str(config), "--shards", str(shards), "--out", str(run)],
+                         capture_output=True, text=True, timeout=180, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("trained LM saved") == 1  # printed by rank 0 only
+    rows = _rows(run)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
+    (fingerprints,) = [r["rank_weight_fingerprints"] for r in rows if "rank_weight_fingerprints" in r]
+    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
+    from videolm.lm.training import weights_fingerprint
+
+    saved = weights_fingerprint(VideoLM.from_pretrained(run / "model")).tolist()
+    assert saved == pytest.approx(fingerprints[0], rel=1e-12)  # rank 0 saved the weights both ranks hold
