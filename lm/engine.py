@@ -19,12 +19,14 @@ Classifier-free guidance runs conditional rows and their unconditional twins in 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+from transformers.activations import SiLUActivation
+from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb, rotate_half
 
 from videolm.lm.constraints import AllowedIds, Constraint
 from videolm.lm.masks import attention_bias, prefix_lm_mask
@@ -45,14 +47,116 @@ class KVCache:
     positions: torch.Tensor  # (B,) long: RoPE position of each row's next token
     length: int = 0  # slots filled
     padded: bool = False  # some slot is padding, so attention needs a mask
+    weights: DecodeWeights | None = None  # the engine's own layout of the weights (None: run the modules)
 
     @property
     def capacity(self) -> int:
         return self.valid.shape[1]
 
 
-def new_cache(model, batch_size: int, max_len: int) -> KVCache:
-    """An empty cache for ``batch_size`` rows of ``max_len`` tokens (prompt and output)."""
+USE_ONEDNN = True  # DecodeWeights: oneDNN's packed layout where it works (False: transposed dense matrices)
+PACK_ROWS = 16  # the number of rows oneDNN is told to expect when it packs a matrix
+
+
+@dataclass
+class DecodeWeights:
+    """The model's matrices laid out for the engine's own forward on CPU: each layer's q/k/v and
+    gate/up projections fused into one matrix, and every layer matrix in oneDNN's packed layout
+    (what torch.compile's CPU backend uses for frozen weights) or, where that is missing,
+    transposed to ``(in, out)`` and contiguous. The head stays a transposed dense ``(D, V)``, so
+    a slice of it gives the logits of an id range (constrained decoding needs no others).
+
+    Decoding is a few rows times every matrix, bound by memory bandwidth at batch 1: on CPU
+    (measured on the tiny preset, one thread) ``F.linear(x, W)`` streams ``W`` at about 8-12 GB/s,
+    ``x @ W_t`` at about 18, oneDNN's packed product about 20 at one row and twice ``x @ W_t``'s
+    speed at 8 rows. A copy, taken when the cache is made: make a new cache after changing the
+    weights. Inference only (the packed product has no gradient).
+    """
+
+    qkv: list[torch.Tensor]  # per layer: (H + 2 Hkv) Dh outputs from D inputs, in `mm`'s layout
+    out: list[torch.Tensor]  # per layer: D from H Dh
+    gate_up: list[torch.Tensor]  # per layer: 2 F from D
+    down: list[torch.Tensor]  # per layer: D from F
+    norms: list[tuple[torch.Tensor, float, torch.Tensor, float]]  # per layer: input, post-attention RMSNorm, eps
+    final_norm: tuple[torch.Tensor, float]
+    head: torch.Tensor  # (D, V), transposed: slices of it give the logits of an id range
+    heads: int
+    kv_heads: int
+    head_dim: int
+    scaling: float
+    packed: bool = False  # the layers' matrices are in oneDNN's packed layout (see `_pack`)
+
+    def mm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``x (..., in) @`` one of the layers' matrices -> ``(..., out)``."""
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+        return x @ weight
+
+
+def decode_weights(model) -> DecodeWeights | None:
+    """`DecodeWeights` of ``model``, or None where the engine runs the model's own modules: off
+    CPU, outside float32, or when a layer is not a plain one (LoRA or other wrapped projections,
+    biases, another norm or activation), so that whatever the modules do is what runs."""
+    lm = _llama(model)
+    param = lm.lm_head.weight
+    if param.device.type != "cpu" or param.dtype != torch.float32:
+        return None
+    linears = [lm.lm_head] + [getattr(layer.self_attn, name) for layer in lm.model.layers
+                              for name in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    linears += [getattr(layer.mlp, name) for layer in lm.model.layers for name in ("gate_proj", "up_proj", "down_proj")]
+    norms = [lm.model.norm] + [n for layer in lm.model.layers for n in (layer.input_layernorm,
+                                                                          layer.post_attention_layernorm)]
+    if (any(type(m) is not torch.nn.Linear or m.bias is not None for m in linears)
+            or any(type(n) is not LlamaRMSNorm for n in norms)
+            or any(type(getattr(layer.mlp, "act_fn", None)) not in (SiLUActivation, torch.nn.SiLU)
+                   for layer in lm.model.layers)):
+        return None
+    cfg, layers = lm.config, lm.model.layers
+    packed = _onednn_packing()
+    with torch.no_grad():
+        pack = functools.partial(_pack, packed=packed)
+        return DecodeWeights(
+            qkv=[pack(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
+                 for a in (layer.self_attn for layer in layers)],
+            out=[pack(layer.self_attn.o_proj.weight) for layer in layers],
+            gate_up=[pack(torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight])) for layer in layers],
+            down=[pack(layer.mlp.down_proj.weight) for layer in layers],
+            norms=[(layer.input_layernorm.weight.detach(), layer.input_layernorm.variance_epsilon,
+                    layer.post_attention_layernorm.weight.detach(), layer.post_attention_layernorm.variance_epsilon)
+                   for layer in layers],
+            final_norm=(lm.model.norm.weight.detach(), lm.model.norm.variance_epsilon),
+            head=_pack(lm.lm_head.weight, packed=False),
+            heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
+            scaling=layers[0].self_attn.scaling, packed=packed,
+        )
+
+
+def _pack(weight: torch.Tensor, packed: bool) -> torch.Tensor:
+    """A ``(out, in)`` weight in `DecodeWeights.mm`'s layout: oneDNN's packed one, or ``(in, out)`` dense."""
+    if packed:
+        return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS)
+    return weight.detach().t().contiguous()
+
+
+@functools.cache
+def _onednn_packing() -> bool:
+    """Whether oneDNN's packed linear (what torch.compile's CPU backend uses for frozen weights)
+    is there and right: checked once, against a plain product."""
+    if not USE_ONEDNN or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        gen = torch.Generator().manual_seed(0)
+        weight, x = torch.randn(48, 32, generator=gen), torch.randn(3, 1, 32, generator=gen)
+        got = torch.ops.mkldnn._linear_pointwise(x, _pack(weight, True), None, "none", [], "")
+        return got.shape == (3, 1, 48) and torch.allclose(got, x @ weight.t(), rtol=1e-4, atol=1e-5)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def new_cache(model, batch_size: int, max_len: int, lean: bool = True) -> KVCache:
+    """An empty cache for ``batch_size`` rows of ``max_len`` tokens (prompt and output).
+    ``lean``: run the engine's own forward over `DecodeWeights` where the model allows it
+    (see `decode_weights`); False runs the model's modules."""
     lm = _llama(model)
     cfg, param = lm.config, lm.lm_head.weight
     shape = (batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim)
@@ -64,26 +168,42 @@ def new_cache(model, batch_size: int, max_len: int) -> KVCache:
         valid=torch.zeros(batch_size, max_len, dtype=torch.bool, device=param.device),
         cos=cos[0], sin=sin[0],
         positions=torch.zeros(batch_size, dtype=torch.long, device=param.device),
+        weights=decode_weights(model) if lean else None,
     )
 
 
 def forward(model, cache: KVCache, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
-            last_only: bool = False) -> torch.Tensor:
+            last_only: bool = False, span: tuple[int, int] | None = None) -> torch.Tensor:
     """Run ``ids (B, T)`` at RoPE ``positions (B, T)`` into the next T cache slots. ``mask
     (B, 1, T, length + T)`` is boolean (True: attend); None attends to every filled slot.
-    Returns logits ``(B, T, V)``, or ``(B, 1, V)`` for the last slot only."""
+    Returns logits ``(B, T, V)``, or ``(B, 1, V)`` for the last slot only. ``span = (lo, hi)``
+    says only ids in ``[lo, hi)`` will be looked at: the head may then skip the others, whose
+    logits are -inf (a hint: with the model's own modules every logit is computed)."""
     lm = _llama(model)
     start, stop = cache.length, cache.length + ids.shape[1]
     if stop > cache.capacity:
         raise UsageError(f"the cache holds {cache.capacity} tokens; cannot add {ids.shape[1]} after {start}")
     x = lm.model.embed_tokens(ids)  # (B, T, D)
     cos, sin = cache.cos[positions], cache.sin[positions]  # (B, T, Dh) each
-    for layer, keys, values in zip(lm.model.layers, cache.keys, cache.values):
-        x = _block(layer, x, cos, sin, keys, values, start, mask)  # (B, T, D)
+    w = cache.weights
+    for i, (layer, keys, values) in enumerate(zip(lm.model.layers, cache.keys, cache.values)):
+        if w is None:
+            x = _block(layer, x, cos, sin, keys, values, start, mask)  # (B, T, D)
+        else:
+            x = _lean_block(w, i, x, cos, sin, keys, values, start, mask)  # (B, T, D)
     cache.length = stop
     if last_only:
         x = x[:, -1:]  # (B, 1, D)
-    return lm.lm_head(lm.model.norm(x))  # (B, T, V)
+    if w is None:
+        return lm.lm_head(lm.model.norm(x))  # (B, T, V)
+    h = F.rms_norm(x, (x.shape[-1],), *w.final_norm)  # (B, T, D)
+    vocab_size = w.head.shape[1]
+    if span is None or span[1] - span[0] >= vocab_size:
+        return h @ w.head  # (B, T, V)
+    lo, hi = span
+    logits = h.new_full((*h.shape[:-1], vocab_size), float("-inf"))  # (B, T, V)
+    logits[..., lo:hi] = h @ w.head[:, lo:hi]
+    return logits
 
 
 @torch.no_grad()
@@ -106,16 +226,17 @@ def prefill(model, cache: KVCache, prompts: Prompts, pad_id: int = 0) -> torch.T
 
 
 @torch.no_grad()
-def decode_one_token(model, cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
+def decode_one_token(model, cache: KVCache, tokens: torch.Tensor, span: tuple[int, int] | None = None) -> torch.Tensor:
     """Append one token per row ``(B,)``, attending causally to the cache. Returns the logits
-    ``(B, V)`` for the token after it."""
+    ``(B, V)`` for the token after it; ``span = (lo, hi)``: only those of ids ``[lo, hi)`` are
+    needed (the rest may be -inf; see `forward`)."""
     slot = cache.length
     if slot >= cache.capacity:
         raise UsageError(f"the cache is full ({cache.capacity} tokens)")
     cache.valid[:, slot] = True
     mask = cache.valid[:, None, None, :slot + 1] if cache.padded else None  # (B, 1, 1, slot + 1)
     positions = cache.positions[:, None]  # (B, 1)
-    logits = forward(model, cache, tokens[:, None], positions, mask)[:, 0]  # (B, V)
+    logits = forward(model, cache, tokens[:, None], positions, mask, span=span)[:, 0]  # (B, V)
     cache.positions = cache.positions + 1
     return logits
 
@@ -125,7 +246,7 @@ def decode_n_tokens(model, cache: KVCache, logits: torch.Tensor, num_tokens: int
     """Draw up to ``num_tokens`` tokens per row, starting from the prefill's ``logits (R, V)``,
     feeding each back through the cache. Returns ``(B, N)``, N <= num_tokens (fewer when every
     row has ended)."""
-    return _decode(lambda tokens: decode_one_token(model, cache, tokens), logits, num_tokens, chooser)
+    return _decode(lambda tokens, span: decode_one_token(model, cache, tokens, span), logits, num_tokens, chooser)
 
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -167,6 +288,7 @@ class TokenChooser:
         self.allowed = AllowedIds(vocab_size, device)
         self.done = torch.zeros(batch_size, dtype=torch.bool, device=device)  # (B,)
         self._complete: set[int] = set()  # rows whose constraint has ended (known without a device sync)
+        self._ranges_at: tuple[int, list] | None = None  # (step, each row's ranges): constraints run once a step
 
     def __call__(self, logits: torch.Tensor, step: int) -> torch.Tensor:
         """Tokens ``(R,)`` for every row of ``logits (R, V)`` at output position ``step``."""
@@ -194,10 +316,25 @@ class TokenChooser:
         cond, uncond = logits[:self.batch_size], logits[self.batch_size:]  # (B, V) each
         return cond + (self.cfg_scale - 1) * (cond - uncond)  # (B, V)
 
+    def span(self, step: int) -> tuple[int, int] | None:
+        """``(lo, hi)``: every id that any row may draw at ``step`` lies in ``[lo, hi)``, so the
+        logits of the others are never looked at. None: no constraint, or a row allows anything."""
+        if self.constraints is None:
+            return None
+        rows = self._ranges(step)
+        if not all(rows):
+            return None
+        return min(a for ranges in rows for a, _ in ranges), max(b for ranges in rows for _, b in ranges)
+
+    def _ranges(self, step: int) -> list:
+        if self._ranges_at is None or self._ranges_at[0] != step:
+            rows = [() if b in self._complete else tuple(c(step)) for b, c in enumerate(self.constraints)]
+            self._ranges_at = (step, rows)
+        return self._ranges_at[1]
+
     def _allowed(self, step: int) -> torch.Tensor:
         rows = []
-        for b, constraint in enumerate(self.constraints):
-            ranges = () if b in self._complete else constraint(step)
+        for b, ranges in enumerate(self._ranges(step)):
             if not ranges:  # the row is complete: anything may be drawn, and is replaced by pad
                 self._complete.add(b)
                 ranges = ((0, self.allowed.vocab_size),)
@@ -288,7 +425,7 @@ def _generate_uncached(model, rows: list[list[int]], num_tokens: int, chooser: T
     device = _llama(model).lm_head.weight.device
     outputs = torch.zeros(len(rows), 0, dtype=torch.long, device=device)  # (R, 0)
 
-    def extend(tokens: torch.Tensor) -> torch.Tensor:  # (R,) -> (R, V)
+    def extend(tokens: torch.Tensor, span) -> torch.Tensor:  # (R,) -> (R, V); every logit computed
         nonlocal outputs
         outputs = torch.cat([outputs, tokens[:, None]], 1)  # (R, t)
         return full_logits(model, rows, outputs, pad_id, last_only=True)[:, -1]
@@ -296,15 +433,15 @@ def _generate_uncached(model, rows: list[list[int]], num_tokens: int, chooser: T
     return _decode(extend, full_logits(model, rows, None, pad_id, last_only=True)[:, -1], num_tokens, chooser)
 
 
-def _decode(extend: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor, num_tokens: int,
-            chooser: TokenChooser) -> torch.Tensor:
+def _decode(extend: Callable[[torch.Tensor, tuple[int, int] | None], torch.Tensor], logits: torch.Tensor,
+            num_tokens: int, chooser: TokenChooser) -> torch.Tensor:
     out = []
     for step in range(num_tokens):
         tokens = chooser(logits, step)  # (R,)
         out.append(tokens[:chooser.batch_size])
         if chooser.finished or step == num_tokens - 1:
             break
-        logits = extend(tokens)  # (R, V)
+        logits = extend(tokens, chooser.span(step + 1))  # (R, V)
     if not out:
         return torch.zeros(chooser.batch_size, 0, dtype=torch.long, device=logits.device)
     return torch.stack(out, 1)  # (B, N)
@@ -326,6 +463,26 @@ def _block(layer, x, cos, sin, keys, values, start: int, mask):
                                        scale=attn.scaling, enable_gqa=attn.num_key_value_groups > 1)  # (B, H, T, Dh)
     x = x + attn.o_proj(o.transpose(1, 2).reshape(b, t, -1))  # (B, T, D)
     return x + layer.mlp(layer.post_attention_layernorm(x))  # (B, T, D)
+
+
+def _lean_block(w: DecodeWeights, i: int, x, cos, sin, keys, values, start: int, mask):
+    """`_block` over `DecodeWeights`: the same computation, with fused matrices in their own layout
+    and torch's RMSNorm (equal to the modules' up to float rounding)."""
+    b, t, d = x.shape
+    heads, kv = w.heads, w.kv_heads
+    norm_in, eps_in, norm_post, eps_post = w.norms[i]
+    h = F.rms_norm(x, (d,), norm_in, eps_in)  # (B, T, D)
+    qkv = w.mm(h, w.qkv[i]).view(b, t, heads + 2 * kv, w.head_dim).transpose(1, 2)  # (B, H + 2 Hkv, T, Dh)
+    qk = qkv[:, :heads + kv]  # (B, H + Hkv, T, Dh): RoPE on queries and keys at once
+    qk = qk * cos[:, None] + rotate_half(qk) * sin[:, None]
+    stop = start + t
+    keys[:, :, start:stop] = qk[:, heads:]
+    values[:, :, start:stop] = qkv[:, heads + kv:]
+    o = F.scaled_dot_product_attention(qk[:, :heads], keys[:, :, :stop], values[:, :, :stop], attn_mask=mask,
+                                       scale=w.scaling, enable_gqa=heads != kv)  # (B, H, T, Dh)
+    x = x + w.mm(o.transpose(1, 2).reshape(b, t, -1), w.out[i])  # (B, T, D)
+    gate, up = w.mm(F.rms_norm(x, (d,), norm_post, eps_post), w.gate_up[i]).chunk(2, -1)  # (B, T, F) each
+    return x + w.mm(F.silu(gate) * up, w.down[i])  # (B, T, D)
 
 
 def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -388,5 +545,5 @@ def _num_tokens(max_new_tokens: int | None, constraints: list[Constraint] | None
     return int(max_new_tokens)
 
 
-__all__ = ["KVCache", "TokenChooser", "decode_n_tokens", "decode_one_token", "forward", "full_logits", "generate",
-           "left_pad", "new_cache", "prefill", "sample"]
+__all__ = ["DecodeWeights", "KVCache", "TokenChooser", "decode_n_tokens", "decode_one_token", "decode_weights",
+           "forward", "full_logits", "generate", "left_pad", "new_cache", "prefill", "sample"]

@@ -1,0 +1,200 @@
+"""Decoding speed: videolm's generation engine against transformers' `generate()`, side by side in one run.
+
+    python benchmarks/decode.py [--threads 2] [--repeats 5] [--new-tokens 320] [--prefix 32] [--context 1024]
+
+The `tiny` preset (10.9 M parameters, random weights, seeded, eval mode, float32) on CPU, one
+model object for both systems, so the weights are identical. Each system continues t2v prompts
+(``<bos> <task:t2v> <res:64x64> <bot_i> text <eot_i> <bov_o>``, ``--prefix`` tokens, random
+text) with exactly ``--new-tokens`` video ids, greedily, at batch 1 and batch 8:
+
+- ours: `videolm.lm.engine.generate` with ``video_layout`` as its constraint (cache on; the
+  prefix is read bidirectionally, as the prefix LM does);
+- theirs: ``model.generate()`` with transformers' own KV cache (its default dynamic cache),
+  greedy, a logits processor holding it to the same video range, ``min_new_tokens =
+  max_new_tokens`` and no end-of-sequence id, so it cannot stop early.
+
+Tokens/s are new tokens per second over the whole batch, counting the whole call (setup,
+prefill, decoding). The systems alternate, and each figure is the median of ``--repeats``.
+Also measured: the KV cache's speedup at ``--context`` tokens, the time per token of one cached
+decoding step against recomputing the whole sequence with the model's own forward (what
+``generate(use_cache=False)`` does each step), over a few tokens at that length.
+
+``--modules`` adds a row for our engine running the model's modules instead of its own layout of
+the weights (``new_cache(lean=False)``, what it does for LoRA-wrapped models), to show what that
+layout buys. Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import time
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from videolm.lm import engine
+from videolm.lm.constraints import video_layout
+from videolm.lm.model import VideoLM
+from videolm.tasks.models import resolve_model
+from videolm.tokenizers.vocab import Vocabulary
+
+GOALS = {"ratio_vs_hf": 2.5, "batch8_over_batch1": 4.0, "cache_speedup": 10.0}
+
+
+class AllowedRange(LogitsProcessor):
+    """transformers' side of the constraint: every id outside ``[lo, hi)`` gets -inf."""
+
+    def __init__(self, lo: int, hi: int):
+        self.lo, self.hi = lo, hi
+
+    def __call__(self, input_ids, scores):
+        masked = torch.full_like(scores, float("-inf"))
+        masked[:, self.lo:self.hi] = scores[:, self.lo:self.hi]
+        return masked
+
+
+def t2v_prompts(vocab: Vocabulary, batch: int, length: int, seed: int) -> list[list[int]]:
+    """``batch`` t2v prefixes of ``length`` ids with random text (equal lengths: no padding)."""
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = vocab.range("text")
+    head = [vocab["<bos>"], vocab.task_id("t2v"), vocab.res_id(64, 64), vocab["<bot_i>"]]
+    tail = [vocab["<eot_i>"], vocab["<bov_o>"]]
+    n = length - len(head) - len(tail)
+    if n < 0:
+        raise SystemExit(f"--prefix {length}: a t2v prefix has at least {len(head) + len(tail)} ids")
+    return [head + torch.randint(lo, hi, (n,), generator=gen).tolist() + tail for _ in range(batch)]
+
+
+def ours(model, prompts, layout, new_tokens: int) -> torch.Tensor:
+    return engine.generate(model, prompts, new_tokens, temperature=0, constraint=layout)
+
+
+def ours_modules(model, prompts, layout, new_tokens: int) -> torch.Tensor:
+    """`engine.generate` step by step, with the cache running the model's modules."""
+    with torch.no_grad():
+        cache = engine.new_cache(model, len(prompts), len(prompts[0]) + new_tokens, lean=False)
+        chooser = engine.TokenChooser(len(prompts), model.config.vocab_size, temperature=0,
+                                      constraints=[layout] * len(prompts))
+        logits = engine.prefill(model, cache, prompts)
+        return engine.decode_n_tokens(model, cache, logits, new_tokens, chooser)
+
+
+def theirs(model, prompts, video: tuple[int, int], new_tokens: int) -> torch.Tensor:
+    ids = torch.tensor(prompts)  # (B, P)
+    config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                              eos_token_id=None, pad_token_id=model.config.pad_token_id, use_cache=True)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config,
+                         logits_processor=LogitsProcessorList([AllowedRange(*video)]))
+    return out[:, ids.shape[1]:]  # (B, N)
+
+
+def timed(fn, *args) -> tuple[float, torch.Tensor]:
+    start = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - start, out
+
+
+def cache_speedup(model, vocab: Vocabulary, context: int, tokens: int, repeats: int, seed: int) -> tuple[float, float]:
+    """Seconds per token at ``context`` tokens: one cached decoding step, and a full recompute."""
+    gen = torch.Generator().manual_seed(seed)
+    video = vocab.range("video")
+    start = context - tokens
+    prompt = t2v_prompts(vocab, 1, 32, seed)[0]
+    prompt += torch.randint(*video, (start - len(prompt),), generator=gen).tolist()  # as if already generated
+    new = torch.randint(*video, (1, tokens), generator=gen)  # (1, tokens)
+    recompute = functools.partial(engine.full_logits, last_only=True)  # what use_cache=False runs per token
+    cached, full = [], []
+    with torch.no_grad():
+        for r in range(repeats):
+            cache = engine.new_cache(model, 1, context)
+            engine.prefill(model, cache, [prompt])
+            for t in range(tokens):
+                seconds, _ = timed(engine.decode_one_token, model, cache, new[:, t])
+                cached.append(seconds)
+            for t in range(tokens):
+                seconds, _ = timed(recompute, model, [prompt], new[:, :t + 1])
+                full.append(seconds)
+    return statistics.median(cached), statistics.median(full)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--new-tokens", type=int, default=320)
+    parser.add_argument("--prefix", type=int, default=32)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--context", type=int, default=1024, help="length at which the KV cache's speedup is measured")
+    parser.add_argument("--context-tokens", type=int, default=4, help="tokens timed at that length, per repeat")
+    parser.add_argument("--modules", action="store_true", help="also time our engine running the model's modules")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    vocab = Vocabulary.load(resolve_model("shapes-64"))
+    vocab.add_task("t2v")
+    torch.manual_seed(args.seed)
+    model = VideoLM.from_lm_config("tiny").eval()  # vocab_size 8832 holds the Shapes vocabulary
+    model.generation_config.eos_token_id = None  # theirs must not stop at <eos>
+    video = vocab.range("video")
+    layout = video_layout(vocab, args.new_tokens)  # video ids, then <eov_o> <eos>: cut at new_tokens
+
+    systems = {"videolm engine": lambda p: ours(model, p, layout, args.new_tokens),
+               "transformers generate()": lambda p: theirs(model, p, video, args.new_tokens)}
+    if args.modules:
+        systems["videolm engine, modules"] = lambda p: ours_modules(model, p, layout, args.new_tokens)
+    prompts = {b: t2v_prompts(vocab, b, args.prefix, args.seed + b) for b in args.batches}
+    for name, fn in systems.items():  # warm up (allocator, kernels), and check the outputs
+        out = fn(t2v_prompts(vocab, 1, args.prefix, 99)[:1])
+        if out.shape != (1, args.new_tokens) or not bool(((out >= video[0]) & (out < video[1])).all()):
+            raise SystemExit(f"{name}: expected {args.new_tokens} video ids, got {tuple(out.shape)}")
+
+    seconds = {(name, b): [] for name in systems for b in args.batches}
+    names = list(systems)
+    for r in range(args.repeats):
+        for b in args.batches:
+            for name in names[r % len(names):] + names[:r % len(names)]:  # alternate who goes first
+                elapsed, out = timed(systems[name], prompts[b])
+                assert out.shape == (b, args.new_tokens)
+                seconds[(name, b)].append(elapsed)
+    rate = {key: key[1] * args.new_tokens / statistics.median(s) for key, s in seconds.items()}  # tokens/s
+    cached, full = cache_speedup(model, vocab, args.context, args.context_tokens, args.repeats, args.seed)
+
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"tiny ({params:.1f} M), CPU float32, {args.threads} threads, {args.prefix}-token prefix -> "
+          f"{args.new_tokens} video ids, greedy; median of {args.repeats}")
+    print(f"{'system':28s} {'batch':>5s} {'tokens/s':>10s} {'ms/step':>9s}")
+    for (name, b), tok_s in rate.items():
+        print(f"{name:28s} {b:5d} {tok_s:10.1f} {1e3 * b / tok_s:9.2f}")
+    first, last = args.batches[0], args.batches[-1]
+    ours_1, hf_1 = rate[("videolm engine", first)], rate[("transformers generate()", first)]
+    ours_n, hf_n = rate[("videolm engine", last)], rate[("transformers generate()", last)]
+    result = {
+        "benchmark": "decode", "preset": "tiny", "params_m": round(params, 2), "threads": args.threads,
+        "repeats": args.repeats, "prefix": args.prefix, "new_tokens": args.new_tokens, "batches": args.batches,
+        "ours_tok_s": round(ours_1, 1), "hf_tok_s": round(hf_1, 1), "ratio_vs_hf": round(ours_1 / hf_1, 2),
+        f"ours_tok_s_b{last}": round(ours_n, 1), f"hf_tok_s_b{last}": round(hf_n, 1),
+        f"ratio_vs_hf_b{last}": round(ours_n / hf_n, 2),
+        "batch8_over_batch1": round(ours_n / ours_1, 2), "hf_batch8_over_batch1": round(hf_n / hf_1, 2),
+        "context": args.context, "cached_ms_per_token": round(1e3 * cached, 3),
+        "recompute_ms_per_token": round(1e3 * full, 2), "cache_speedup": round(full / cached, 1),
+    }
+    if args.modules:
+        result["ours_modules_tok_s"] = round(rate[("videolm engine, modules", first)], 1)
+        result[f"ours_modules_tok_s_b{last}"] = round(rate[("videolm engine, modules", last)], 1)
+    print(f"ours / transformers at batch {first}: {result['ratio_vs_hf']:.2f}x (goal >= {GOALS['ratio_vs_hf']}); "
+          f"at batch {last}: {result[f'ratio_vs_hf_b{last}']:.2f}x")
+    print(f"ours, batch {last} / batch {first}: {result['batch8_over_batch1']:.2f}x "
+          f"(goal >= {GOALS['batch8_over_batch1']}); transformers: {result['hf_batch8_over_batch1']:.2f}x")
+    print(f"at {args.context} tokens: cached step {1e3 * cached:.2f} ms, full recompute {1e3 * full:.1f} ms per token: "
+          f"{result['cache_speedup']:.1f}x (goal >= {GOALS['cache_speedup']})")
+    result["goals"] = GOALS
+    result["meets_goals"] = all(result[k] >= v for k, v in GOALS.items())
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

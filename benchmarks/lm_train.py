@@ -1,0 +1,211 @@
+"""LM training throughput and the padding fraction with and without packing, on the Shapes task mixture.
+
+    python benchmarks/lm_train.py [--threads 2] [--steps 10] [--warmup 2] [--shards DIR] [--config configs/lm/tiny.yaml]
+
+The `tiny` preset in float32 on CPU, trained as `videolm lm fit` trains it: batches of the
+config's ``batch_size`` sequences from the task mixture (t2v + v2a, text dropout), packed into
+rows of ``row_len`` tokens (`PackCollate`), the loss over output tokens only (`output_losses`),
+AdamW with the trainer's parameter groups, gradient clipping by norm. A plain loop rather than
+Lightning, so that each optimizer step is timed on its own: the batches are collated before the
+timing (collation is reported apart) and the first ``--warmup`` steps are not counted.
+
+The sequences have the exact Shapes lengths: from ``--shards`` (token shards written by
+``videolm tokenize --data shapes``) when given; otherwise synthetic samples, with the real
+captions of the Shapes training seeds tokenized by the shipped text tokenizer, and random codes of
+the real shapes (video 5 x 64 = 320 codes for 17 x 64 x 64, audio 107 frames x 4 levels), through
+the tasks' own ``build``. So a t2v sequence is 328-341 tokens and a v2a one 756.
+
+Reported: training tokens/s, counting the real (non-padding) tokens and every slot of the rows,
+with packing and, for comparison, without it (one sequence per row, padded to the batch's longest,
+`train.packing: false`); the padding fraction of both layouts over ``--padding-batches`` batches
+(and of one sequence per fixed ``row_len`` row). Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from videolm.lm.data import PackCollate, TaskSequences, TokenShards
+from videolm.lm.model import LMConfig, VideoLM
+from videolm.lm.training import LMModule, output_losses
+from videolm.tasks.base import build_tasks
+from videolm.tasks.config import load_config
+from videolm.tasks.models import resolve_model
+from videolm.tokenizers.vocab import Vocabulary
+
+VIDEO_SHAPE = (5, 64)  # latent frames x tokens per frame: 17 x 64 x 64 through the video tokenizer
+AUDIO_SHAPE = (107, 4)  # frames x levels: 34000 samples at hop 320, 4 residual levels
+
+
+class SyntheticShapes(torch.utils.data.Dataset):
+    """Samples as token shards hold them (local codes), with real Shapes captions and random codes."""
+
+    def __init__(self, num: int, vocab: Vocabulary, seed: int = 0):
+        from videolm.tasks.shapes import ShapesConfig, sample_scene
+        from videolm.tasks.shapes_data import split_seeds
+        from videolm.tokenizers.text import TextTokenizer
+
+        text = TextTokenizer.load(resolve_model("shapes-64"))
+        world = ShapesConfig()
+        self.captions = [text.encode(sample_scene(s, world).caption) for s in split_seeds("train", 0, num)]
+        self.vocab, self.seed = vocab, seed
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int) -> dict:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        return {"text": torch.tensor(self.captions[i], dtype=torch.long),
+                "video": torch.randint(0, self.vocab.video_codes, VIDEO_SHAPE, generator=gen),
+                "audio": torch.randint(0, self.vocab.audio_codes, AUDIO_SHAPE, generator=gen),
+                "height": 64, "width": 64}
+
+
+def batches(data: TaskSequences, batch_size: int, count: int, seed: int) -> list[list]:
+    """``count`` batches of sequences, drawn as a shuffled DataLoader would (mixture and dropout seeded)."""
+    torch.manual_seed(seed)
+    order = torch.randperm(len(data)).tolist()
+    need = batch_size * count
+    order = (order * (need // len(order) + 1))[:need]
+    return [[data[i] for i in order[k * batch_size:(k + 1) * batch_size]] for k in range(count)]
+
+
+def padding(items: list[list], collate) -> float:
+    tokens = slots = 0
+    for batch in items:
+        rows = collate(batch).rows
+        tokens += int((rows.example >= 0).sum())
+        slots += rows.example.numel()
+    return 1 - tokens / slots
+
+
+def train(model: VideoLM, module: LMModule, collated: list, warmup: int, grad_clip: float) -> dict:
+    """Time each optimizer step over the collated batches; the first ``warmup`` are not counted."""
+    optimizer = module.configure_optimizers()
+    model.train()
+    seconds, real, slots, losses = [], [], [], []
+    for k, batch in enumerate(collated):
+        start = time.perf_counter()
+        nll, _ = output_losses(model, batch)  # (N,)
+        loss = nll.sum() / max(1, len(nll))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        elapsed = time.perf_counter() - start
+        losses.append(float(loss.detach()))
+        if k >= warmup:
+            seconds.append(elapsed)
+            real.append(batch.num_tokens)
+            slots.append(batch.rows.ids.numel())
+    total = sum(seconds)
+    return {"tok_s": sum(real) / total, "slot_tok_s": sum(slots) / total, "s_per_step": statistics.median(seconds),
+            "padding": 1 - sum(real) / sum(slots),
+            "rows": statistics.mean(b.rows.ids.shape[0] for b in collated), "row_len": collated[0].rows.ids.shape[1],
+            "loss_first": losses[0], "loss_last": losses[-1]}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/lm/tiny.yaml",
+                        help="an 'lm fit' config: preset, tasks, batch, row_len, AdamW")
+    parser.add_argument("--shards", default=None, help="token shards from `videolm tokenize` (default: synthetic)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: the config's)")
+    parser.add_argument("--row-len", type=int, default=None, help="(default: the config's)")
+    parser.add_argument("--clips", type=int, default=2000, help="synthetic clips")
+    parser.add_argument("--padding-batches", type=int, default=100)
+    parser.add_argument("--no-unpacked", action="store_true", help="skip timing the unpacked baseline")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    cfg = load_config(args.config, expect_entry="lm fit")[1]
+    train_cfg = cfg.train
+    batch_size = args.batch_size or train_cfg.batch_size
+    row_len = args.row_len or train_cfg.row_len
+    if args.shards:
+        samples = TokenShards(args.shards)
+        vocab = samples.vocab()
+    else:
+        vocab = Vocabulary.load(resolve_model("shapes-64"))
+        vocab.add_resolution(64, 64)
+        samples = SyntheticShapes(args.clips, vocab, args.seed)
+    tasks = build_tasks(list(cfg.data.tasks), vocab)
+    data = TaskSequences(samples, tasks, list(cfg.data.tasks.values()), cfg.data.text_dropout, row_len)
+    pad_id = vocab["<pad>"]
+
+    start = time.perf_counter()
+    sample_batches = batches(data, batch_size, args.padding_batches, args.seed)
+    lengths = {t.name: sorted({len(ex.ids) for b in sample_batches for ex in b if ex.task == k})
+               for k, t in enumerate(tasks)}
+    packed, unpacked = PackCollate(row_len, pad_id), PackCollate(row_len, pad_id, packing=False)
+    collate_start = time.perf_counter()
+    pad_packed = padding(sample_batches, packed)
+    collate_ms = 1e3 * (time.perf_counter() - collate_start) / len(sample_batches)
+    pad_unpacked = padding(sample_batches, unpacked)
+    pad_fixed = padding(sample_batches, lambda b: _fixed_rows(b, row_len, pad_id))
+    data_seconds = time.perf_counter() - start
+
+    lm = LMConfig.from_name(cfg.preset, **{"vocab_size": -(-len(vocab) // 64) * 64, "pad_id": pad_id,
+                                          "bos_id": vocab["<bos>"], "eos_id": vocab["<eos>"], **cfg.model})
+    torch.manual_seed(args.seed)
+    initial = VideoLM.from_lm_config(lm).state_dict()
+    steps = batches(data, batch_size, args.warmup + args.steps, args.seed + 1)
+    layouts = {"packed": packed} if args.no_unpacked else {"packed": packed, "unpacked": unpacked}
+    results = {}
+    for name, collate in layouts.items():
+        model = VideoLM.from_lm_config(lm)
+        model.load_state_dict(initial)  # both layouts start from the same weights
+        module = LMModule(model, train_cfg, "unused", [t.name for t in tasks])  # for its optimizer only
+        results[name] = train(model, module, [collate(b) for b in steps], args.warmup, train_cfg.grad_clip)
+
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"{cfg.preset} ({params:.1f} M), CPU float32, {args.threads} threads, AdamW; batches of {batch_size} "
+          f"sequences ({', '.join(f'{k}: {v[0]}-{v[-1]}' for k, v in lengths.items() if v)} tokens), "
+          f"{args.steps} timed steps after {args.warmup}; data: {'shards' if args.shards else 'synthetic'}")
+    print(f"{'layout':34s} {'rows':>6s} {'row len':>8s} {'s/step':>7s} {'real tok/s':>11s} {'slot tok/s':>11s} "
+          f"{'padding':>8s}")
+    for name, r in results.items():
+        label = f"packed into rows of {row_len}" if name == "packed" else "one per row, padded to the longest"
+        print(f"{label:34s} {r['rows']:6.1f} {r['row_len']:8d} {r['s_per_step']:7.2f} {r['tok_s']:11.1f} "
+              f"{r['slot_tok_s']:11.1f} {r['padding']:8.1%}")
+    print(f"padding over {args.padding_batches} batches: packed {pad_packed:.1%}, one per row padded to the batch's "
+          f"longest {pad_unpacked:.1%}, one per row of {row_len} {pad_fixed:.1%}; packing {collate_ms:.1f} ms/batch")
+    result = {
+        "benchmark": "lm_train", "preset": cfg.preset, "params_m": round(params, 2), "threads": args.threads,
+        "data": "shards" if args.shards else "synthetic", "batch_size": batch_size, "row_len": row_len,
+        "steps": args.steps, "warmup": args.warmup,
+        "train_tok_s": round(results["packed"]["tok_s"], 1),
+        "train_slot_tok_s": round(results["packed"]["slot_tok_s"], 1),
+        "s_per_step": round(results["packed"]["s_per_step"], 3),
+        "padding_packed": round(pad_packed, 4), "padding_unpacked": round(pad_unpacked, 4),
+        "padding_fixed_rows": round(pad_fixed, 4), "pack_ms_per_batch": round(collate_ms, 2),
+        "loss_first": round(results["packed"]["loss_first"], 4), "loss_last": round(results["packed"]["loss_last"], 4),
+        "data_seconds": round(data_seconds, 2),
+    }
+    if "unpacked" in results:
+        result["unpacked_tok_s"] = round(results["unpacked"]["tok_s"], 1)
+        result["unpacked_slot_tok_s"] = round(results["unpacked"]["slot_tok_s"], 1)
+    print(json.dumps(result))
+
+
+def _fixed_rows(batch, row_len: int, pad_id: int):
+    """One sequence per row of ``row_len`` tokens (fixed-length rows without packing)."""
+    from videolm.lm.data import TaskBatch
+    from videolm.lm.masks import pad
+
+    rows = pad([(it.ids, it.prefix_len) for it in batch], row_len, pad_id=pad_id)
+    return TaskBatch(rows, torch.tensor([it.task for it in batch]))
+
+
+if __name__ == "__main__":
+    main()
