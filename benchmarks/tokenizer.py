@@ -2,12 +2,14 @@
 
     python benchmarks/tokenizer.py [--batch 8] [--budget-minutes 5] [--eval-clips 32] [--threads 2]
 
-Both tokenizers compress 17x64x64 clips to 5x8x8 tokens with 4096 codes (LFQ). Measured, on the
-same machine in the same process, alternating between the two:
+Both tokenizers compress 17x64x64 clips to 5x8x8 tokens with 4096 codes: ours is the default
+preset (the one shipped in shapes-64, FSQ), theirs uses LFQ. Measured, on the same machine in the
+same process, alternating between the two:
 - encode and decode throughput (clips/s) at batch `--batch`;
 - training throughput (clips/s) and reconstruction PSNR on held-out Shapes clips after the same
   wall-clock training budget on the same clips in the same order (Adam, lr 1e-3, batch 8; each
-  model with its own loss: ours L1 + MSE + LFQ aux, theirs MSE + LFQ aux; no GAN, no perceptual).
+  model with its own loss: ours L1 + MSE (+ the quantizer's aux loss, zero for FSQ), theirs MSE +
+  LFQ aux; no GAN, no perceptual loss).
 
 magvit2-pytorch is installed for this benchmark only, without its dependencies
 (`pip install --no-deps magvit2-pytorch` plus its pure-Python needs: accelerate beartype ema-pytorch
@@ -82,7 +84,7 @@ class Ours:
     name = "videolm"
 
     def __init__(self):
-        self.model = VideoTokenizer(VideoTokenizerConfig())
+        self.model = VideoTokenizer(VideoTokenizerConfig.from_name("default"))
 
     def encode(self, x):
         return self.model.encode(x)

@@ -123,7 +123,7 @@ def evaluate_tokenizer(model: str, data: str = "shapes", num: int = 256, seed: i
         c = tok.encode(x)
         recon = tok.decode(c, x.shape[-2], x.shape[-1]) if is_video else tok.decode(c, x.shape[-1])
         seconds += time.perf_counter() - t0
-        codes.append(c.reshape(-1) if is_video else c.reshape(-1, c.shape[-1]))
+        codes.append(adapter.flat_codes(c))
         for k, v in adapter.metrics(x, recon).items():
             metrics.setdefault(k, []).append(v)
     result = {k: round(float(torch.cat(v).mean()), 4) for k, v in metrics.items()}

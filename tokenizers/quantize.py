@@ -1,4 +1,4 @@
-"""One interface over vector-quantize-pytorch's quantizers: LFQ (default), FSQ and VQ.
+"""One interface over vector-quantize-pytorch's quantizers: LFQ, FSQ and VQ.
 
 ``quantized, indices, aux_loss = q(z)`` with ``z`` channel-first ``(B, C, *spatial)``; indices are
 int64 ``(B, *spatial)``; ``q.indices_to_codes(indices)`` gives back ``(B, C, *spatial)``. The
@@ -6,7 +6,9 @@ quantizer always runs in fp32, also under autocast: the library's quantizers are
 codes or produce NaN in bf16/fp16.
 
 - LFQ, lookup-free quantization (MAGVIT-v2, Yu et al. 2023, arXiv:2310.05737): each of log2(K)
-  channels is quantized to ±1; an entropy loss keeps the code usage spread out.
+  channels is quantized to ±1; an entropy loss keeps the code usage spread out. `groups` > 1
+  factorizes that loss over sub-codebooks (groups = bits: one balance term per bit), which is far
+  cheaper than a softmax over all 2^bits codes and, on Shapes, learned faster too.
 - FSQ, finite scalar quantization (Mentzer et al. 2023, arXiv:2309.15505): each channel is
   rounded to a few levels; no auxiliary loss, no codebook collapse.
 - VQ with an EMA codebook, k-means init and dead-code revival (VQ-VAE, van den Oord et al. 2017).
@@ -27,16 +29,21 @@ FSQ_LEVELS = {1024: [8, 8, 4, 4], 2048: [8, 8, 8, 4], 4096: [8, 8, 8, 8], 256: [
 
 class Quantizer(nn.Module):
     def __init__(self, kind: str, dim: int, codebook_size: int, entropy_weight: float = 0.1,
-                 commitment_weight: float = 0.25, normalize: bool = False):
+                 commitment_weight: float = 0.25, normalize: bool = False, groups: int = 1, spherical: bool = False):
         super().__init__()
-        self.kind, self.codebook_size, self.normalize = kind, codebook_size, normalize
+        self.kind, self.codebook_size, self.normalize, self.groups = kind, codebook_size, normalize, groups
         if kind == "lfq":
             bits = int(math.log2(codebook_size))
             if 2**bits != codebook_size:
                 raise ValueError(f"LFQ needs a power-of-two codebook, got {codebook_size}")
-            self.code_dim = bits
-            self.q = LFQ(dim=bits, codebook_size=codebook_size, entropy_loss_weight=entropy_weight,
-                         commitment_loss_weight=commitment_weight, diversity_gamma=1.0)
+            if bits % groups:
+                raise ValueError(f"LFQ groups={groups} must divide the {bits} bits of a {codebook_size}-code book")
+            self.code_dim, self.group_bits = bits, bits // groups
+            # groups > 1 factorizes the entropy loss over sub-codebooks of bits/groups bits each
+            # (cheaper than the full 2^bits-way softmax); the code index is the same 12-bit word.
+            self.q = LFQ(dim=bits, codebook_size=2**self.group_bits, num_codebooks=groups,
+                         entropy_loss_weight=entropy_weight, commitment_loss_weight=commitment_weight,
+                         diversity_gamma=1.0, spherical=spherical, keep_num_codebooks_dim=True)
         elif kind == "fsq":
             levels = FSQ_LEVELS.get(codebook_size)
             if levels is None:
@@ -64,13 +71,28 @@ class Quantizer(nn.Module):
                 aux = x.new_zeros(())
             else:
                 q, idx, aux = self.q(x)
+                if self.kind == "lfq":  # (B, N, groups) sub-codes -> one index, first group in the high bits
+                    idx = self._join(idx)
         out = self.project_out(q.transpose(1, 2).to(flat.dtype))  # (B, C, N)
         return out.reshape(shape), idx.long().reshape(shape[0], *shape[2:]), aux.float().sum()
+
+    def _join(self, idx: torch.Tensor) -> torch.Tensor:  # (B, N, G) -> (B, N)
+        shifts = self.group_bits * torch.arange(self.groups - 1, -1, -1, device=idx.device)
+        return (idx.long() << shifts).sum(-1)
+
+    def _split(self, idx: torch.Tensor) -> torch.Tensor:  # (B, N) -> (B, N, G)
+        shifts = self.group_bits * torch.arange(self.groups - 1, -1, -1, device=idx.device)
+        return (idx.long()[..., None] >> shifts) & (2**self.group_bits - 1)
 
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         shape = indices.shape  # (B, *spatial)
         with torch.autocast(device_type=indices.device.type, enabled=False):
-            q = self.q.get_codes_from_indices(indices.flatten(1)) if self.kind == "vq" else \
-                self.q.indices_to_codes(indices.flatten(1))  # (B, N, D)
+            flat = indices.flatten(1)
+            if self.kind == "vq":
+                q = self.q.get_codes_from_indices(flat)
+            elif self.kind == "lfq":
+                q = self.q.indices_to_codes(self._split(flat), project_out=False)
+            else:
+                q = self.q.indices_to_codes(flat)  # (B, N, D)
         out = self.project_out(q.float().transpose(1, 2))  # (B, C, N)
         return out.reshape(shape[0], -1, *shape[1:])

@@ -76,8 +76,9 @@ class TrainConfig:
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
 
-def lr_factor(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
-    """Linear warmup, then cosine decay to `min_lr_ratio` at the end of the budget.
+def lr_factor(step: int, cfg, elapsed_s: float = 0.0) -> float:
+    """Linear warmup, then cosine decay to `min_lr_ratio` at the end of the budget. `cfg` is any
+    training config with `warmup_steps`, `steps`, `max_minutes` and `min_lr_ratio` (also the LM's).
 
     The budget ends at `steps` or, if set, after `max_minutes` of training, whichever comes first,
     so a run cut by the clock still finishes its decay.
@@ -139,6 +140,10 @@ class VideoModality:
         return x
 
     def loss(self, x, recon, cfg: TrainConfig, model) -> tuple[torch.Tensor, dict]:
+        # Pixels are clamped to [-1, 1] when decoded, so an output beyond the range costs nothing
+        # where the target sits on the bound (black stays exactly black): the error is taken after a
+        # straight-through clamp, whose gradient still pulls an out-of-range pixel back when needed.
+        recon = recon + (recon.clamp(-1, 1) - recon).detach()
         err = recon - x  # (B, 3, T, H, W)
         l1, mse = err.abs().mean(), err.pow(2).mean()
         logs = {"l1": l1.item(), "mse": mse.item()}
@@ -154,6 +159,10 @@ class VideoModality:
 
     def metrics(self, x, recon) -> dict[str, torch.Tensor]:
         return {"psnr": psnr_per_clip(x, recon), "ssim": ssim_per_clip(x, recon)}
+
+    @staticmethod
+    def flat_codes(codes: torch.Tensor) -> torch.Tensor:  # (B, t, n) -> (B*t*n,): one codebook
+        return codes.reshape(-1)
 
     def write_samples(self, x, recon, stem: Path) -> None:
         """A PNG grid (originals above, reconstructions below) and a GIF (original | reconstruction)."""
@@ -192,6 +201,10 @@ class AudioModality:
         dist = [float(stft_distance(a, b)) for a, b in zip(xs, rs)]
         return {"frequency_agreement": torch.tensor(agree), "frequency_agreement_strict": torch.tensor(strict),
                 "stft_distance": torch.tensor(dist)}
+
+    @staticmethod
+    def flat_codes(codes: torch.Tensor) -> torch.Tensor:  # (B, F, Q) -> (B*F, Q): one codebook per level
+        return codes.reshape(-1, codes.shape[-1])
 
     def write_samples(self, x, recon, stem: Path) -> None:
         """Audio: a wav of the first original and its reconstruction, one after the other."""
@@ -318,7 +331,7 @@ class TokenizerModule(L.LightningModule):
             self._val = {}
             return
         self._validated_at = int(self.step)
-        codes = torch.cat([c.flatten(0, -2) if c.ndim > 2 else c.flatten() for c in self._val.pop("codes")])
+        codes = torch.cat([self.modality.flat_codes(c) for c in self._val.pop("codes")])
         row = {"step": int(self.step), **{f"val_{k}": torch.cat(v).mean().item() for k, v in self._val.items()},
                **codebook_stats(codes, self.model.config.codebook_size)}
         self._val = {}

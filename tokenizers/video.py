@@ -17,7 +17,7 @@ codes. Frame 0 is encoded on its own (latent frame 0 sees frame 0 only), so imag
 share one tokenizer.
 
 Two bottlenecks, chosen by `VideoTokenizerConfig.architecture`:
-- "magvit2": one code map per latent frame at H/8 x W/8, quantized by LFQ (default), FSQ or VQ.
+- "magvit2": one code map per latent frame at H/8 x W/8, quantized by FSQ (default), LFQ or VQ.
 - "vqvae2": hierarchical, after VQ-VAE-2 (Razavi et al. 2019, arXiv:1906.00446): a top map at half
   the bottom's spatial size is quantized first, decoded, and conditions the bottom map; tokens are
   laid out top-then-bottom per latent frame. The codebook is split: top codes take the first half
@@ -48,15 +48,17 @@ SPACE_DOWN = 8
 @dataclass
 class VideoTokenizerConfig:
     architecture: Literal["magvit2", "vqvae2"] = "magvit2"
-    quantizer: Literal["lfq", "fsq", "vq"] = "lfq"
+    quantizer: Literal["lfq", "fsq", "vq"] = "fsq"
     codebook_size: int = 4096  # for vqvae2: split evenly between the top and bottom maps
     channels: list[int] = field(default_factory=lambda: [32, 64, 96])  # at H/2, H/4, H/8
-    blocks_2d: list[int] = field(default_factory=lambda: [1, 1, 1])  # per-frame residual blocks per level
-    blocks_3d: int = 1  # causal space-time residual blocks per temporal level (at H/8)
+    blocks_2d: list[int] = field(default_factory=lambda: [0, 0, 0])  # per-frame residual blocks per level
+    blocks_3d: int = 0  # causal space-time residual blocks per temporal level (at H/8)
     latent_channels: int = 96  # width of the code map before and after quantization
     entropy_weight: float = 0.1  # LFQ
     commitment_weight: float = 0.25  # LFQ / VQ
     quantizer_norm: bool = False  # RMS-normalize each token's vector before quantizing
+    lfq_groups: int = 1  # LFQ: factorize the entropy loss over this many sub-codebooks
+    lfq_spherical: bool = False  # LFQ: project onto the sphere first (BSQ, Zhao et al. 2024)
 
     def __post_init__(self):
         if len(self.channels) != 3 or len(self.blocks_2d) != 3:
@@ -73,6 +75,9 @@ class VideoTokenizerConfig:
 
 PRESETS: dict[str, dict] = {
     "debug": {"channels": [8, 16, 16], "blocks_2d": [0, 1, 0], "blocks_3d": 1, "latent_channels": 16},
+    # The field defaults. Lean on purpose: residual blocks slowed learning per step and per second
+    # alike on a CPU. FSQ is the default quantizer because LFQ, trained the same way, falls far
+    # behind it here; LFQ stays one config key away (docs/tokenizers.md has the trials).
     "default": {},
 }
 
@@ -249,13 +254,18 @@ class Decoder(nn.Module):
 # --------------------------------------------------------------------------------- bottlenecks
 
 
+def _qargs(cfg: VideoTokenizerConfig) -> dict:
+    return dict(entropy_weight=cfg.entropy_weight, commitment_weight=cfg.commitment_weight,
+                normalize=cfg.quantizer_norm, groups=cfg.lfq_groups, spherical=cfg.lfq_spherical)
+
+
 class FlatBottleneck(nn.Module):
     """One code map per latent frame (MAGVIT-v2)."""
 
     def __init__(self, cfg: VideoTokenizerConfig):
         super().__init__()
         self.quantizer = Quantizer(cfg.quantizer, cfg.latent_channels, cfg.codebook_size,
-                                   cfg.entropy_weight, cfg.commitment_weight, cfg.quantizer_norm)
+                                   **_qargs(cfg))
         self.decoder_channels = cfg.latent_channels
 
     def tokens_per_frame(self, h: int, w: int) -> int:
@@ -278,10 +288,10 @@ class HierarchicalBottleneck(nn.Module):
         c, half = cfg.latent_channels, cfg.codebook_size // 2
         self.half = half
         self.to_top = nn.Sequential(nn.Conv2d(c * 4, c, 1), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1))
-        self.top_q = Quantizer(cfg.quantizer, c, half, cfg.entropy_weight, cfg.commitment_weight, cfg.quantizer_norm)
+        self.top_q = Quantizer(cfg.quantizer, c, half, **_qargs(cfg))
         self.top_up = nn.Conv2d(c, c * 4, 3, padding=1)  # then 2x depth-to-space
         self.to_bottom = nn.Conv2d(2 * c, c, 1)
-        self.bottom_q = Quantizer(cfg.quantizer, c, half, cfg.entropy_weight, cfg.commitment_weight, cfg.quantizer_norm)
+        self.bottom_q = Quantizer(cfg.quantizer, c, half, **_qargs(cfg))
         self.decoder_channels = 2 * c
 
     def tokens_per_frame(self, h: int, w: int) -> int:
