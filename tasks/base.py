@@ -18,10 +18,10 @@ used); a task of your own is named by its import path, ``"my_package.my_module:M
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar, Literal
 
 import torch
-
 from videolm.lm.constraints import OutputLayout, audio_layout, video_layout
 from videolm.tasks.config import resolve
 from videolm.tokenizers.errors import ConfigError, UsageError
@@ -36,7 +36,7 @@ BUILTIN: dict[str, str] = {
 _OUTPUT_MARKERS = {"video": ("<bov_o>", "<eov_o>"), "audio": ("<boa_o>", "<eoa_o>")}
 
 
-class Task:
+class Task(ABC):
     """One task over one vocabulary. Subclasses set the class fields and `condition`."""
 
     name: ClassVar[str] = ""
@@ -50,9 +50,9 @@ class Task:
 
     # -- what subclasses write
 
+    @abstractmethod
     def condition(self, sample: dict, drop_text: bool) -> list[torch.Tensor]:
         """The prefix between ``<task:NAME>`` and the output-begin token, as segments of ids."""
-        raise NotImplementedError
 
     # -- sequences
 

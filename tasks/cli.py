@@ -168,6 +168,15 @@ def _tokenizer_bundle(args) -> int:
     return 0
 
 
+def _fit_args(p, entry: str) -> None:
+    """The flags every `fit` command shares: its config, run folder and budget."""
+    p.add_argument("--config", required=True, help=f"a YAML config with 'entry: {entry}'")
+    p.add_argument("--out", help="run folder (default: the config's out)")
+    p.add_argument("--steps", type=int, help="training steps")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget in minutes")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (per process)")
+
+
 def _add_tokenizer(sub) -> None:
     tok = sub.add_parser("tokenizer", help="train and evaluate the video and audio tokenizers",
                          description="Train and evaluate the video and audio tokenizers.")
@@ -179,13 +188,9 @@ def _add_tokenizer(sub) -> None:
         "checkpoints/last.ckpt (a rerun resumes from it), samples/*.png, metrics.jsonl and model/ (safetensors). "
         "Flags override the config.",
     )
-    p.add_argument("--config", required=True, help="a YAML config with 'entry: tokenizer fit'")
-    p.add_argument("--out", help="run folder (default: the config's out)")
+    _fit_args(p, "tokenizer fit")
     p.add_argument("--data", help="'shapes' or a folder of videos (default: the config's)")
-    p.add_argument("--steps", type=int, help="training steps")
-    p.add_argument("--max-minutes", type=float, help="wall-clock budget in minutes")
     p.add_argument("--batch-size", type=int, help="clips per step")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.set_defaults(run=_tokenizer_fit)
 
     p = tok_sub.add_parser(
@@ -285,12 +290,8 @@ def _add_lm(sub) -> None:
         "fly. The run folder gets checkpoints/last.ckpt (a rerun resumes from it), metrics.jsonl (loss per task, "
         "tokens/s), samples/ and model/ (safetensors + vocab.json). Flags override the config.",
     )
-    p.add_argument("--config", required=True, help="a YAML config with 'entry: lm fit'")
-    p.add_argument("--out", help="run folder (default: the config's out)")
+    _fit_args(p, "lm fit")
     p.add_argument("--shards", help="token shards folder (default: the config's data)")
-    p.add_argument("--steps", type=int, help="training steps")
-    p.add_argument("--max-minutes", type=float, help="wall-clock budget in minutes")
-    p.add_argument("--threads", type=int, help="CPU threads for torch, per process")
     p.set_defaults(run=_lm_fit)
 
 
