@@ -7,9 +7,11 @@ A shard folder is self-describing and holds no pickles::
     DIR/index.json                  kind, format, the model folder the codes came from, shard list
     DIR/vocab.json                  the vocabulary the codes are meant for
     DIR/shard_00000.safetensors     per clip ``NNNNNN.text`` (n,), ``NNNNNN.video`` (t, n),
-                                    ``NNNNNN.audio`` (F, Q), ``NNNNNN.structure`` (t, n): int32
-                                    *local* codes; the header's metadata holds each clip's caption,
-                                    seed and sizes as JSON
+                                    ``NNNNNN.audio`` (F, Q), ``NNNNNN.structure`` (t, n), and the
+                                    views tasks read (``image_text``, ``tail``, ``end``, ``loop``,
+                                    ``inpaint``, ``outpaint``): int32 *local* codes; the header's
+                                    metadata holds each clip's caption, seed, sizes and mask boxes
+                                    as JSON
 
 A sample (what a shard item, or a clip tokenized on the fly by `TokenizedClips`, is) is a dict of
 int64 tensors under those keys plus the metadata. This module knows no tasks: a `TaskSequences`
@@ -40,7 +42,8 @@ from videolm.tokenizers.errors import ConfigError, DataError, UsageError
 INDEX_NAME = "index.json"
 KIND = "token_shards"
 FORMAT = 1
-CODE_FIELDS = ("text", "video", "audio", "structure")  # tensors a sample may hold
+# tensors a sample may hold: the clip's codes, and those of the views its tasks read (tasks/views.py)
+CODE_FIELDS = ("text", "video", "audio", "structure", "image_text", "tail", "end", "loop", "inpaint", "outpaint")
 
 Sample = dict  # CODE_FIELDS -> int64 tensors, plus metadata (caption, seed, height, width, ...)
 

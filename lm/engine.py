@@ -289,6 +289,7 @@ class TokenChooser:
         self.done = torch.zeros(batch_size, dtype=torch.bool, device=device)  # (B,)
         self._complete: set[int] = set()  # rows whose constraint has ended (known without a device sync)
         self._ranges_at: tuple[int, list] | None = None  # (step, each row's ranges): constraints run once a step
+        self.progress: Callable[[int], object] | None = None  # called with 1 after each step
 
     def __call__(self, logits: torch.Tensor, step: int) -> torch.Tensor:
         """Tokens ``(R,)`` for every row of ``logits (R, V)`` at output position ``step``."""
@@ -349,7 +350,8 @@ def generate(model, prompts: Prompts, max_new_tokens: int | None = None, *, temp
              top_k: int | None = None, top_p: float | None = None,
              constraint: Constraint | Sequence[Constraint] | None = None, cfg_scale: float = 1.0,
              uncond_prompts: Prompts | None = None, stop_id: int | None = None, pad_id: int = 0,
-             generator: torch.Generator | int | None = None, use_cache: bool = True) -> torch.Tensor:
+             generator: torch.Generator | int | None = None, use_cache: bool = True,
+             progress: Callable[[int], object] | None = None) -> torch.Tensor:
     """Continue each prompt (a prefix ending in its output-begin token). Returns ``(B, N)`` ids,
     N <= max_new_tokens, ``pad_id`` after a row ends.
 
@@ -358,7 +360,8 @@ def generate(model, prompts: Prompts, max_new_tokens: int | None = None, *, temp
     e.g. the prompt with its text emptied) turn on classifier-free guidance at ``cfg_scale``.
     ``generator`` (a torch.Generator or a seed) makes the draw reproducible. ``use_cache=False``
     recomputes the whole sequence with the model's own forward at every step (a reference and a
-    baseline; slow).
+    baseline; slow). ``progress`` is called with 1 after each drawn token (e.g. a progress bar's
+    ``update``).
     """
     lm = _llama(model)
     device, vocab_size = lm.lm_head.weight.device, lm.config.vocab_size
@@ -378,6 +381,7 @@ def generate(model, prompts: Prompts, max_new_tokens: int | None = None, *, temp
     chooser = TokenChooser(len(prompts), vocab_size, temperature=temperature, top_k=top_k, top_p=top_p,
                            cfg_scale=cfg_scale, guided=uncond_prompts is not None, constraints=constraints,
                            stop_id=stop_id, pad_id=pad_id, generator=generator, device=device)
+    chooser.progress = progress
     if not use_cache:
         return _generate_uncached(model, rows, num_tokens, chooser, pad_id)
     width = max(len(p) for p in rows)
@@ -439,6 +443,8 @@ def _decode(extend: Callable[[torch.Tensor, tuple[int, int] | None], torch.Tenso
     for step in range(num_tokens):
         tokens = chooser(logits, step)  # (R,)
         out.append(tokens[:chooser.batch_size])
+        if chooser.progress is not None:
+            chooser.progress(1)
         if chooser.finished or step == num_tokens - 1:
             break
         logits = extend(tokens, chooser.span(step + 1))  # (R, V)

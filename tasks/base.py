@@ -19,8 +19,10 @@ used); a task of your own is named by its import path, ``"my_package.my_module:M
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+import numpy as np
 import torch
 from videolm.lm.constraints import OutputLayout, audio_layout, video_layout
 from videolm.tasks.config import resolve
@@ -30,10 +32,46 @@ from videolm.tokenizers.vocab import Vocabulary
 # name -> "module:Class"
 BUILTIN: dict[str, str] = {
     "t2v": "videolm.tasks.t2v:TextToVideo",
+    "t2i": "videolm.tasks.t2v:TextToImage",
+    "i2v": "videolm.tasks.t2v:ImageToVideo",
+    "extend": "videolm.tasks.continuation:Extend",
+    "extend_back": "videolm.tasks.continuation:ExtendBack",
+    "interpolate": "videolm.tasks.continuation:Interpolate",
+    "loop": "videolm.tasks.t2v:Loop",
+    "inpaint": "videolm.tasks.editing:Inpaint",
+    "outpaint": "videolm.tasks.editing:Outpaint",
+    "stylize": "videolm.tasks.editing:Stylize",
     "v2a": "videolm.tasks.v2a:VideoToAudio",
+    "a2v": "videolm.tasks.v2a:AudioToVideo",
+    "uncond": "videolm.tasks.t2v:Unconditional",
 }
 
 _OUTPUT_MARKERS = {"video": ("<bov_o>", "<eov_o>"), "audio": ("<boa_o>", "<eoa_o>")}
+
+
+@dataclass
+class TaskInputs:
+    """What a user gives a task at generation time, already at the model's size: ``text``,
+    ``image (H, W, 3)``, ``videos`` (each ``(T, H, W, 3)`` uint8), ``audio (S,)`` float32 at the
+    model's rate, ``mask (H, W)`` bool (True: generate there)."""
+
+    text: str | None = None
+    image: np.ndarray | None = None
+    videos: list[np.ndarray] = field(default_factory=list)
+    audio: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+    @property
+    def video(self) -> np.ndarray | None:
+        return self.videos[0] if self.videos else None
+
+
+@dataclass
+class Media:
+    """A task's result: ``video (T, H, W, 3)`` uint8 and/or ``audio (S,)`` float32."""
+
+    video: np.ndarray | None = None
+    audio: np.ndarray | None = None
 
 
 class Task(ABC):
@@ -41,12 +79,16 @@ class Task(ABC):
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""  # one line, for `videolm tasks`
-    inputs: ClassVar[tuple[str, ...]] = ()  # sample fields the prefix reads: text, video, audio, structure
+    inputs: ClassVar[tuple[str, ...]] = ()  # sample fields the prefix reads: text, video, audio, structure, ...
     output: ClassVar[Literal["video", "audio"]] = "video"
+    target: ClassVar[str] = ""  # the sample field the output is cut from (default: the output's)
+    needs: ClassVar[str] = ""  # what a user gives at generation time, for `videolm tasks` and errors
+    uses_text: ClassVar[bool] = False  # the prefix holds text (so classifier-free guidance applies)
 
     def __init__(self, vocab: Vocabulary):
         self.vocab = vocab
         self.task_id = vocab.task_id(self.name)  # the vocabulary must hold the task (Vocabulary.add_task)
+        self.training = True  # False at generation: no random choices in the prefix
 
     # -- what subclasses write
 
@@ -58,7 +100,41 @@ class Task(ABC):
 
     def accepts(self, sample: dict) -> bool:
         """Whether the sample has every field this task reads and writes."""
-        return all(sample.get(field) is not None for field in (*self.inputs, self.output))
+        return all(sample.get(name) is not None for name in (*self.inputs, self.target_field))
+
+    @property
+    def target_field(self) -> str:
+        return self.target or self.output
+
+    def target_codes(self, sample: dict) -> torch.Tensor:
+        """The local codes the output is trained to be (default: the whole target field)."""
+        return sample[self.target_field]
+
+    def output_shape(self, sample: dict) -> tuple[int, int]:
+        """The code shape of the output: ``(t, n)`` for video, ``(F, Q)`` for audio, from the
+        sample's geometry (its clip's codes, or what `encode_inputs` wrote)."""
+        if self.output == "audio":
+            return tuple(sample["audio_shape"]) if "audio_shape" in sample else tuple(sample["audio"].shape)
+        return self.output_latents(latents(sample)), tokens_per_frame(sample)
+
+    def output_latents(self, t: int) -> int:
+        """Latent frames of a video output for clips of ``t`` latent frames."""
+        return t
+
+    # -- generation: a user's media in, media out
+
+    @abstractmethod
+    def encode_inputs(self, inputs: TaskInputs, tokenizer, geometry: dict) -> dict:
+        """A sample holding what `condition` reads, from a user's media (`TaskInputs`, at the
+        model's size), encoded by ``tokenizer`` (a `videolm.tasks.token_shards.ClipTokenizer`),
+        with ``geometry`` (`ClipTokenizer.geometry`: the clip's sizes) merged in. Raise
+        `UsageError` naming what is missing."""
+
+    def to_media(self, codes: torch.Tensor, sample: dict, tokenizer) -> Media:
+        """Generated codes (`output_shape`) -> media; the default decodes them as they are."""
+        if self.output == "audio":
+            return Media(audio=tokenizer.decode_audio(codes, sample.get("num_samples")))
+        return Media(video=tokenizer.decode_video(codes, int(sample["height"]), int(sample["width"])))
 
     def prefix(self, sample: dict, drop_text: bool = False) -> torch.Tensor:
         """``(P,)`` ids from ``<bos>`` to the output-begin token. ``drop_text`` empties the text
@@ -67,14 +143,14 @@ class Task(ABC):
         head = torch.tensor([self.vocab["<bos>"], self.task_id])
         return torch.cat([head, *self.condition(sample, drop_text), torch.tensor([begin])]).long()
 
-    def target(self, sample: dict) -> torch.Tensor:
+    def target_ids(self, sample: dict) -> torch.Tensor:
         """``(N,)`` ids: the output, its end token and ``<eos>``."""
         end = self.vocab[_OUTPUT_MARKERS[self.output][1]]
         tail = torch.tensor([end, self.vocab["<eos>"]])
-        return torch.cat([self.output_ids(sample[self.output]), tail]).long()
+        return torch.cat([self.output_ids(self.target_codes(sample)), tail]).long()
 
     def build(self, sample: dict, drop_text: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.prefix(sample, drop_text), self.target(sample)
+        return self.prefix(sample, drop_text), self.target_ids(sample)
 
     # -- generation
 
@@ -102,16 +178,32 @@ class Task(ABC):
 
     # -- segments for `condition`
 
+    def text_sample(self, inputs: TaskInputs, tokenizer, geometry: dict, required: bool = True) -> dict:
+        """A generation sample with the geometry and the prompt's text codes (none without a prompt)."""
+        if required:
+            require(inputs, self.name, "text")
+        sample = dict(geometry)
+        if inputs.text:
+            sample["text"] = tokenizer.encode_text(inputs.text)
+        return sample
+
     def resolution(self, sample: dict) -> torch.Tensor:
         return torch.tensor([self.vocab.res_id(int(sample["height"]), int(sample["width"]))])
 
-    def text(self, sample: dict, drop: bool = False) -> torch.Tensor:
-        ids = torch.zeros(0, dtype=torch.long) if drop else self.vocab.text_to_ids(sample["text"].long())
+    def text(self, sample: dict, drop: bool = False, field: str = "text") -> torch.Tensor:
+        """``<bot_i> text <eot_i>``, empty when ``drop`` or when the sample has no text."""
+        codes = sample.get(field)
+        empty = drop or codes is None or len(codes) == 0
+        ids = torch.zeros(0, dtype=torch.long) if empty else self.vocab.text_to_ids(codes.long())
         return torch.cat([torch.tensor([self.vocab["<bot_i>"]]), ids, torch.tensor([self.vocab["<eot_i>"]])])
 
-    def video(self, codes: torch.Tensor) -> torch.Tensor:
-        ids = self.vocab.video_to_ids(codes.long()).flatten()  # (t * n,)
-        return torch.cat([torch.tensor([self.vocab["<bov_i>"]]), ids, torch.tensor([self.vocab["<eov_i>"]])])
+    def video(self, codes: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """``<bov_i> video <eov_i>``; ``hidden (n,)`` bool: positions of every latent frame that
+        become ``<mask>``."""
+        ids = self.vocab.video_to_ids(codes.long())  # (t, n)
+        if hidden is not None:
+            ids = ids.masked_fill(torch.as_tensor(hidden, dtype=torch.bool).flatten()[None], self.vocab["<mask>"])
+        return torch.cat([torch.tensor([self.vocab["<bov_i>"]]), ids.flatten(), torch.tensor([self.vocab["<eov_i>"]])])
 
     def audio(self, codes: torch.Tensor) -> torch.Tensor:
         ids = self.vocab.audio_to_ids(codes.long()).flatten()  # (F * Q,)
@@ -119,6 +211,31 @@ class Task(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}: {', '.join(self.inputs) or 'nothing'} -> {self.output})"
+
+
+def latents(sample: dict) -> int:
+    """Latent frames of the sample's clip."""
+    return int(sample["latents"]) if "latents" in sample else int(sample["video"].shape[0])
+
+
+def tokens_per_frame(sample: dict) -> int:
+    return int(sample["tokens_per_frame"]) if "tokens_per_frame" in sample else int(sample["video"].shape[1])
+
+
+def require(inputs: TaskInputs, task: str, *names: str) -> None:
+    """A `UsageError` naming the first of ``names`` (fields of `TaskInputs`) the user did not give."""
+    flags = {"text": "--prompt", "image": "--image", "video": "--video", "audio": "--audio", "mask": "--mask"}
+    for name in names:
+        if getattr(inputs, name) is None:
+            raise UsageError(f"task {task} needs {flags[name]}")
+
+
+def clip_frames(video: np.ndarray, geometry: dict, task: str, where: str = "first") -> np.ndarray:
+    """The first (or ``where="last"``) clip-length frames of a user's video; a `UsageError` if it is shorter."""
+    n = geometry["frames"]
+    if len(video) < n:
+        raise UsageError(f"task {task} needs a video of at least {n} frames, got {len(video)}")
+    return video[:n] if where == "first" else video[len(video) - n:]
 
 
 def task_class(name: str) -> type[Task]:
@@ -141,4 +258,5 @@ def build_tasks(names, vocab: Vocabulary) -> list[Task]:
     return [cls(vocab) for cls in classes]
 
 
-__all__ = ["BUILTIN", "Task", "build_tasks", "task_class"]
+__all__ = ["BUILTIN", "Media", "Task", "TaskInputs", "build_tasks", "clip_frames", "latents", "require", "task_class",
+           "tokens_per_frame"]

@@ -14,6 +14,7 @@ import traceback
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 
+from videolm.tasks import generate_cmd
 from videolm.tokenizers.errors import UsageError, VideolmError
 
 
@@ -280,9 +281,16 @@ def _lm_fit(args) -> int:
     return 0
 
 
+def _lm_bundle(args) -> int:
+    from videolm.tasks.lm_runs import bundle_lm
+
+    print_json(bundle_lm(args.lm, args.out, args.dtype))
+    return 0
+
+
 def _add_lm(sub) -> None:
     lm = sub.add_parser("lm", help="train the prefix language model", description="Train the prefix language model.")
-    lm_sub = lm.add_subparsers(dest="lm_command", metavar="{fit}", required=True)
+    lm_sub = lm.add_subparsers(dest="lm_command", metavar="{fit,bundle}", required=True)
 
     p = lm_sub.add_parser(
         "fit", help="train the LM on a task mixture from a YAML config (resumes a stopped run)",
@@ -293,6 +301,16 @@ def _add_lm(sub) -> None:
     _fit_args(p, "lm fit")
     p.add_argument("--shards", help="token shards folder (default: the config's data)")
     p.set_defaults(run=_lm_fit)
+
+    p = lm_sub.add_parser(
+        "bundle", help="put a trained LM into a model folder, for `videolm generate --model`",
+        description="Copy a trained LM (RUN/model) into OUT/lm of a model folder that holds the tokenizers its "
+        "shards came from (weights stored as float16 by default), with its vocabulary (which knows its tasks).",
+    )
+    p.add_argument("--lm", required=True, help="the trained LM folder (RUN/model)")
+    p.add_argument("--out", required=True, help="the model folder (e.g. tasks/models/shapes-64)")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    p.set_defaults(run=_lm_bundle)
 
 
 # ----------------------------------------------------------------------------------------- media
@@ -376,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenizer(sub)
     _add_tokenize(sub)
     _add_lm(sub)
+    generate_cmd.add_generate(sub)
+    generate_cmd.add_tasks(sub)
+    generate_cmd.add_eval(sub)
+    generate_cmd.add_probe(sub)
     _add_media(sub)
     return parser
 

@@ -9,11 +9,13 @@ the tokenizers) every ``train.sample_every`` steps.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import ConcatDataset
 
 from videolm.lm.data import TaskSequences, TokenizedClips, TokenShards
 from videolm.lm.engine import generate
@@ -26,7 +28,7 @@ from videolm.tokenizers.schema import to_dict
 
 @dataclass
 class LMDataConfig:
-    shards: str | None = None  # a folder written by `videolm tokenize`
+    shards: str | list[str] | None = None  # a folder written by `videolm tokenize`, or several (same tokenizers)
     source: str | None = None  # or tokenize on the fly: "shapes" or a folder of videos
     num: int = 100_000  # on the fly: Shapes training clips (seeds 0 .. num-1) or a folder's first clips
     frames: int = 17  # on the fly: clip size
@@ -68,8 +70,12 @@ def training_data(cfg: LMDataConfig):
     """The samples (shards, or clips tokenized on the fly), their vocabulary and the tokenizers'
     model folder."""
     if cfg.shards is not None:
-        shards = TokenShards(cfg.shards)
-        return shards, shards.vocab(), cfg.model or shards.model
+        folders = [TokenShards(f) for f in ([cfg.shards] if isinstance(cfg.shards, str) else cfg.shards)]
+        if len({f.model for f in folders}) > 1:
+            raise ConfigError(f"data.shards: the folders were written by different tokenizers "
+                              f"({', '.join(sorted(str(f.model) for f in folders))})")
+        samples = folders[0] if len(folders) == 1 else ConcatDataset(folders)
+        return samples, folders[0].vocab(), cfg.model or folders[0].model
     from videolm.tasks.token_shards import ClipSource, ClipTokenizer
 
     source = ClipSource(data=cfg.source, num=cfg.num, frames=cfg.frames, height=cfg.height, width=cfg.width)
@@ -134,30 +140,68 @@ class SampleWriter:
                 self.write(task, items, codes, self.out / f"step_{step:06d}_{task.name}")
 
     def generate(self, model: VideoLM, task: Task, items: list[dict]) -> list[torch.Tensor]:
-        """Each item's generated output as local codes of its target's shape."""
-        shapes = [tuple(item[task.output].shape) for item in items]
-        guided = "text" in task.inputs and self.cfg.cfg_scale != 1
-        ids = generate(model, [task.prefix(item) for item in items], constraint=[task.layout(s) for s in shapes],
-                       cfg_scale=self.cfg.cfg_scale if guided else 1.0,
-                       uncond_prompts=[task.prefix(item, drop_text=True) for item in items] if guided else None,
-                       temperature=self.cfg.temperature, top_k=self.cfg.top_k, pad_id=task.vocab["<pad>"],
-                       generator=self.cfg.seed)  # (B, N)
-        return [task.output_codes(row, shape) for row, shape in zip(ids.cpu(), shapes)]
+        """Each item's generated output as local codes of the task's output shape."""
+        return generate_codes(model, task, items, cfg_scale=self.cfg.cfg_scale, temperature=self.cfg.temperature,
+                              top_k=self.cfg.top_k, generator=self.cfg.seed)
 
     def write(self, task: Task, items: list[dict], codes: list[torch.Tensor], stem: Path) -> None:
         from videolm.tokenizers.media import write_audio, write_grid, write_video
 
         tok = self.tokenizer
+        truth = [task.to_media(task.target_codes(item), item, tok) for item in items]
+        made = [task.to_media(c, item, tok) for c, item in zip(codes, items)]
         if task.output == "video":
-            h, w = items[0]["height"], items[0]["width"]
-            truth = np.stack([tok.decode_video(item["video"], h, w) for item in items])  # (B, T, H, W, 3)
-            made = np.stack([tok.decode_video(c, h, w) for c in codes])  # (B, T, H, W, 3)
-            write_grid(stem.with_suffix(".png"), np.concatenate([truth, made]))
-            write_video(stem.with_suffix(".gif"), np.concatenate([truth[0], made[0]], axis=2), fps=8)
+            truth_v, made_v = np.stack([m.video for m in truth]), np.stack([m.video for m in made])  # (B, T, H, W, 3)
+            write_grid(stem.with_suffix(".png"), np.concatenate([truth_v, made_v]))
+            write_video(stem.with_suffix(".gif"), np.concatenate([truth_v[0], made_v[0]], axis=2), fps=8)
         else:
-            n = items[0].get("num_samples")
-            made, truth = tok.decode_audio(codes[0], n), tok.decode_audio(items[0]["audio"], n)  # (S,) each
-            write_audio(stem.with_suffix(".wav"), np.concatenate([made, truth]))
+            write_audio(stem.with_suffix(".wav"), np.concatenate([made[0].audio, truth[0].audio]))
+
+
+def generate_codes(model: VideoLM, task: Task, items: list[dict], *, cfg_scale: float = 1.0,
+                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                   generator=None, progress=None) -> list[torch.Tensor]:
+    """The task's outputs for ``items`` (samples), generated in one batch: local codes of
+    `Task.output_shape` each. Guidance applies to tasks with text when ``cfg_scale != 1``."""
+    training, task.training = task.training, False
+    try:
+        shapes = [task.output_shape(item) for item in items]
+        guided = task.uses_text and cfg_scale != 1
+        ids = generate(model, [task.prefix(item) for item in items], constraint=[task.layout(s) for s in shapes],
+                       cfg_scale=cfg_scale if guided else 1.0,
+                       uncond_prompts=[task.prefix(item, drop_text=True) for item in items] if guided else None,
+                       temperature=temperature, top_k=top_k, top_p=top_p, pad_id=task.vocab["<pad>"],
+                       generator=generator, progress=progress)  # (B, N)
+    finally:
+        task.training = training
+    return [task.output_codes(row, shape) for row, shape in zip(ids.cpu(), shapes)]
+
+
+def bundle_lm(lm: str | Path, out: str | Path, dtype: str = "float16", clip: dict | None = None) -> dict:
+    """Put a trained LM (``RUN/model``) into a model folder as ``OUT/lm/`` (weights stored as
+    ``dtype``; loaded back as float32), with its vocabulary and the clip size it makes. The LM's
+    vocabulary must lay out text, video and audio exactly as the folder's tokenizers do."""
+    from videolm.tasks.models import resolve_model
+    from videolm.tasks.pipeline import LM_DIR, load_lm
+    from videolm.tokenizers.vocab import Vocabulary
+
+    lm, out = Path(lm), resolve_model(out)
+    if not (lm / "config.json").is_file():
+        raise ConfigError(f"--lm {lm}: not a trained LM folder (no config.json); give RUN/model")
+    theirs, ours = Vocabulary.load(lm), Vocabulary.load(out)
+    for block in ("text", "video", "audio"):
+        if theirs.range(block) != ours.range(block):
+            raise ConfigError(f"--lm {lm}: its vocabulary places {block} ids at {theirs.range(block)}, the folder's "
+                              f"tokenizers at {ours.range(block)}; train the LM on shards from this folder")
+    model = load_lm(lm)
+    target = out / LM_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    model.to(getattr(torch, dtype)).save_pretrained(target)
+    theirs.save(target)
+    (target / "clip.json").write_text(json.dumps(clip or {"frames": 17, "height": 64, "width": 64, "fps": 8}) + "\n")
+    size = sum(f.stat().st_size for f in target.iterdir()) / 2**20
+    return {"folder": str(target), "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+            "tasks": theirs.tasks, "lm_mb": round(size, 2)}
 
 
 def _first_accepted(task: Task, samples, num: int) -> list[dict]:
@@ -171,4 +215,6 @@ def _first_accepted(task: Task, samples, num: int) -> list[dict]:
     return found
 
 
-__all__ = ["LMDataConfig", "LMFitConfig", "SampleConfig", "SampleWriter", "build_model", "run_fit", "training_data"]
+__all__ = ["LMDataConfig", "LMFitConfig", "SampleConfig", "SampleWriter", "build_model", "bundle_lm", "generate_codes",
+           "run_fit",
+           "training_data"]

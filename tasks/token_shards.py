@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from videolm.lm.data import ShardWriter
+from videolm.lm.data import CODE_FIELDS, ShardWriter
 from videolm.tasks.models import resolve_model
 from videolm.tasks.outdir import atomic_output_dir
 from videolm.tokenizers.errors import DataError, UsageError
@@ -66,15 +67,23 @@ class ClipTokenizer:
     # -- clips -> samples
 
     @torch.no_grad()
-    def encode(self, clips: Sequence[dict]) -> list[dict]:
+    def encode(self, clips: Sequence[dict], views: bool = True) -> list[dict]:
         """Clips of one size -> samples: ``text (n,)``, ``video (t, n)``, ``structure (t, n)`` if the
-        clip has one, ``audio (F, Q)`` if it has audio; int64 local codes, plus metadata."""
-        from videolm.tokenizers.video import to_tensor
+        clip has one, ``audio (F, Q)`` if it has audio; int64 local codes, plus metadata. ``views``:
+        also the codes of the views the tasks read (`videolm.tasks.views`) and ``image_text``, the
+        caption without its motion."""
+        from videolm.tasks.views import VIEW_FIELDS, clip_views
 
-        video = self.video.encode(to_tensor(np.stack([c["video"] for c in clips])).to(self.device))  # (B, t, n)
-        structure = None
+        fields = {"video": [c["video"] for c in clips]}
         if all(c.get("structure") is not None for c in clips):
-            structure = self.video.encode(to_tensor(np.stack([c["structure"] for c in clips])).to(self.device))
+            fields["structure"] = [c["structure"] for c in clips]
+        extra = [{} for _ in clips]
+        if views:
+            made = [clip_views(np.asarray(c["video"]), int(c.get("seed") or 0)) for c in clips]
+            extra = [meta for _, meta in made]
+            for name in VIEW_FIELDS:
+                fields[name] = [v[name] for v, _ in made]
+        codes = {name: self.encode_video(frames) for name, frames in fields.items()}  # (B, t, n) each
         with_audio = [i for i, c in enumerate(clips) if c.get("has_audio", True)]
         audio = {}
         if with_audio:
@@ -82,14 +91,40 @@ class ClipTokenizer:
             audio = dict(zip(with_audio, self.audio.encode(wave.to(self.device)).cpu()))  # (F, Q) each
         samples = []
         for i, clip in enumerate(clips):
-            sample = {"text": torch.tensor(self.text.encode(clip.get("caption") or ""), dtype=torch.long),
-                      "video": video[i].cpu(), **clip_meta(clip)}
-            if structure is not None:
-                sample["structure"] = structure[i].cpu()
+            caption = clip.get("caption") or ""
+            sample = {"text": self.encode_text(caption), **clip_meta(clip), **extra[i]}
+            if views:
+                sample["image_text"] = self.encode_text(image_caption(caption))
+            sample.update({name: c[i] for name, c in codes.items()})
             if i in audio:
                 sample["audio"] = audio[i]
             samples.append(sample)
         return samples
+
+    @torch.no_grad()
+    def encode_video(self, videos) -> torch.Tensor:
+        """Videos of one size, ``(B, T, H, W, 3)`` uint8 (or a list of them) -> codes ``(B, t, n)``."""
+        from videolm.tokenizers.video import to_tensor
+
+        return self.video.encode(to_tensor(np.stack(videos)).to(self.device)).cpu()
+
+    def geometry(self, frames: int = 17, height: int = 64, width: int = 64, fps: int = 8) -> dict:
+        """The sizes a generated clip has, as tasks read them from a sample: ``frames``,
+        ``height``, ``width``, ``latents``, ``tokens_per_frame``, ``num_samples`` (audio of the
+        clip's duration) and ``audio_shape`` ``(F, Q)``."""
+        rate = self.audio.config.sample_rate
+        num_samples = round(frames * rate / fps)
+        return {"frames": frames, "height": height, "width": width, "fps": fps,
+                "latents": self.video.latent_frames(frames), "tokens_per_frame": self.video.tokens_per_frame(height, width),
+                "num_samples": num_samples, "sample_rate": rate,
+                "audio_shape": (self.audio.num_frames(num_samples), self.audio.config.num_quantizers)}
+
+    def encode_audio(self, wave: np.ndarray) -> torch.Tensor:
+        """``(S,)`` float32 -> codes ``(F, Q)``."""
+        return self.audio.encode(torch.as_tensor(wave, dtype=torch.float32)[None].to(self.device))[0].cpu()
+
+    def encode_text(self, text: str) -> torch.Tensor:
+        return torch.tensor(self.text.encode(text), dtype=torch.long)
 
     def __call__(self, clip: dict) -> dict:
         """One clip -> one sample (tokenizing on the fly)."""
@@ -108,6 +143,12 @@ class ClipTokenizer:
     def decode_audio(self, codes: torch.Tensor, num_samples: int | None = None) -> np.ndarray:
         """Local codes ``(F, Q)`` -> float32 samples ``(S,)``."""
         return self.audio.decode(codes[None].to(self.device), num_samples)[0].float().cpu().numpy()
+
+
+def image_caption(caption: str) -> str:
+    """A Shapes caption without its motion ("a large red circle moves left" -> "a large red
+    circle"): the text of a still image. Other captions come back as they are."""
+    return re.sub(r" (?:moves (?:left|right|up|down)|stays still)", "", caption)
 
 
 def clip_meta(clip: dict) -> dict:
@@ -171,8 +212,8 @@ def write_token_shards(out: str | Path, source: ClipSource, model: str | Path = 
         for start in range(0, len(clips), batch_size):
             batch = [clips[i] for i in range(start, min(start + batch_size, len(clips)))]
             for sample in tokenizer.encode(batch):
-                codes = {k: sample.pop(k) for k in ("text", "video", "audio", "structure") if k in sample}
-                tokens += sum(v.numel() for k, v in codes.items() if k != "structure")
+                codes = {k: sample.pop(k) for k in CODE_FIELDS if k in sample}
+                tokens += sum(codes[k].numel() for k in ("text", "video", "audio") if k in codes)
                 writer.add(codes, sample)
             if progress:
                 progress(len(batch))

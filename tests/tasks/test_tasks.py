@@ -56,7 +56,7 @@ def test_dropping_the_text_leaves_an_empty_text_segment_and_the_rest_alone(vocab
 def test_layout_accepts_the_target_and_output_codes_invert_it(vocab, name):
     (task,) = build_tasks([name], vocab)
     s = sample(seed=3)
-    target = task.target(s)
+    target = task.target_ids(s)
     shape = tuple(s[task.output].shape)
     layout = task.layout(shape)
     assert layout.accepts(target)

@@ -1,0 +1,202 @@
+"""`videolm eval`: every task of a model, run on held-out Shapes clips and scored.
+
+For each task the held-out clips (seeds from 1,000,000 on) are tokenized with their views, the
+task's condition is laid out from them exactly as in training, the output is generated in batches
+and turned back into media by the task, and the media are scored against what the condition asked:
+
+- attribute accuracy from the probe classifier (shape, color, size, direction of each object
+  asked for; objects paired with the probe's by the best matching) and ``fd_probe``, the Fréchet
+  distance between the probe's features of generated and of real clips (not FVD: the features
+  are the probe's, trained on Shapes);
+- PSNR/SSIM against the ground truth where the task has one, beside a copy baseline: ``extend``
+  (new frames vs. the last given frame repeated), ``extend_back`` (vs. the first given frame
+  repeated), ``interpolate`` (the frames between vs. the nearer given frame), ``inpaint`` and
+  ``outpaint`` (the hidden region vs. leaving it black, the background), ``i2v`` (the first frame,
+  and the rest vs. the image repeated);
+- ``stylize``: silhouette IoU against the structure video, and the color of each silhouette
+  against the caption; ``v2a``: tone accuracy from the spectrum and the bounce-click timing
+  error; ``a2v``: the shapes the audio implies.
+
+Prints one JSON object: ``{"model", "num", "tasks": {name: metrics}, "seconds"}``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from videolm.tasks import metrics as M
+from videolm.tasks.pipeline import Pipeline
+from videolm.tasks.shapes_data import ShapesDataset
+from videolm.tasks.views import box_mask, context_latents, frames_of, grid_of, start_latents
+from videolm.tokenizers.errors import UsageError
+
+ALL_ATTRIBUTES = ("shape", "color", "size", "direction")
+STILL_ATTRIBUTES = ("shape", "color", "size")  # where motion cannot be judged (an image, a ping-pong loop)
+
+
+@dataclass
+class EvalConfig:
+    model: str = "shapes-64"
+    tasks: tuple[str, ...] = ()  # empty: every task the model knows
+    num: int = 128
+    seed: int = 0  # offset among the held-out seeds
+    batch_size: int = 16
+    cfg_scale: float = 3.0
+    temperature: float = 1.0
+    top_k: int | None = None
+
+
+def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = None) -> dict:
+    start = time.perf_counter()
+    if cfg.num < 2:
+        raise UsageError(f"--num {cfg.num}: need at least 2 clips (the Fréchet distance needs a spread)")
+    pipe = Pipeline.from_pretrained(cfg.model)
+    names = list(cfg.tasks) or pipe.task_names
+    for name in names:
+        pipe.task(name)  # unknown tasks fail before any work
+    from videolm.tasks.probe import load_probe
+
+    probe = load_probe(pipe.folder)
+    data = ShapesDataset(cfg.num, seed=cfg.seed, split="eval")
+    clips = [data[i] for i in range(cfg.num)]
+    samples = []
+    for i in range(0, cfg.num, cfg.batch_size):
+        samples += pipe.tokenizer.encode(clips[i:i + cfg.batch_size])
+    real_features = probe.features(np.stack([c["video"] for c in clips])).numpy()
+    report = {}
+    for name in names:
+        task = pipe.task(name)
+        made = []
+        for i in range(0, cfg.num, cfg.batch_size):
+            batch = samples[i:i + cfg.batch_size]
+            codes = pipe.codes(task, batch, seed=cfg.seed + i, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
+                               top_k=cfg.top_k)
+            made += [task.to_media(c, s, pipe.tokenizer) for c, s in zip(codes, batch)]
+            if progress:
+                progress(name, len(batch))
+        report[name] = score(name, made, clips, samples, probe, real_features)
+    return {"model": str(pipe.folder), "num": cfg.num, "cfg_scale": cfg.cfg_scale, "temperature": cfg.temperature,
+            "tasks": report, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def score(name: str, made: list, clips: list[dict], samples: list[dict], probe, real_features: np.ndarray) -> dict:
+    """The metrics block of one task."""
+    out: dict = {}
+    if name == "v2a":
+        return _audio_scores(made, clips)
+    videos = np.stack([m.video for m in made])  # (N, T, H, W, 3)
+    attributes = STILL_ATTRIBUTES if name in ("t2i", "loop") else ALL_ATTRIBUTES
+    if name == "stylize":
+        attributes = ()  # scored by silhouette and color below
+    if name == "a2v":
+        attributes = ("shape",)  # all the audio tells: which tones hum (size only through loudness)
+    wanted = [c["meta"]["objects"] for c in clips]
+    if attributes:
+        out.update(attribute_accuracy(probe.predict(videos), wanted, attributes))
+    if name != "t2i":
+        out["fd_probe"] = round(_frechet(probe.features(videos).numpy(), real_features), 3)
+    truth = np.stack([c["video"] for c in clips])
+    extra = _truth_scores(name, videos, truth, samples, clips)
+    out.update(extra)
+    return out
+
+
+def attribute_accuracy(predicted: list[dict], wanted: list[list[dict]], attributes) -> dict:
+    totals = {a: [0, 0] for a in attributes}
+    for pred, want in zip(predicted, wanted):
+        for a, (hit, n) in M.match_objects(want, pred["objects"], attributes).items():
+            totals[a][0] += hit
+            totals[a][1] += n
+    return {a: round(hit / n, 4) for a, (hit, n) in totals.items()}
+
+
+def _frechet(a: np.ndarray, b: np.ndarray) -> float:
+    from videolm.tasks.probe import frechet_distance
+
+    return float(frechet_distance(a, b))
+
+
+def _psnr_ssim(made: np.ndarray, truth: np.ndarray, mask=None) -> tuple[float, float]:
+    psnr = float(np.mean([M.region_psnr(m, t, None if mask is None else mask[i]) for i, (m, t) in
+                          enumerate(zip(made, truth))]))
+    ssim = float(np.mean([M.clip_ssim(m, t) for m, t in zip(made, truth)])) if mask is None else None
+    return round(psnr, 2), (None if ssim is None else round(ssim, 4))
+
+
+def _truth_scores(name: str, videos: np.ndarray, truth: np.ndarray, samples: list[dict], clips) -> dict:
+    """PSNR/SSIM against the ground truth and the task's copy baseline, where the task has one."""
+    t = samples[0]["video"].shape[0]
+    ctx = frames_of(context_latents(t))  # 9: extend's context, extend_back's given clip
+    if name == "extend":
+        new, last = slice(ctx, None), truth[:, ctx - 1:ctx]
+        return _compare(videos[:, new], truth[:, new], np.broadcast_to(last, truth[:, new].shape))
+    if name == "extend_back":
+        n = len(truth[0]) - ctx + 1  # frames before the given ones
+        new, first = slice(0, n), truth[:, n:n + 1]
+        return _compare(videos[:, new], truth[:, new], np.broadcast_to(first, truth[:, new].shape))
+    if name == "interpolate":
+        s = frames_of(start_latents(t))  # 5 given frames at the start
+        e = len(truth[0]) - s  # the end clip starts here
+        between = slice(s, e)
+        nearest = np.stack([truth[:, s - 1] if k - (s - 1) <= e - k else truth[:, e] for k in range(s, e)], 1)
+        return _compare(videos[:, between], truth[:, between], nearest)
+    if name in ("inpaint", "outpaint"):
+        grid = grid_of(*truth.shape[2:4])
+        cells = [box_mask(smp[f"{name}_box"], grid, name == "inpaint") for smp in samples]
+        masks = np.stack([np.broadcast_to(np.repeat(np.repeat(c, 8, 0), 8, 1), truth.shape[1:4]) for c in cells])
+        blank = np.where(masks[..., None], 0, truth).astype(np.uint8)
+        psnr, _ = _psnr_ssim(videos, truth, masks)
+        base, _ = _psnr_ssim(blank, truth, masks)
+        return {"psnr_masked": psnr, "baseline_psnr_masked": base, "baseline": "hidden region left black"}
+    if name == "i2v":
+        first, _ = _psnr_ssim(videos[:, :1], truth[:, :1])
+        out = _compare(videos[:, 1:], truth[:, 1:], np.broadcast_to(truth[:, :1], truth[:, 1:].shape))
+        return {"psnr_first_frame": first, **out}
+    if name == "stylize":
+        structures = [c["structure"] for c in clips]
+        iou = np.mean([M.silhouette_iou(v, s) for v, s in zip(videos, structures)])
+        hit = total = 0
+        for v, s, c in zip(videos, structures, clips):
+            colors = M.silhouette_colors(v, s)
+            want = [o["color"] for o in c["meta"]["objects"]]
+            hit += sum(a == b for a, b in zip(colors, want))
+            total += len(want)
+        return {"silhouette_iou": round(float(iou), 4), "color": round(hit / total, 4)}
+    return {}
+
+
+def _compare(made: np.ndarray, truth: np.ndarray, baseline: np.ndarray) -> dict:
+    psnr, ssim = _psnr_ssim(made, truth)
+    base_psnr, base_ssim = _psnr_ssim(np.ascontiguousarray(baseline), truth)
+    return {"psnr": psnr, "ssim": ssim, "baseline_psnr": base_psnr, "baseline_ssim": base_ssim,
+            "psnr_over_baseline": round(psnr - base_psnr, 2)}
+
+
+def _audio_scores(made: list, clips: list[dict]) -> dict:
+    tones, errors = [], []
+    for m, c in zip(made, clips):
+        objects = c["meta"]["objects"]
+        tones.append(bool(M.tone_accuracy(m.audio, objects)))
+        bounces = sorted(b for o in objects for b in o["bounces"])
+        err = M.bounce_timing_error(m.audio, bounces)
+        if err is not None:
+            errors.append(err)
+    out = {"tone": round(float(np.mean(tones)), 4)}
+    out["bounce_timing_error_s"] = round(float(np.mean(errors)), 4) if errors else None
+    out["clips_with_bounces"] = len(errors)
+    return out
+
+
+def chance_levels() -> dict:
+    """What guessing scores, for reading the attribute accuracies: one over the number of classes."""
+    from videolm.tasks.shapes import BACKGROUNDS, DIRECTIONS, PALETTE, SHAPES, SIZES
+
+    return {"shape": 1 / len(SHAPES), "color": 1 / len(PALETTE), "size": 1 / len(SIZES),
+            "direction": 1 / len(DIRECTIONS), "background": 1 / len(BACKGROUNDS)}
+
+
+__all__ = ["EvalConfig", "attribute_accuracy", "chance_levels", "evaluate", "score"]

@@ -1,0 +1,211 @@
+"""`videolm generate`, `tasks`, `eval` and `probe fit`: thin layers over `videolm.tasks.pipeline`,
+`videolm.tasks.evaluate` and `videolm.tasks.probe`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from videolm.tasks.base import BUILTIN, task_class
+from videolm.tasks.models import DEFAULT_MODEL
+from videolm.tokenizers.errors import UsageError
+
+
+def _float_at_least(low: float, what: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise UsageError(f"{what} {text!r}: not a number") from None
+        if not value >= low:
+            raise UsageError(f"{what} {value}: must be >= {low}")
+        return value
+    return parse
+
+
+def add_generate(sub) -> None:
+    p = sub.add_parser(
+        "generate", help="generate video (or audio) for a task from a trained model",
+        description="Run a task of a model folder (default: the shipped shapes-64) and write sample_000.mp4 ... "
+        "(with a .wav beside it when there is sound), sample_NNN.npy frames with --save-frames, and manifest.json "
+        "(model, and per sample: index, task, prompt, seed, video, frames, audio, seconds). Inputs are files: "
+        "images (PNG/JPEG), any video the media layer reads, wav, and a mask PNG (white = generate). "
+        "`videolm tasks` lists the tasks and what each needs.",
+    )
+    p.add_argument("--task", required=True, help="a task name (see `videolm tasks`)")
+    p.add_argument("--prompt", help="the caption, for tasks with text")
+    p.add_argument("--image", help="an image file (i2v)")
+    p.add_argument("--video", action="append", help="a video file; interpolate takes two (start, end)")
+    p.add_argument("--audio", help="an audio file (a2v)")
+    p.add_argument("--mask", help="a mask image, white = the region to generate (inpaint, outpaint)")
+    p.add_argument("--num-samples", type=int, default=1, help="samples to draw (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first sample; sample i uses seed + i")
+    p.add_argument("--frames", type=int, help="video length; beyond the clip length, chains `extend`")
+    p.add_argument("--cfg-scale", type=_float_at_least(0.0, "--cfg-scale"), default=3.0,
+                   help="classifier-free guidance scale for tasks with text (1 = none; default 3)")
+    p.add_argument("--temperature", type=_float_at_least(0.0, "--temperature"), default=1.0,
+                   help="sampling temperature (0 = greedy; default 1)")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely ids")
+    p.add_argument("--top-p", type=float, help="sample from the smallest set of ids holding this probability")
+    p.add_argument("--with-audio", action="store_true", help="add a soundtrack made by v2a (muxed into the mp4)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"a model folder or a shipped name (default {DEFAULT_MODEL})")
+    p.add_argument("--save-frames", action="store_true", help="also write the frames as sample_NNN.npy (T, H, W, 3)")
+    p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(run=run_generate)
+
+
+def run_generate(args) -> int:
+    from tqdm import tqdm
+
+    from videolm.tasks.outdir import atomic_output_dir, check_output_dir
+    from videolm.tasks.pipeline import Pipeline
+
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples {args.num_samples} must be >= 1")
+    check_output_dir(args.out, args.overwrite)
+    pipe = Pipeline.from_pretrained(args.model)
+    pipe.task(args.task)  # an unknown task fails before any work
+    with tqdm(total=None, desc=f"generate {args.task}", unit="tok", delay=1.0, file=sys.stderr, leave=False) as bar:
+        results = pipe.generate(args.task, args.prompt, image=args.image, video=args.video, audio=args.audio,
+                                mask=args.mask, num_samples=args.num_samples, seed=args.seed, frames=args.frames,
+                                cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, with_audio=args.with_audio, progress=bar.update)
+    with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
+        manifest = {"model": str(pipe.folder), "samples": [_write(tmp, i, r, args) for i, r in enumerate(results)]}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"wrote {len(results)} sample(s) of {args.task} to {args.out}/")
+    return 0
+
+
+def _write(folder: Path, index: int, result, args) -> dict:
+    from videolm.tokenizers.media import write_audio, write_video
+
+    stem = f"sample_{index:03d}"
+    entry = {"index": index, "task": result.task, "prompt": args.prompt, "seed": result.seed, "video": None,
+             "frames": None, "audio": None, "num_frames": None, "seconds": round(result.seconds, 3)}
+    if result.audio is not None:
+        write_audio(folder / f"{stem}.wav", result.audio, result.sample_rate)
+        entry["audio"] = f"{stem}.wav"
+    if result.video is not None:
+        write_video(folder / f"{stem}.mp4", result.video, fps=result.fps, audio=result.audio,
+                    sample_rate=result.sample_rate)
+        entry["video"], entry["num_frames"] = f"{stem}.mp4", int(len(result.video))
+        if args.save_frames:
+            np.save(folder / f"{stem}.npy", np.ascontiguousarray(result.video, dtype=np.uint8))
+            entry["frames"] = f"{stem}.npy"
+    return entry
+
+
+def add_tasks(sub) -> None:
+    p = sub.add_parser("tasks", help="list the tasks, what each needs and makes",
+                       description="List the built-in tasks (or those a model was trained on, with --model): "
+                       "name, a one-line description, the inputs `videolm generate` needs and the output.")
+    p.add_argument("--model", help="list the tasks of this model folder or shipped name instead")
+    p.add_argument("--json", action="store_true", help="one JSON object per task")
+    p.set_defaults(run=run_tasks)
+
+
+def run_tasks(args) -> int:
+    names = list(BUILTIN)
+    if args.model:
+        from videolm.tasks.models import resolve_model
+        from videolm.tasks.pipeline import LM_DIR
+        from videolm.tokenizers.vocab import Vocabulary
+
+        folder = resolve_model(args.model)
+        vocab_dir = folder / LM_DIR if (folder / LM_DIR / "vocab.json").is_file() else folder
+        names = Vocabulary.load(vocab_dir).tasks
+    rows = []
+    for name in names:
+        cls = task_class(name) if name in BUILTIN else None
+        rows.append({"task": name, "description": cls.description if cls else "(a task of your own)",
+                     "needs": (cls.needs or "nothing") if cls else "?", "output": cls.output if cls else "?"})
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    width = max(len(r["task"]) for r in rows) if rows else 4
+    need_width = max(len(r["needs"]) for r in rows) if rows else 5
+    for r in rows:
+        print(f"{r['task']:<{width}}  {r['output']:<5}  {r['needs']:<{need_width}}  {r['description']}")
+    return 0
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="score a model's tasks on held-out Shapes clips, as one JSON object",
+        description="Run each task on held-out Shapes clips (seeds >= 1,000,000) and print one JSON object with a "
+        "metrics block per task: probe attribute accuracy and fd_probe (Frechet distance in the probe's "
+        "features), PSNR/SSIM against the truth beside a copy baseline where the task has one, silhouette IoU "
+        "and color for stylize, tone accuracy and bounce timing for v2a.",
+    )
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"a model folder or a shipped name (default {DEFAULT_MODEL})")
+    p.add_argument("--tasks", default="all", help="comma-separated task names, or 'all' (default)")
+    p.add_argument("--num", type=int, default=128, help="held-out clips per task (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="offset among the held-out seeds (default 0)")
+    p.add_argument("--batch-size", type=int, default=16, help="clips generated at once (default 16)")
+    p.add_argument("--cfg-scale", type=_float_at_least(0.0, "--cfg-scale"), default=3.0)
+    p.add_argument("--temperature", type=_float_at_least(0.0, "--temperature"), default=1.0)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--out", help="also write the JSON to this file")
+    p.set_defaults(run=run_eval)
+
+
+def run_eval(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from videolm.tasks.evaluate import EvalConfig, evaluate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size} must be >= 1")
+    names = () if args.tasks == "all" else tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    cfg = EvalConfig(model=args.model, tasks=names, num=args.num, seed=args.seed, batch_size=args.batch_size,
+                     cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k)
+    with tqdm(desc="eval", unit="clip", delay=1.0, file=sys.stderr, leave=False) as bar:
+        report = evaluate(cfg, progress=lambda name, n: (bar.set_description(f"eval {name}"), bar.update(n)))
+    text = json.dumps(report)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.partial")
+        tmp.write_text(text + "\n")
+        tmp.replace(out)
+    print(text)
+    return 0
+
+
+def add_probe(sub) -> None:
+    from videolm.tasks.probe import add_probe_arguments
+
+    probe = sub.add_parser("probe", help="train the probe classifier that evaluation uses",
+                           description="Train the probe classifier that evaluation uses.")
+    probe_sub = probe.add_subparsers(dest="probe_command", metavar="{fit}", required=True)
+    p = probe_sub.add_parser(
+        "fit", help="train a probe on ground-truth Shapes clips",
+        description="Train the probe (shape, color, size, direction of each object; background) on ground-truth "
+        "Shapes training clips, measure it on held-out clips, and write it (safetensors + JSON, metrics.json) to --out.",
+    )
+    add_probe_arguments(p)
+    p.set_defaults(run=run_probe)
+
+
+def run_probe(args) -> int:
+    from tqdm import tqdm
+
+    from videolm.tasks.probe import run_probe_fit
+
+    with tqdm(total=args.steps, desc="probe fit", unit="step", delay=1.0, file=sys.stderr, leave=False) as bar:
+        metrics = run_probe_fit(args, progress=bar.update)
+    print(json.dumps(metrics))
+    return 0
+
+
+__all__ = ["add_eval", "add_generate", "add_probe", "add_tasks", "run_eval", "run_generate", "run_probe", "run_tasks"]
