@@ -99,9 +99,10 @@ def output_losses(model: VideoLM, batch: TaskBatch) -> tuple[torch.Tensor, torch
 
 class LMModule(L.LightningModule):
     def __init__(self, model: VideoLM, cfg: LMTrainConfig, out: str | Path, task_names: Sequence[str],
-                 vocab=None, sample: Callable[[VideoLM, int], None] | None = None, run_config: dict | None = None):
+                 vocab=None, sample: Callable[[VideoLM, int], None] | None = None, run_config: dict | None = None,
+                 export: Callable[[dict, Path], None] | None = None):
         super().__init__()
-        self.model, self.cfg, self.out = model, cfg, Path(out)
+        self.model, self.cfg, self.out, self.export = model, cfg, Path(out), export
         self.task_names, self.vocab, self.sample, self.run_config = list(task_names), vocab, sample, run_config
         self.elapsed = 0.0  # wall-clock seconds of training, kept in the checkpoint
         self._elapsed_before = self._run_start = 0.0
@@ -206,7 +207,10 @@ class LMModule(L.LightningModule):
             self._log(self.global_step)
         state = self.trainer.strategy.lightning_module_state_dict()
         if self.trainer.is_global_zero:
-            export_model(self.model.config, state, self.out / "model", self.vocab)
+            if self.export is not None:
+                self.export(state, self.out / "model")
+            else:
+                export_model(self.model.config, state, self.out / "model", self.vocab)
         if self.trainer.world_size > 1 and self.cfg.strategy != "fsdp":
             prints = torch.zeros(self.trainer.world_size, 3, dtype=torch.float64, device=self.device)  # (W, 3)
             prints[self.global_rank] = weights_fingerprint(self.model)
@@ -247,15 +251,20 @@ def export_model(config, state: dict, folder: Path, vocab=None) -> Path:
 
 def fit(model: VideoLM, cfg: LMTrainConfig, train_data: Dataset, out: str | Path, task_names: Sequence[str],
         vocab=None, pad_id: int = 0, sample: Callable[[VideoLM, int], None] | None = None,
-        run_config: dict | None = None) -> Path | None:
+        run_config: dict | None = None, export: Callable[[dict, Path], None] | None = None) -> Path | None:
     """Train on ``train_data`` (items: `videolm.lm.data.TaskExample`), resuming from
-    OUT/checkpoints/last.ckpt if present. Returns OUT/model on the main process, None on the others."""
+    OUT/checkpoints/last.ckpt if present. Returns OUT/model on the main process, None on the others.
+    ``export(state, OUT/model)`` replaces the default export of the trained weights (e.g. to save
+    a LoRA adapter)."""
     out = Path(out)
+    if len(train_data) < cfg.batch_size:
+        raise ConfigError(f"train.batch_size={cfg.batch_size} is more than the {len(train_data)} training clips "
+                          "(the last partial batch is dropped, so nothing would train)")
     _quiet()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = LMModule(model, cfg, out, task_names, vocab=vocab, sample=sample, run_config=run_config)
+    module = LMModule(model, cfg, out, task_names, vocab=vocab, sample=sample, run_config=run_config, export=export)
     loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
                         collate_fn=PackCollate(cfg.row_len, pad_id, cfg.packing), drop_last=True,
                         persistent_workers=cfg.workers > 0)

@@ -121,6 +121,12 @@ class Task(ABC):
         """Latent frames of a video output for clips of ``t`` latent frames."""
         return t
 
+    def views(self, clip: dict) -> dict[str, np.ndarray]:
+        """Videos (name -> ``(T, H, W, 3)`` uint8) this task reads besides the built-in views
+        (`videolm.tasks.views`), made from a raw clip; `ClipTokenizer.encode` tokenizes them into
+        the sample under their names. A new task's way to get its condition into training data."""
+        return {}
+
     # -- generation: a user's media in, media out
 
     @abstractmethod

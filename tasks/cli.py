@@ -398,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate_cmd.add_tasks(sub)
     generate_cmd.add_eval(sub)
     generate_cmd.add_probe(sub)
+    generate_cmd.add_finetune(sub)
     _add_media(sub)
     return parser
 

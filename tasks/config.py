@@ -29,6 +29,7 @@ ENTRY_POINTS: dict[str, str] = {
     "data folder": "videolm.tasks.folder:FolderConfig",
     "tokenizer fit": "videolm.tasks.tokenizer_runs:TokenizerFitConfig",
     "lm fit": "videolm.tasks.lm_runs:LMFitConfig",
+    "finetune": "videolm.tasks.finetune:FinetuneConfig",
 }
 
 

@@ -66,7 +66,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
     samples = []
     for i in range(0, cfg.num, cfg.batch_size):
         samples += pipe.tokenizer.encode(clips[i:i + cfg.batch_size])
-    real_features = probe.features(np.stack([c["video"] for c in clips])).numpy()
+    real_features = probe.features(np.stack([c["video"] for c in clips])).detach().numpy()
     report = {}
     for name in names:
         task = pipe.task(name)
@@ -98,7 +98,7 @@ def score(name: str, made: list, clips: list[dict], samples: list[dict], probe, 
     if attributes:
         out.update(attribute_accuracy(probe.predict(videos), wanted, attributes))
     if name != "t2i":
-        out["fd_probe"] = round(_frechet(probe.features(videos).numpy(), real_features), 3)
+        out["fd_probe"] = round(_frechet(probe.features(videos).detach().numpy(), real_features), 3)
     truth = np.stack([c["video"] for c in clips])
     extra = _truth_scores(name, videos, truth, samples, clips)
     out.update(extra)

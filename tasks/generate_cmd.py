@@ -208,4 +208,38 @@ def run_probe(args) -> int:
     return 0
 
 
-__all__ = ["add_eval", "add_generate", "add_probe", "add_tasks", "run_eval", "run_generate", "run_probe", "run_tasks"]
+def add_finetune(sub) -> None:
+    p = sub.add_parser(
+        "finetune", help="teach a trained model a new task (full or LoRA) from a YAML config",
+        description="Fine-tune a model folder's LM (default shapes-64) on a new task named in the config by import "
+        "path (configs/finetune/*.yaml): its token is appended to the vocabulary, old tasks can be mixed in, and the "
+        "new task and chosen old tasks are scored before and after. Writes OUT/model (for generate --model), "
+        "OUT/adapter (LoRA: the adapter alone) and OUT/report.json, and prints the report's summary.",
+    )
+    p.add_argument("--config", required=True, help="a YAML config with 'entry: finetune'")
+    p.add_argument("--out", help="run folder (default: the config's out)")
+    p.add_argument("--steps", type=int, help="training steps")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget in minutes")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--base", help="the model to start from (default: the config's base)")
+    p.set_defaults(run=run_finetune_cmd)
+
+
+def run_finetune_cmd(args) -> int:
+    from videolm.tasks.config import load_config
+    from videolm.tasks.finetune import run_finetune
+
+    cfg = load_config(args.config, expect_entry="finetune")[1]
+    for flag in ("steps", "max_minutes", "threads"):
+        if getattr(args, flag) is not None:
+            setattr(cfg.train, flag, getattr(args, flag))
+    if args.out:
+        cfg.out = args.out
+    if args.base:
+        cfg.base = args.base
+    report = run_finetune(cfg)
+    print(json.dumps(report["summary"]))
+    return 0
+
+
+__all__ = ["add_eval", "add_finetune", "add_generate", "add_probe", "add_tasks", "run_eval", "run_generate", "run_probe", "run_tasks"]

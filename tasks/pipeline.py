@@ -2,7 +2,10 @@
 
 A model folder holds the tokenizers (``video_tokenizer/``, ``audio_tokenizer/``, ``text.model``),
 the vocabulary and the language model in ``lm/`` (a transformers checkpoint with its own
-``vocab.json``, which knows the tasks it was trained on). `Pipeline.generate` turns the user's
+``vocab.json``, which knows the tasks it was trained on). A model fine-tuned on a task of a user's
+own module keeps a copy of that module in ``lm/tasks/`` and its name in ``lm/tasks.json``; the
+module is imported (its code runs) only when that task is asked for, so load such folders only
+from sources you trust, as with any code. `Pipeline.generate` turns the user's
 media into a task's prefix (`Task.encode_inputs`), draws the output with the engine (constrained
 to the ids valid at each position, with classifier-free guidance for tasks with text) and turns
 it back into media (`Task.to_media`). Longer videos chain ``extend`` with overlapping context;
@@ -11,6 +14,8 @@ it back into media (`Task.to_media`). Longer videos chain ``extend`` with overla
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +32,8 @@ from videolm.tokenizers.errors import MediaError, UsageError, VideolmError
 from videolm.tokenizers.vocab import Vocabulary
 
 LM_DIR = "lm"
+CUSTOM_TASKS = "tasks.json"  # in lm/: name -> "module:Class" of the tasks not built in
+CUSTOM_CODE = "tasks"  # in lm/: their modules' source, imported from there
 
 
 @dataclass
@@ -47,9 +54,11 @@ class Result:
 class Pipeline:
     """A model folder's language model and tokenizers, ready to generate."""
 
-    def __init__(self, folder: Path, model, vocab: Vocabulary, tokenizer: ClipTokenizer, clip: dict):
+    def __init__(self, folder: Path, model, vocab: Vocabulary, tokenizer: ClipTokenizer, clip: dict,
+                 custom: dict[str, str] | None = None):
         self.folder, self.model, self.vocab, self.tokenizer = folder, model, vocab, tokenizer
         self.clip = clip  # frames, height, width, fps of the clips the model makes
+        self.custom = custom or {}  # task name -> "module:Class" of tasks from outside the package
         self._tasks: dict[str, Task] = {}
 
     @classmethod
@@ -66,10 +75,11 @@ class Pipeline:
         tokenizer.vocab = vocab
         clip = {"frames": 17, "height": 64, "width": 64, "fps": 8}
         if (lm_dir / "clip.json").is_file():
-            import json
-
             clip.update(json.loads((lm_dir / "clip.json").read_text()))
-        return cls(folder, model, vocab, tokenizer, clip)
+        custom = {}
+        if (lm_dir / CUSTOM_TASKS).is_file():  # tasks fine-tuned from a user's module, copied beside the weights
+            custom = json.loads((lm_dir / CUSTOM_TASKS).read_text())
+        return cls(folder, model, vocab, tokenizer, clip, custom)
 
     # -- tasks
 
@@ -84,7 +94,13 @@ class Pipeline:
             if name not in self.vocab.tasks and ":" not in name:
                 raise UsageError(f"--task {name}: this model was not trained on it "
                                  f"(it knows: {', '.join(self.task_names)})")
-            task = task_class(name)(self.vocab)
+            if name in self.custom:  # the model folder's own copy of a user's task module
+                code = str(self.folder / LM_DIR / CUSTOM_CODE)
+                if code not in sys.path:
+                    sys.path.insert(0, code)
+                task = task_class(self.custom[name])(self.vocab)
+            else:
+                task = task_class(name)(self.vocab)
             task.training = False
             self._tasks[name] = task
         return self._tasks[name]
@@ -119,8 +135,9 @@ class Pipeline:
         wave = load("audio", audio, lambda p: read_audio(p, self.tokenizer.audio.config.sample_rate))
         mask = load("mask", mask, lambda p: read_image(p, size=size))
         for name, v in [("video", x) for x in videos] + [("image", image), ("mask", mask)]:
-            if v is not None and v.shape[-3:-1] != size:
-                raise UsageError(f"--{name}: {v.shape[-3]}x{v.shape[-2]} pixels, the model makes {size[0]}x{size[1]}")
+            hw = None if v is None else tuple(v.shape[:2] if name == "mask" else v.shape[-3:-1])
+            if hw is not None and hw != size:
+                raise UsageError(f"--{name}: {hw[0]}x{hw[1]} pixels, the model makes {size[0]}x{size[1]}")
         return TaskInputs(text=prompt, image=image, videos=videos,
                           audio=None if wave is None else np.asarray(wave, dtype=np.float32), mask=mask)
 

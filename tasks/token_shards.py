@@ -67,22 +67,28 @@ class ClipTokenizer:
     # -- clips -> samples
 
     @torch.no_grad()
-    def encode(self, clips: Sequence[dict], views: bool = True) -> list[dict]:
+    def encode(self, clips: Sequence[dict], views: bool = True,
+               extra: Callable[[dict], dict[str, np.ndarray]] | None = None) -> list[dict]:
         """Clips of one size -> samples: ``text (n,)``, ``video (t, n)``, ``structure (t, n)`` if the
         clip has one, ``audio (F, Q)`` if it has audio; int64 local codes, plus metadata. ``views``:
         also the codes of the views the tasks read (`videolm.tasks.views`) and ``image_text``, the
-        caption without its motion."""
+        caption without its motion. ``extra(clip)``: more videos to tokenize into the sample by
+        name (a task's `Task.views`)."""
         from videolm.tasks.views import VIEW_FIELDS, clip_views
 
         fields = {"video": [c["video"] for c in clips]}
         if all(c.get("structure") is not None for c in clips):
             fields["structure"] = [c["structure"] for c in clips]
-        extra = [{} for _ in clips]
+        metas = [{} for _ in clips]
         if views:
             made = [clip_views(np.asarray(c["video"]), int(c.get("seed") or 0)) for c in clips]
-            extra = [meta for _, meta in made]
+            metas = [meta for _, meta in made]
             for name in VIEW_FIELDS:
                 fields[name] = [v[name] for v, _ in made]
+        if extra is not None:
+            more = [extra(c) for c in clips]
+            for name in more[0]:
+                fields[name] = [m[name] for m in more]
         codes = {name: self.encode_video(frames) for name, frames in fields.items()}  # (B, t, n) each
         with_audio = [i for i, c in enumerate(clips) if c.get("has_audio", True)]
         audio = {}
@@ -92,7 +98,7 @@ class ClipTokenizer:
         samples = []
         for i, clip in enumerate(clips):
             caption = clip.get("caption") or ""
-            sample = {"text": self.encode_text(caption), **clip_meta(clip), **extra[i]}
+            sample = {"text": self.encode_text(caption), **clip_meta(clip), **metas[i]}
             if views:
                 sample["image_text"] = self.encode_text(image_caption(caption))
             sample.update({name: c[i] for name, c in codes.items()})

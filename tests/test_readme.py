@@ -28,11 +28,18 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_readme_main_job_runs(tmp_path):
+    """The main command generates from the shipped model: an mp4 of 17 frames and its manifest."""
+    import json
+
+    from videolm.tokenizers.media import read_video
+
     job = _command("main-command").split(" && ")[-1]
     argv = shlex.split(job)
-    assert argv[0] == "videolm"
+    assert argv[:2] == ["videolm", "generate"]
     cli = [sys.executable, "-m", "videolm.tasks.cli", *argv[1:]]
     out = subprocess.run(cli, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    lines = (tmp_path / "shapes" / "manifest.jsonl").read_text().splitlines()
-    assert len(lines) == 64
+    folder = tmp_path / argv[argv.index("--out") + 1]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["samples"][0]["video"] == "sample_000.mp4"
+    assert read_video(folder / "sample_000.mp4").shape == (17, 64, 64, 3)

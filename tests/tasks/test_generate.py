@@ -2,7 +2,6 @@
 an untrained `debug` LM (outputs are noise, but every file, shape and error is real)."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,33 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from videolm.lm.model import VideoLM
 from videolm.tasks.base import BUILTIN
-from videolm.tasks.lm_runs import bundle_lm
-from videolm.tasks.models import resolve_model
 from videolm.tasks.pipeline import Pipeline
 from videolm.tasks.shapes import make_clip
 from videolm.tokenizers.errors import UsageError
 from videolm.tokenizers.media import read_audio, read_video, write_audio, write_image, write_video
-from videolm.tokenizers.vocab import Vocabulary
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("model")
-    folder = root / "shapes-debug"
-    shutil.copytree(resolve_model("shapes-64"), folder, ignore=shutil.ignore_patterns("lm", "probe"))
-    vocab = Vocabulary.load(folder)
-    for name in BUILTIN:
-        vocab.add_task(name)
-    run = root / "run_model"
-    lm = VideoLM.from_lm_config("debug", vocab_size=-(-len(vocab) // 64) * 64, max_seq_len=1024)
-    lm.save_pretrained(run)
-    vocab.save(run)
-    bundle_lm(run, folder)
-    return folder
+def model_dir(debug_model_dir):
+    return debug_model_dir
 
 
 @pytest.fixture(scope="module")

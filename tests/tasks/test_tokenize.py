@@ -131,3 +131,20 @@ def test_lm_fit_can_tokenize_clips_on_the_fly(bundle, tmp_path):
     vocab = Vocabulary.load(tmp_path / "run" / "model")
     assert vocab.tasks == ["t2v", "v2a"] and vocab.res_id(32, 32) is not None
     assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [2]
+
+
+def test_lm_fit_trains_every_task_together_and_samples_each(shards, tmp_path):
+    from videolm.tasks.base import BUILTIN
+
+    cfg = yaml.safe_load((ROOT / "configs" / "lm" / "debug.yaml").read_text())
+    cfg["data"]["tasks"] = {name: 1.0 for name in BUILTIN}
+    cfg["train"].update(steps=2, sample_every=2, batch_size=4)
+    config = tmp_path / "lm.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert main(["lm", "fit", "--config", str(config), "--shards", str(shards), "--out", str(run)]) == 0
+    assert sorted(Vocabulary.load(run / "model").tasks) == sorted(BUILTIN)
+    written = {p.stem.split("_", 2)[2] for p in (run / "samples").iterdir()}
+    assert written == set(BUILTIN)  # one sample (image grid, gif or wav) per task
+    logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert any(key.startswith("loss_") and key != "loss_t2v" for key in logged)

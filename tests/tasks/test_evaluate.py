@@ -1,0 +1,85 @@
+"""`videolm eval`: the metrics blocks, their baselines, and the command end to end (debug LM)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from videolm.tasks.base import BUILTIN, Media, build_tasks
+from videolm.tasks.cli import main
+from videolm.tasks.evaluate import attribute_accuracy, chance_levels, score
+from videolm.tasks.probe import load_probe
+from videolm.tasks.shapes_data import ShapesDataset
+from videolm.tasks.token_shards import ClipTokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    data = ShapesDataset(4, split="eval")
+    clips = [data[i] for i in range(4)]
+    tok = ClipTokenizer("shapes-64")
+    return clips, tok.encode(clips)
+
+
+def test_attribute_accuracy_pairs_objects():
+    wanted = [[{"shape": "circle", "color": "red", "size": "large", "direction": "left"},
+               {"shape": "square", "color": "blue", "size": "small", "direction": "up"}]]
+    swapped = [{"objects": list(reversed(wanted[0]))}]
+    assert attribute_accuracy(swapped, wanted, ("shape", "color")) == {"shape": 1.0, "color": 1.0}
+    one = [{"objects": [wanted[0][0]]}]
+    assert attribute_accuracy(one, wanted, ("shape",)) == {"shape": 0.5}
+    assert chance_levels()["color"] == pytest.approx(1 / 7)
+
+
+def test_the_truth_scores_perfectly_and_beats_every_copy_baseline(held_out):
+    """Scoring the ground truth itself as the output: PSNR far above each copy baseline, the
+    probe reading what was asked, silhouettes matching."""
+    clips, samples = held_out
+    probe = load_probe("shapes-64")
+    real = probe.features(np.stack([c["video"] for c in clips])).detach().numpy()
+    truth = [Media(video=c["video"]) for c in clips]
+    for name in ("extend", "extend_back", "interpolate", "i2v"):
+        block = score(name, truth, clips, samples, probe, real)
+        assert block["psnr"] > 60 and block["psnr"] > block["baseline_psnr"] + 20, (name, block)
+    for name in ("inpaint", "outpaint"):
+        block = score(name, truth, clips, samples, probe, real)
+        assert block["psnr_masked"] > 60 > block["baseline_psnr_masked"]
+    t2v = score("t2v", truth, clips, samples, probe, real)
+    assert min(t2v[a] for a in ("shape", "color", "size", "direction")) >= 0.75
+    assert t2v["fd_probe"] < 1e-6  # the same clips: no distance
+    stylize = score("stylize", truth, clips, samples, probe, real)
+    assert stylize["silhouette_iou"] > 0.9 and stylize["color"] >= 0.75
+    v2a = score("v2a", [Media(audio=c["audio"]) for c in clips], clips, samples, probe, real)
+    assert v2a["tone"] >= 0.75
+    # a wrong output scores worse: black clips have no objects to read
+    black = [Media(video=np.zeros_like(c["video"])) for c in clips]
+    assert score("t2v", black, clips, samples, probe, real)["color"] < t2v["color"]
+    assert score("extend", black, clips, samples, probe, real)["psnr_over_baseline"] < 0
+
+
+def test_eval_command_prints_a_block_per_task(debug_model_dir, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(debug_model_dir), "--tasks", "all", "--num", "2", "--batch-size", "2",
+                 "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads(out.read_text()) and report["num"] == 2
+    assert list(report["tasks"]) == list(BUILTIN)
+    assert {"shape", "color", "size", "direction", "fd_probe"} <= set(report["tasks"]["t2v"])
+    assert {"psnr", "baseline_psnr", "ssim"} <= set(report["tasks"]["extend"])
+    assert {"tone", "bounce_timing_error_s"} <= set(report["tasks"]["v2a"])
+    assert {"silhouette_iou", "color"} <= set(report["tasks"]["stylize"])
+
+
+def test_eval_usage_errors(debug_model_dir, capsys):
+    assert main(["eval", "--model", str(debug_model_dir), "--tasks", "nope", "--num", "2"]) == 2
+    assert "not trained on it" in capsys.readouterr().err
+    assert main(["eval", "--model", str(debug_model_dir), "--num", "1"]) == 2
+
+
+def test_build_tasks_has_every_builtin(held_out):
+    clips, samples = held_out
+    tok = ClipTokenizer("shapes-64")
+    tok.vocab.add_resolution(64, 64)
+    assert all(t.accepts(samples[0]) for t in build_tasks(list(BUILTIN), tok.vocab))

@@ -1,0 +1,117 @@
+"""`videolm finetune` end to end at debug size: a task from outside the package (the worked
+example, docs/examples/colorize.py), a grown vocabulary, LoRA and full fine-tuning."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from videolm.lm.model import VideoLM
+from videolm.tasks.cli import main
+from videolm.tasks.finetune import grow_vocab, load_adapter
+from videolm.tasks.pipeline import Pipeline
+from videolm.tasks.shapes import make_clip
+from videolm.tokenizers.vocab import Vocabulary
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _config(tmp_path, base, method="lora", **train):
+    cfg = yaml.safe_load((ROOT / "configs" / "finetune" / "colorize.yaml").read_text())
+    cfg.update(base=str(base), method=method, paths=[str(ROOT / "docs" / "examples")], out=str(tmp_path / "run"))
+    cfg["data"].update(num=6, mix={"t2v": 0.5}, batch_size=6)
+    cfg["eval"].update(num=3, tasks=["t2v"], batch_size=3)
+    cfg["train"].update(steps=2, batch_size=4, row_len=1024, warmup_steps=1, log_every=1, checkpoint_every=2, threads=1,
+                        **train)
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_grow_vocab_appends_and_moves_nothing():
+    vocab = Vocabulary(text_size=16, video_codes=32, audio_levels=2, audio_codes=8, tasks=["t2v", "v2a"], task_slots=2)
+    model = VideoLM.from_lm_config("debug", vocab_size=len(vocab))
+    before = {name: vocab[name] for name in ("<bos>", "<task:t2v>", "<task:v2a>")}
+    rows = model.get_input_embeddings().weight.detach().clone()
+    new = grow_vocab(model, vocab, "colorize")  # the task slots are full: appended past the old ids
+    assert new >= rows.shape[0] and {name: vocab[name] for name in before} == before
+    emb = model.get_input_embeddings().weight.detach()
+    assert emb.shape[0] % 64 == 0 and emb.shape[0] > new
+    assert torch.equal(emb[:rows.shape[0]], rows)  # old rows untouched
+    assert torch.allclose(emb[new], rows[[before["<task:t2v>"], before["<task:v2a>"]]].mean(0))
+    assert model.get_output_embeddings().weight.shape[0] == emb.shape[0]
+    assert grow_vocab(model, vocab, "colorize") == new  # idempotent
+
+
+def test_lora_finetune_from_a_user_module(debug_model_dir, tmp_path, capsys):
+    assert main(["finetune", "--config", str(_config(tmp_path, debug_model_dir))]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "colorize_color_before" in summary and "colorize_color_after" in summary and "t2v_change" in summary
+    run = tmp_path / "run"
+    report = json.loads((run / "report.json").read_text())
+    assert report["old_tasks_identical_with_adapter_disabled"] is True
+    assert set(report["before"]) == set(report["after"]) == {"colorize", "t2v"}
+    assert {"psnr", "color", "ceiling", "baseline"} <= set(report["after"]["colorize"])
+    # the saved model folder knows the new task, appended after the old ones, and generate runs it
+    vocab = Vocabulary.load(run / "model" / "lm")
+    base_vocab = Vocabulary.load(debug_model_dir / "lm")
+    assert vocab.tasks[:-1] == base_vocab.tasks and vocab.tasks[-1] == "colorize"
+    assert all(vocab[t] == base_vocab[t] for t in ("<bos>", "<task:t2v>", "<mask>"))
+    pipe = Pipeline.from_pretrained(run / "model")
+    clip = make_clip(5)
+    (result,) = pipe.generate("colorize", prompt=clip.caption, video=clip.video)
+    assert result.video.shape == (17, 64, 64, 3)
+    # the adapter alone, put back on the base, merges into the saved model (stored as float16)
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    merged, adapter_vocab = load_adapter(debug_model_dir, run / "adapter", merge=True)
+    assert adapter_vocab.tasks == vocab.tasks
+    ids = torch.tensor([[vocab["<bos>"], vocab.task_id("colorize"), vocab.res_id(64, 64), vocab["<bot_i>"]]])
+    with torch.no_grad():
+        a = merged(input_ids=ids).logits
+        b = pipe.model(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=2e-2, rtol=0)
+    unmerged, _ = load_adapter(debug_model_dir, run / "adapter")
+    with torch.no_grad():
+        assert torch.allclose(unmerged(input_ids=ids).logits, a, atol=1e-4)
+    sys.modules.pop("colorize", None)
+
+
+def test_full_finetune_and_cli_generate(debug_model_dir, tmp_path):
+    assert main(["finetune", "--config", str(_config(tmp_path, debug_model_dir, method="full"))]) == 0
+    run = tmp_path / "run"
+    assert not (run / "adapter").exists() and (run / "model" / "lm" / "model.safetensors").is_file()
+    clip = make_clip(6)
+    from videolm.tokenizers.media import write_video
+
+    write_video(tmp_path / "clip.mp4", clip.video, fps=8)
+    out = tmp_path / "out"
+    assert main(["generate", "--model", str(run / "model"), "--task", "colorize", "--prompt", clip.caption,
+                 "--video", str(tmp_path / "clip.mp4"), "--out", str(out)]) == 0
+    assert (out / "sample_000.mp4").is_file()
+
+
+def test_a_task_the_base_knows_is_refused(debug_model_dir, tmp_path, capsys):
+    cfg = yaml.safe_load(_config(tmp_path, debug_model_dir).read_text())
+    cfg["task"] = "t2v"
+    path = tmp_path / "again.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["finetune", "--config", str(path)]) == 2
+    assert "already one of" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_colorize_example_grays_and_keeps_sizes():
+    sys.path.insert(0, str(ROOT / "docs" / "examples"))
+    try:
+        from colorize import to_gray
+    finally:
+        sys.path.remove(str(ROOT / "docs" / "examples"))
+    clip = make_clip(2).video
+    gray = to_gray(clip)
+    assert gray.shape == clip.shape and np.array_equal(gray[..., 0], gray[..., 2])
+    assert np.array_equal(to_gray(gray), gray)  # graying twice changes nothing
