@@ -90,8 +90,8 @@ def score(name: str, made: list, clips: list[dict], samples: list[dict], probe, 
         return _audio_scores(made, clips)
     videos = np.stack([m.video for m in made])  # (N, T, H, W, 3)
     attributes = STILL_ATTRIBUTES if name in ("t2i", "loop") else ALL_ATTRIBUTES
-    if name == "stylize":
-        attributes = ()  # scored by silhouette and color below
+    if name in ("stylize", "uncond"):
+        attributes = ()  # stylize: scored by silhouette and color below; uncond asks for nothing
     if name == "a2v":
         attributes = ("shape",)  # all the audio tells: which tones hum (size only through loudness)
     wanted = [c["meta"]["objects"] for c in clips]
@@ -135,7 +135,7 @@ def _truth_scores(name: str, videos: np.ndarray, truth: np.ndarray, samples: lis
         new, last = slice(ctx, None), truth[:, ctx - 1:ctx]
         return _compare(videos[:, new], truth[:, new], np.broadcast_to(last, truth[:, new].shape))
     if name == "extend_back":
-        n = len(truth[0]) - ctx + 1  # frames before the given ones
+        n = len(truth[0]) - ctx  # frames before the given ones (the given clip starts at frame n)
         new, first = slice(0, n), truth[:, n:n + 1]
         return _compare(videos[:, new], truth[:, new], np.broadcast_to(first, truth[:, new].shape))
     if name == "interpolate":
