@@ -169,6 +169,13 @@ def _tokenizer_bundle(args) -> int:
     return 0
 
 
+def apply_fit_flags(train, args) -> None:
+    """The budget flags `_fit_args` adds, onto a config's training section."""
+    for flag in ("steps", "max_minutes", "threads"):
+        if getattr(args, flag) is not None:
+            setattr(train, flag, getattr(args, flag))
+
+
 def _fit_args(p, entry: str) -> None:
     """The flags every `fit` command shares: its config, run folder and budget."""
     p.add_argument("--config", required=True, help=f"a YAML config with 'entry: {entry}'")
@@ -268,9 +275,7 @@ def _lm_fit(args) -> int:
     from videolm.tasks.lm_runs import run_fit
 
     cfg = load_config(args.config, expect_entry="lm fit")[1]
-    for flag in ("steps", "max_minutes", "threads"):
-        if getattr(args, flag) is not None:
-            setattr(cfg.train, flag, getattr(args, flag))
+    apply_fit_flags(cfg.train, args)
     if args.shards:
         cfg.data.shards, cfg.data.source = args.shards, None
     if args.out:

@@ -216,23 +216,20 @@ def add_finetune(sub) -> None:
         "new task and chosen old tasks are scored before and after. Writes OUT/model (for generate --model), "
         "OUT/adapter (LoRA: the adapter alone) and OUT/report.json, and prints the report's summary.",
     )
-    p.add_argument("--config", required=True, help="a YAML config with 'entry: finetune'")
-    p.add_argument("--out", help="run folder (default: the config's out)")
-    p.add_argument("--steps", type=int, help="training steps")
-    p.add_argument("--max-minutes", type=float, help="wall-clock budget in minutes")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    from videolm.tasks.cli import _fit_args  # the flags every fit command shares
+
+    _fit_args(p, "finetune")
     p.add_argument("--base", help="the model to start from (default: the config's base)")
     p.set_defaults(run=run_finetune_cmd)
 
 
 def run_finetune_cmd(args) -> int:
+    from videolm.tasks.cli import apply_fit_flags
     from videolm.tasks.config import load_config
     from videolm.tasks.finetune import run_finetune
 
     cfg = load_config(args.config, expect_entry="finetune")[1]
-    for flag in ("steps", "max_minutes", "threads"):
-        if getattr(args, flag) is not None:
-            setattr(cfg.train, flag, getattr(args, flag))
+    apply_fit_flags(cfg.train, args)
     if args.out:
         cfg.out = args.out
     if args.base:
