@@ -14,6 +14,7 @@ import traceback
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 
+from videolm.diffusion import dit_cli, refiner_cmd
 from videolm.tasks import generate_cmd
 from videolm.tokenizers.errors import UsageError, VideolmError
 
@@ -404,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate_cmd.add_eval(sub)
     generate_cmd.add_probe(sub)
     generate_cmd.add_finetune(sub)
+    refiner_cmd.add_refiner(sub)
+    dit_cli.add_dit(sub)
+    generate_cmd.add_compare(sub)
     _add_media(sub)
     return parser
 

@@ -30,6 +30,8 @@ ENTRY_POINTS: dict[str, str] = {
     "tokenizer fit": "videolm.tasks.tokenizer_runs:TokenizerFitConfig",
     "lm fit": "videolm.tasks.lm_runs:LMFitConfig",
     "finetune": "videolm.tasks.finetune:FinetuneConfig",
+    "refiner fit": "videolm.diffusion.refiner_runs:RefinerFitConfig",
+    "dit fit": "videolm.diffusion.dit_runs:DiTFitConfig",
 }
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -44,13 +45,18 @@ def add_generate(sub) -> None:
     p.add_argument("--num-samples", type=int, default=1, help="samples to draw (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first sample; sample i uses seed + i")
     p.add_argument("--frames", type=int, help="video length; beyond the clip length, chains `extend`")
-    p.add_argument("--cfg-scale", type=_float_at_least(0.0, "--cfg-scale"), default=3.0,
-                   help="classifier-free guidance scale for tasks with text (1 = none; default 3)")
+    p.add_argument("--cfg-scale", type=_float_at_least(0.0, "--cfg-scale"),
+                   help="classifier-free guidance scale for tasks with text (1 = none; default 3, or the DiT's own)")
     p.add_argument("--temperature", type=_float_at_least(0.0, "--temperature"), default=1.0,
                    help="sampling temperature (0 = greedy; default 1)")
     p.add_argument("--top-k", type=int, help="sample among the k most likely ids")
     p.add_argument("--top-p", type=float, help="sample from the smallest set of ids holding this probability")
     p.add_argument("--with-audio", action="store_true", help="add a soundtrack made by v2a (muxed into the mp4)")
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                   help="clean the decoded frames with the model's diffusion refiner (default: on when it has one)")
+    p.add_argument("--backend", choices=["ar", "dit"], default="ar",
+                   help="ar: the prefix LM (default); dit: the DiT baseline (t2v, extend)")
+    p.add_argument("--steps", type=int, help="sampling steps of the DiT baseline (default: its own)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"a model folder or a shipped name (default {DEFAULT_MODEL})")
     p.add_argument("--save-frames", action="store_true", help="also write the frames as sample_NNN.npy (T, H, W, 3)")
     p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
@@ -66,6 +72,8 @@ def run_generate(args) -> int:
 
     if args.num_samples < 1:
         raise UsageError(f"--num-samples {args.num_samples} must be >= 1")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps {args.steps} must be >= 1")
     check_output_dir(args.out, args.overwrite)
     pipe = Pipeline.from_pretrained(args.model)
     pipe.task(args.task)  # an unknown task fails before any work
@@ -73,7 +81,8 @@ def run_generate(args) -> int:
         results = pipe.generate(args.task, args.prompt, image=args.image, video=args.video, audio=args.audio,
                                 mask=args.mask, num_samples=args.num_samples, seed=args.seed, frames=args.frames,
                                 cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
-                                top_p=args.top_p, with_audio=args.with_audio, progress=bar.update)
+                                top_p=args.top_p, with_audio=args.with_audio, progress=bar.update,
+                                refine=args.refine, backend=args.backend, steps=args.steps)
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
         manifest = {"model": str(pipe.folder), "samples": [_write(tmp, i, r, args) for i, r in enumerate(results)]}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -85,7 +94,8 @@ def _write(folder: Path, index: int, result, args) -> dict:
     from videolm.tokenizers.media import write_audio, write_video
 
     stem = f"sample_{index:03d}"
-    entry = {"index": index, "task": result.task, "prompt": args.prompt, "seed": result.seed, "video": None,
+    entry = {"index": index, "task": result.task, "prompt": args.prompt, "seed": result.seed, **result.extra,
+             "video": None,
              "frames": None, "audio": None, "num_frames": None, "seconds": round(result.seconds, 3)}
     if result.audio is not None:
         write_audio(folder / f"{stem}.wav", result.audio, result.sample_rate)
@@ -239,4 +249,55 @@ def run_finetune_cmd(args) -> int:
     return 0
 
 
-__all__ = ["add_eval", "add_finetune", "add_generate", "add_probe", "add_tasks", "run_eval", "run_generate", "run_probe", "run_tasks"]
+def add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare", help="the AR model against the DiT baseline on the same prompts, conditions and seeds",
+        description="Run t2v and extend on held-out Shapes clips through the AR prefix LM and the DiT baseline of a "
+        "model folder (the same captions, context frames and seeds; both refined unless --no-refine) and write "
+        "DIR/results.json, DIR/report.md (which system wins each metric), quality_vs_time.png, attributes.png and "
+        "samples_<task>.png.",
+    )
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"a model folder with lm/ and dit/ (default {DEFAULT_MODEL})")
+    p.add_argument("--tasks", default="t2v,extend", help="comma-separated: t2v, extend (default both)")
+    p.add_argument("--num", type=int, default=64, help="held-out clips per task (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="offset among the held-out seeds (default 0)")
+    p.add_argument("--batch-size", type=int, default=16, help="clips generated at once (default 16)")
+    p.add_argument("--cfg-scale", type=_float_at_least(0.0, "--cfg-scale"), default=3.0, help="the AR model's guidance")
+    p.add_argument("--dit-cfg-scale", type=_float_at_least(0.0, "--dit-cfg-scale"),
+                   help="the DiT's guidance (default: its own)")
+    p.add_argument("--dit-steps", type=int, help="the DiT's sampling steps (default: its own)")
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                   help="pass both systems' frames through the model folder's refiner (default on)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(run=run_compare)
+
+
+def run_compare(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from videolm.tasks.compare import CompareConfig, compare, write_report
+    from videolm.tasks.outdir import check_output_dir
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.dit_steps is not None and args.dit_steps < 1:
+        raise UsageError(f"--dit-steps {args.dit_steps} must be >= 1")
+    check_output_dir(args.out, args.overwrite)
+    names = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    cfg = CompareConfig(model=args.model, tasks=names, num=args.num, seed=args.seed, batch_size=args.batch_size,
+                        cfg_scale=args.cfg_scale, dit_cfg_scale=args.dit_cfg_scale, dit_steps=args.dit_steps,
+                        refine=args.refine)
+    with tqdm(desc="compare", unit="clip", delay=1.0, file=sys.stderr, leave=False) as bar:
+        results = compare(cfg, progress=lambda name, n: (bar.set_description(f"compare {name}"), bar.update(n)))
+    write_report(results, args.out, overwrite=args.overwrite)
+    for name, block in results["tasks"].items():
+        wins = ", ".join(f"{m}: {w}" for m, w in block["winner"].items())
+        print(f"{name}: {wins}")
+    print(f"wrote {args.out}/results.json, report.md and plots ({results['seconds']} s)")
+    return 0
+
+
+__all__ = ["add_compare", "add_eval", "add_finetune", "add_generate", "add_probe", "add_tasks", "run_eval", "run_generate", "run_probe", "run_tasks"]

@@ -199,9 +199,31 @@ def bundle_lm(lm: str | Path, out: str | Path, dtype: str = "float16", clip: dic
     model.to(getattr(torch, dtype)).save_pretrained(target)
     theirs.save(target)
     (target / "clip.json").write_text(json.dumps(clip or {"frames": 17, "height": 64, "width": 64, "fps": 8}) + "\n")
+    compute = training_compute(lm.parent)
+    if compute is not None:
+        (target / "training.json").write_text(json.dumps(compute, indent=2) + "\n")
     size = sum(f.stat().st_size for f in target.iterdir()) / 2**20
     return {"folder": str(target), "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
             "tasks": theirs.tasks, "lm_mb": round(size, 2)}
+
+
+def training_compute(run: Path) -> dict | None:
+    """Steps, minutes, threads and core-hours of the run folder a model was exported from (its
+    metrics.jsonl and run.json), or None when those are not there."""
+    metrics, config = run / "metrics.jsonl", run / "run.json"
+    if not metrics.is_file() or not config.is_file():
+        return None
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "minutes" in r]
+    if not rows:
+        return None
+    train = json.loads(config.read_text()).get("train", {})
+    threads = train.get("threads") or torch.get_num_threads()
+    device = "gpu" if train.get("accelerator") == "gpu" else "cpu"
+    hours = rows[-1]["minutes"] / 60
+    return {"steps": rows[-1]["step"], "minutes": round(rows[-1]["minutes"], 1), "device": device,
+            "threads": threads, "core_hours" if device == "cpu" else "gpu_hours":
+            round(hours * (threads if device == "cpu" else 1), 2)}
 
 
 def _first_accepted(task: Task, samples, num: int) -> list[dict]:

@@ -32,6 +32,9 @@ from videolm.tokenizers.errors import MediaError, UsageError, VideolmError
 from videolm.tokenizers.vocab import Vocabulary
 
 LM_DIR = "lm"
+REFINER_DIR = "refiner"  # the diffusion refiner that cleans decoded frames (on by default when present)
+DIT_DIR = "dit"  # the DiT baseline (``backend="dit"``)
+AR_CFG_SCALE = 3.0  # the LM's default guidance for tasks with text
 CUSTOM_TASKS = "tasks.json"  # in lm/: name -> "module:Class" of the tasks not built in
 CUSTOM_CODE = "tasks"  # in lm/: their modules' source, imported from there
 
@@ -60,6 +63,7 @@ class Pipeline:
         self.clip = clip  # frames, height, width, fps of the clips the model makes
         self.custom = custom or {}  # task name -> "module:Class" of tasks from outside the package
         self._tasks: dict[str, Task] = {}
+        self._refiner = self._dit = None
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path = "shapes-64", device: str = "cpu") -> Pipeline:
@@ -80,6 +84,40 @@ class Pipeline:
         if (lm_dir / CUSTOM_TASKS).is_file():  # tasks fine-tuned from a user's module, copied beside the weights
             custom = json.loads((lm_dir / CUSTOM_TASKS).read_text())
         return cls(folder, model, vocab, tokenizer, clip, custom)
+
+    # -- the diffusion stages
+
+    @property
+    def refiner(self):
+        """The folder's refiner (`videolm.diffusion.refiner.Refiner`), or None when it has none."""
+        if self._refiner is None and (self.folder / REFINER_DIR / "config.json").is_file():
+            from videolm.diffusion.refiner import Refiner
+
+            self._refiner = Refiner.from_pretrained(self.folder / REFINER_DIR).to(self.tokenizer.device)
+        return self._refiner
+
+    def refine(self, videos: np.ndarray, seed: int = 0, steps: int | None = None) -> np.ndarray:
+        """Decoded clips uint8 (B, T, H, W, 3) through the refiner (clip i with noise seed + i)."""
+        from videolm.diffusion.refiner import refine
+
+        if self.refiner is None:
+            raise UsageError(f"{self.folder} has no refiner ({REFINER_DIR}/config.json); use --no-refine")
+        return refine(self.refiner, videos, steps=steps, seed=seed)
+
+    def dit_backend(self) -> DiTBackend:
+        """The folder's DiT baseline, sharing this pipeline's tokenizers."""
+        if self._dit is None:
+            if not (self.folder / DIT_DIR / "config.json").is_file():
+                raise UsageError(f"{self.folder} has no DiT baseline ({DIT_DIR}/config.json); train one with "
+                                 f"`videolm dit fit` and copy its model/ there")
+            self._dit = DiTBackend(self.folder / DIT_DIR, self.tokenizer)
+        return self._dit
+
+    def describe_lm(self) -> dict:
+        """Parameters, training compute (``lm/training.json``) and sampler of the AR model."""
+        return {"params_m": round(sum(p.numel() for p in self.model.parameters()) / 1e6, 2),
+                "training": _read_training(self.folder / LM_DIR),
+                "sampler": "one token per forward pass (KV cache), constrained, CFG for text"}
 
     # -- tasks
 
@@ -144,13 +182,26 @@ class Pipeline:
     # -- generation
 
     def generate(self, task: str = "t2v", prompt: str | None = None, *, image=None, video=None, audio=None,
-                 mask=None, num_samples: int = 1, seed: int = 0, frames: int | None = None, cfg_scale: float = 3.0,
+                 mask=None, num_samples: int = 1, seed: int = 0, frames: int | None = None,
+                 cfg_scale: float | None = None,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 with_audio: bool = False, progress: Callable[[int], object] | None = None) -> list[Result]:
+                 with_audio: bool = False, progress: Callable[[int], object] | None = None,
+                 refine: bool | None = None, backend: str = "ar", steps: int | None = None) -> list[Result]:
         """``num_samples`` results of ``task``; sample ``i`` uses seed ``seed + i`` (so it is what
         ``num_samples=1, seed=seed + i`` gives). ``frames`` beyond the clip length chains
         ``extend``; ``with_audio`` adds a soundtrack made by ``v2a``. ``progress`` is called with
-        the number of tokens drawn as they are."""
+        the number of tokens drawn as they are. ``refine`` (default: when the folder has a refiner)
+        passes the video through the diffusion refiner. ``backend="dit"`` draws ``t2v`` and
+        ``extend`` with the DiT baseline instead of the LM (``steps``: its sampling steps)."""
+        if backend not in ("ar", "dit"):
+            raise UsageError(f"--backend {backend}: choose ar or dit")
+        if refine and self.refiner is None:
+            raise UsageError(f"--refine: {self.folder} has no refiner ({REFINER_DIR}/config.json)")
+        refine = self.refiner is not None if refine is None else refine
+        if backend == "dit":
+            self.dit_backend().check_task(task)
+        elif cfg_scale is None:
+            cfg_scale = AR_CFG_SCALE
         t = self.task(task)
         inputs = self.inputs(prompt, image, video, audio, mask)
         if frames is not None and frames < 1:
@@ -167,15 +218,22 @@ class Pipeline:
         results = []
         for i in range(num_samples):
             start = time.perf_counter()
-            media = self._run(t, sample, seed + i, cfg_scale, temperature, top_k, top_p, progress)
+            if backend == "dit":
+                media = Media(video=self.dit_backend().run(task, inputs, seed + i, cfg_scale, steps))
+            else:
+                media = self._run(t, sample, seed + i, cfg_scale, temperature, top_k, top_p, progress)
             video = media.video
             if video is not None and frames is not None:
-                video = self._lengthen(video, frames, seed + i, temperature, top_k, top_p, progress)
+                video = self._lengthen(video, frames, seed + i, temperature, top_k, top_p, progress,
+                                       backend, steps)
+            if video is not None and refine:
+                video = self.refine(video[None], seed=seed + i)[0]
             audio = media.audio
             if with_audio:
                 audio = self._soundtrack(video, seed + i, temperature, top_k, top_p, progress)
             results.append(Result(task, seed + i, video, audio, time.perf_counter() - start, self.clip["fps"],
-                                  self.tokenizer.audio.config.sample_rate))
+                                  self.tokenizer.audio.config.sample_rate,
+                                  extra={"backend": backend, "refined": bool(refine and video is not None)}))
         return results
 
     def codes(self, task: Task, samples: list[dict], seed: int, cfg_scale: float = 3.0, temperature: float = 1.0,
@@ -190,15 +248,20 @@ class Pipeline:
         codes = self.codes(task, [sample], seed, cfg_scale, temperature, top_k, top_p, progress)[0]
         return task.to_media(codes, sample, self.tokenizer)
 
-    def _lengthen(self, video: np.ndarray, frames: int, seed: int, temperature, top_k, top_p, progress) -> np.ndarray:
+    def _lengthen(self, video: np.ndarray, frames: int, seed: int, temperature, top_k, top_p, progress,
+                  backend: str = "ar", steps: int | None = None) -> np.ndarray:
         """Trim to ``frames``, or continue with ``extend`` (each step keeps the last frames of
         context and adds the clip's remaining frames) until there are that many."""
         extend = self.task("extend") if frames > len(video) else None
         step = 0
         while len(video) < frames:
             step += 1
-            sample = extend.encode_inputs(TaskInputs(videos=[video]), self.tokenizer, self.geometry())
-            made = self._run(extend, sample, seed + 7919 * step, 1.0, temperature, top_k, top_p, progress).video
+            if backend == "dit":
+                made = self.dit_backend().run("extend", TaskInputs(videos=[video]), seed + 7919 * step, None, steps)
+            else:
+                sample = extend.encode_inputs(TaskInputs(videos=[video]), self.tokenizer, self.geometry())
+                made = self._run(extend, sample, seed + 7919 * step, 1.0, temperature, top_k, top_p,
+                                 progress).video
             keep = frames_of(context_latents(self.geometry()["latents"]))
             video = np.concatenate([video, made[keep:]])
         return video[:frames]
@@ -218,6 +281,59 @@ class Pipeline:
                                    progress).audio)
         rate = self.tokenizer.audio.config.sample_rate
         return np.concatenate(parts)[:round(len(video) * rate / self.clip["fps"])]
+
+
+class DiTBackend:
+    """The DiT baseline of a model folder, behind the same inputs as the LM's tasks."""
+
+    def __init__(self, folder: Path, tokenizer: ClipTokenizer):
+        from videolm.diffusion.dit_pipeline import DEFAULT_CFG, DEFAULT_STEPS, TASKS, DiTGenerator
+
+        self.folder, self.tasks = folder, TASKS
+        self.default_steps, self.default_cfg = DEFAULT_STEPS, DEFAULT_CFG
+        self.generator = DiTGenerator.from_folder(folder, tokenizer=tokenizer.video, text_tokenizer=tokenizer.text,
+                                                  device=str(tokenizer.device))
+
+    def check_task(self, task: str) -> None:
+        if task not in self.tasks:
+            raise UsageError(f"--backend dit: the DiT baseline does {', '.join(self.tasks)}, not {task}")
+
+    def generate(self, task: str, prompts: list[str] | None = None, videos: np.ndarray | None = None,
+                 seeds: list[int] | None = None, steps: int | None = None,
+                 cfg_scale: float | None = None) -> tuple[np.ndarray, int]:
+        """A batch: ``t2v`` from captions, ``extend`` from clips (their first 9 frames). Returns
+        uint8 clips (B, T, H, W, 3) and network evaluations per clip."""
+        self.check_task(task)
+        n = len(prompts) if prompts is not None else len(videos)
+        out = self.generator.generate(task, prompts=prompts, video=videos, seed=seeds or list(range(n)),
+                                      steps=steps or self.default_steps,
+                                      cfg_scale=self.default_cfg if cfg_scale is None else cfg_scale)
+        return out.video, out.evaluations
+
+    def run(self, task: str, inputs: TaskInputs, seed: int, cfg_scale: float | None, steps: int | None) -> np.ndarray:
+        """One clip from a user's inputs (``extend`` continues from the video's last frames)."""
+        self.check_task(task)
+        if task == "t2v":
+            if not inputs.text:
+                raise UsageError("t2v needs --prompt")
+            return self.generate("t2v", prompts=[inputs.text], seeds=[seed], steps=steps, cfg_scale=cfg_scale)[0][0]
+        if inputs.video is None:
+            raise UsageError("extend needs --video")
+        need = frames_of(context_latents(self.generator.model.config.latent_shape[0]))
+        if len(inputs.video) < need:
+            raise UsageError(f"--video has {len(inputs.video)} frames; extend needs at least {need}")
+        return self.generate("extend", videos=inputs.video[-need:][None], seeds=[seed], steps=steps)[0][0]
+
+    def describe(self) -> dict:
+        model = self.generator.model
+        return {"params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+                "training": _read_training(self.folder),
+                "sampler": f"flow matching, {self.default_steps} Euler steps, CFG {self.default_cfg}"}
+
+
+def _read_training(folder: Path) -> dict | None:
+    path = folder / "training.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def load_lm(folder: Path):

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_FOLDERS = ("tokenizers", "lm", "tasks")
+CODE_FOLDERS = ("tokenizers", "lm", "tasks", "diffusion")
 
 
 def test_code_folders_have_no_top_level_init():

@@ -4,6 +4,7 @@ that knows every built-in task (outputs are noise, but every file, shape and err
 import shutil
 
 import pytest
+import torch
 
 from videolm.lm.model import VideoLM
 from videolm.tasks.base import BUILTIN
@@ -16,7 +17,7 @@ from videolm.tokenizers.vocab import Vocabulary
 def debug_model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("model")
     folder = root / "shapes-debug"
-    shutil.copytree(resolve_model("shapes-64"), folder, ignore=shutil.ignore_patterns("lm"))
+    shutil.copytree(resolve_model("shapes-64"), folder, ignore=shutil.ignore_patterns("lm", "refiner", "dit"))
     vocab = Vocabulary.load(folder)
     for name in BUILTIN:
         vocab.add_task(name)
@@ -25,4 +26,20 @@ def debug_model_dir(tmp_path_factory):
     lm.save_pretrained(run)
     vocab.save(run)
     bundle_lm(run, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def diffusion_model_dir(debug_model_dir, tmp_path_factory):
+    """`debug_model_dir` plus an untrained `debug` refiner and DiT baseline (noise, but real files)."""
+    from videolm.diffusion.dit import DiT, DiTConfig
+    from videolm.diffusion.refiner import Refiner, RefinerConfig
+    from videolm.tokenizers.text import TextTokenizer
+
+    folder = tmp_path_factory.mktemp("model") / "shapes-diffusion"
+    shutil.copytree(debug_model_dir, folder, ignore=shutil.ignore_patterns("refiner", "dit"))
+    torch.manual_seed(0)
+    Refiner(RefinerConfig.from_name("debug")).save_pretrained(folder / "refiner")
+    text_vocab = TextTokenizer.load(folder).vocab_size
+    DiT(DiTConfig.from_name("debug", text_vocab=text_vocab)).save_pretrained(folder / "dit")
     return folder

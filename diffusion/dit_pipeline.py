@@ -1,0 +1,175 @@
+"""Sampling the DiT baseline: an engine over latents and text ids, and a generator over pixels and words.
+
+- `sample_latents(model, text, noise, given=, given_mask=, steps=, cfg_scale=)` knows latents and
+  text ids only (the engine): Euler steps of the shared `FlowMatching` process with
+  classifier-free guidance against the empty caption, cond and uncond in one batch.
+- `DiTGenerator.generate(task, prompts, video, seed, ...)` turns captions into ids and a clip's first
+  frames into given latents, runs the engine and decodes the rounded latents with the video
+  tokenizer's decoder (the one the LM's tokens go through).
+
+Sample ``i`` draws its noise from its own generator seeded ``seed + i``, so a batch gives the same
+clips as one call per prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+
+from videolm.diffusion.dit import DiT, null_text, text_batch
+from videolm.diffusion.latents import encode_latents, latents_to_codes
+from videolm.diffusion.process import FlowMatching
+from videolm.tasks.views import context_latents, frames_of
+from videolm.tokenizers.errors import UsageError
+from videolm.tokenizers.text import TextTokenizer
+from videolm.tokenizers.video import SPACE_DOWN, VideoTokenizer, to_frames, to_tensor
+
+DIT_DIR = "dit"  # a model bundle's DiT folder
+DEFAULT_STEPS = 32
+DEFAULT_CFG = 4.0
+TASKS = ("t2v", "extend")
+
+
+def conditioned(model: DiT, given: torch.Tensor | None, given_mask: torch.Tensor | None):
+    """The denoiser ``(x_t, t, text) -> v`` with ``given`` latents (B, D, t, h, w) fixed where
+    ``given_mask`` (B, 1, t, h, w) is 1: they replace x_t there (in training and sampling alike) and
+    enter the network's input channels. Batches that are k times B (guidance) repeat them."""
+    if given is None:
+        return lambda x, t, text: model(x, t, text)
+
+    def denoiser(x, t, text):
+        k = x.shape[0] // given.shape[0]
+        g, m = given.repeat(k, 1, 1, 1, 1), given_mask.repeat(k, 1, 1, 1, 1)
+        return model(torch.where(m.bool(), g, x), t, text, g, m)
+
+    return denoiser
+
+
+def seeded_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+    """(len(seeds), *shape): each row from its own generator."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+@torch.no_grad()
+def sample_latents(model: DiT, text: torch.Tensor, noise: torch.Tensor, *, given: torch.Tensor | None = None,
+                   given_mask: torch.Tensor | None = None, steps: int = DEFAULT_STEPS, cfg_scale: float = DEFAULT_CFG,
+                   process: FlowMatching | None = None, callback=None) -> torch.Tensor:
+    """Latents (B, D, t, h, w) on the tokenizer's scale, from text ids (B, L) (`text_batch`) and
+    normal noise (B, D, t, h, w); ``given`` (tokenizer scale) is copied into the output where
+    ``given_mask`` is 1. Guidance mixes in the empty caption when ``cfg_scale != 1``."""
+    process = process or FlowMatching()
+    dev = next(model.parameters()).device
+    text, noise = text.to(dev), noise.to(dev)
+    g = None if given is None else model.normalize(given.to(dev))
+    m = None if given_mask is None else given_mask.to(dev).float()
+    uncond = null_text(text, model.config) if cfg_scale != 1 else None
+    z = process.sample(conditioned(model, g, m), noise, text, steps=steps, uncond=uncond, cfg_scale=cfg_scale,
+                       callback=callback)  # (B, D, t, h, w), normalized
+    if g is not None:
+        z = torch.where(m.bool(), g, z)
+    return model.denormalize(z)
+
+
+class Generated(NamedTuple):
+    video: np.ndarray  # uint8 (B, T, H, W, 3)
+    codes: torch.Tensor  # int64 (B, t, h*w): the rounded latents as the tokenizer's codes
+    evaluations: int  # network evaluations per sample (guidance counts two)
+    seconds: float
+
+
+class DiTGenerator:
+    """A DiT with the video tokenizer it was trained on and the text tokenizer of its captions."""
+
+    def __init__(self, model: DiT, tokenizer: VideoTokenizer, text_tokenizer: TextTokenizer,
+                 process: FlowMatching | None = None):
+        self.model, self.tokenizer, self.text_tokenizer = model.eval(), tokenizer.eval(), text_tokenizer
+        self.process = process or FlowMatching()
+        t, h, w = model.config.latent_shape
+        self.frames, self.height, self.width = frames_of(t), h * SPACE_DOWN, w * SPACE_DOWN
+
+    @classmethod
+    def from_folder(cls, dit_dir: str | Path, tokenizer: VideoTokenizer | None = None,
+                    text_tokenizer: TextTokenizer | None = None, device: str = "cpu") -> DiTGenerator:
+        """A trained DiT folder (``RUN/model`` or a bundle's ``dit/``). Missing tokenizers come from
+        the folder (``text.model``) and the model folder it names in ``training.json`` (or its parent)."""
+        from videolm.diffusion.dit_runs import load_dit_tokenizers
+
+        dit_dir = Path(dit_dir)
+        model = DiT.from_pretrained(dit_dir).to(device)
+        if tokenizer is None or text_tokenizer is None:
+            video, text = load_dit_tokenizers(dit_dir)
+            tokenizer, text_tokenizer = tokenizer or video, text_tokenizer or text
+        return cls(model, tokenizer.to(device), text_tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path = "shapes-64", device: str = "cpu") -> DiTGenerator:
+        """A model bundle's ``dit/`` (a shipped name or a folder), or a DiT folder itself."""
+        from videolm.tasks.models import resolve_model
+
+        folder = resolve_model(name_or_dir)
+        if (folder / DIT_DIR / "config.json").is_file():
+            folder = folder / DIT_DIR
+        elif not (folder / "config.json").is_file():
+            raise UsageError(f"--model {name_or_dir}: {folder} holds no DiT ({DIT_DIR}/config.json)")
+        return cls.from_folder(folder, device=device)
+
+    def text(self, prompts: list[str | None]) -> torch.Tensor:
+        """Captions -> (B, L) ids; None or "" is the empty caption."""
+        return text_batch([self.text_tokenizer.encode(p) if p else [] for p in prompts], self.model.config)
+
+    def context(self, video) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (B, T, H, W, 3) with T >= the context's frames -> given latents and mask (B, D|1, t, h, w)
+        from its first frames (9 of a 17-frame clip)."""
+        ctx = context_latents(self.model.config.latent_shape[0])  # 3 of 5 latent frames, as the LM's extend
+        need = frames_of(ctx)
+        video = np.asarray(video)
+        if video.ndim != 5 or video.shape[1] < need or video.shape[2:] != (self.height, self.width, 3):
+            raise UsageError(f"extend needs video (B, T >= {need}, {self.height}, {self.width}, 3), "
+                             f"got {tuple(video.shape)}")
+        dev = next(self.model.parameters()).device
+        z = encode_latents(self.tokenizer, to_tensor(video[:, :need]).to(dev))  # (B, D, ctx, h, w): causal, as in the clip
+        given = torch.zeros(len(video), z.shape[1], *self.model.config.latent_shape, device=dev)
+        given[:, :, :ctx] = z
+        mask = torch.zeros(len(video), 1, *self.model.config.latent_shape, device=dev)
+        mask[:, :, :ctx] = 1
+        return given, mask
+
+    @torch.no_grad()
+    def generate(self, task: Literal["t2v", "extend"] = "t2v", prompts: list[str] | None = None, video=None,
+                 seed: int | list[int] = 0, steps: int = DEFAULT_STEPS, cfg_scale: float = DEFAULT_CFG,
+                 callback=None) -> Generated:
+        """``t2v``: one clip per prompt. ``extend``: the clips of ``video`` continued from their first
+        frames (captions optional: without them there is no guidance). Seeds: ``seed + i`` per sample,
+        or one per sample."""
+        start = time.perf_counter()
+        if task not in TASKS:
+            raise UsageError(f"the DiT does {', '.join(TASKS)}, not {task!r}")
+        if task == "t2v" and not prompts:
+            raise UsageError("t2v needs prompts")
+        if task == "extend" and video is None:
+            raise UsageError("extend needs a video")
+        n = len(prompts) if prompts else len(video)
+        if task == "extend" and prompts and len(prompts) != len(video):
+            raise UsageError(f"{len(prompts)} prompts for {len(video)} videos")
+        seeds = [seed + i for i in range(n)] if isinstance(seed, int) else list(seed)
+        if len(seeds) != n:
+            raise UsageError(f"{len(seeds)} seeds for {n} samples")
+        given, mask = self.context(video) if task == "extend" else (None, None)
+        if not prompts:
+            cfg_scale = 1.0  # nothing to guide towards
+        cfg = self.model.config
+        noise = seeded_noise(seeds, (cfg.latent_channels, *cfg.latent_shape))
+        z = sample_latents(self.model, self.text(prompts or [None] * n), noise, given=given, given_mask=mask,
+                           steps=steps, cfg_scale=cfg_scale, process=self.process, callback=callback)
+        codes = latents_to_codes(self.tokenizer, z)  # (B, t, h*w)
+        frames = to_frames(self.tokenizer.decode(codes, self.height, self.width))  # (B, T, H, W, 3)
+        return Generated(frames, codes.cpu(), self.process.evaluations(steps, cfg_scale),
+                         round(time.perf_counter() - start, 3))
+
+
+__all__ = ["DEFAULT_CFG", "DEFAULT_STEPS", "DIT_DIR", "DiTGenerator", "Generated", "conditioned", "sample_latents",
+           "seeded_noise"]

@@ -1,0 +1,155 @@
+"""The refiner: shapes, save -> load, identity at init, determinism, training, and the CLI end to end."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from videolm.diffusion.refiner import Refiner, RefinerConfig, refine
+from videolm.diffusion.refiner_runs import PairCrops, probe_agreement, refiner_loss
+from videolm.tasks.cli import main
+from videolm.tasks.shapes_data import ShapesDataset
+from videolm.tokenizers.errors import UsageError
+from videolm.tokenizers.media import read_video, write_video
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+DEBUG_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "refiner" / "debug.yaml"
+
+
+def trained_looking(seed: int = 0, **overrides) -> Refiner:
+    """A debug refiner whose zero-initialized weights (head, and the stem's x_t inputs) have been
+    given values, so it does something and depends on the noise."""
+    torch.manual_seed(seed)
+    model = Refiner(RefinerConfig.from_name("debug", **overrides))
+    nn.init.normal_(model.head.weight, std=0.05)
+    nn.init.normal_(model.stem.weight, std=0.2)
+    return model.eval()
+
+
+def clips(num: int = 3, frames: int = 5, size: int = 16) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (num, frames, size, size, 3), dtype=np.uint8)  # (B, T, H, W, 3)
+
+
+def test_forward_shape_and_save_load_give_the_same_outputs(tmp_path):
+    model = trained_looking()
+    x, cond, t = torch.randn(2, 3, 5, 16, 24), torch.randn(2, 3, 5, 16, 24), torch.tensor([0.3, 1.0])
+    with torch.no_grad():
+        v = model(x, t, cond)
+        assert v.shape == x.shape
+        model.save_pretrained(tmp_path / "m")
+        torch.testing.assert_close(Refiner.from_pretrained(tmp_path / "m")(x, t, cond), v, atol=0, rtol=0)
+        model.save_pretrained(tmp_path / "h", dtype="float16")
+        torch.testing.assert_close(Refiner.from_pretrained(tmp_path / "h")(x, t, cond), v, atol=2e-2, rtol=2e-2)
+
+
+def test_untrained_refiner_returns_its_condition():
+    frames = clips()
+    for bridge in (None, 0.1):
+        model = Refiner(RefinerConfig.from_name("debug", bridge=bridge)).eval()
+        for steps in (1, 4):
+            np.testing.assert_array_equal(refine(model, frames, steps=steps), frames)
+    x = torch.rand(2, 3, 3, 8, 8) * 2 - 1
+    torch.testing.assert_close(refine(model, x), x, atol=1e-5, rtol=0)
+
+
+def test_refine_is_deterministic_per_seed_and_batch_independent():
+    model, frames = trained_looking(), clips(4)
+    a = refine(model, frames, seed=3, batch_size=4)
+    assert a.dtype == np.uint8 and a.shape == frames.shape
+    np.testing.assert_array_equal(refine(model, frames, seed=3, batch_size=4), a)
+    assert not np.array_equal(refine(model, frames, seed=4, batch_size=4), a)
+    x = torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (B, 3, T, H, W)
+    batched = refine(model, x, seed=3, batch_size=4)
+    torch.testing.assert_close(refine(model, x, seed=3, batch_size=1), batched, atol=1e-5, rtol=0)
+    torch.testing.assert_close(refine(model, x[2:3], seed=5), batched[2:3], atol=1e-5, rtol=0)  # clip 2: seed 3 + 2
+    assert torch.is_tensor(refine(model, torch.from_numpy(frames))) and batched.abs().max() <= 1
+
+
+def test_refine_rejects_sizes_it_cannot_tile():
+    model = trained_looking()
+    with pytest.raises(UsageError, match="multiples of 4"):
+        refine(model, clips(1, size=18))
+    with pytest.raises(UsageError, match="uint8"):
+        refine(model, clips(1)[0])
+
+
+def test_a_few_training_steps_lower_the_loss():
+    model = Refiner(RefinerConfig.from_name("debug"))
+    x0 = torch.from_numpy(clips(4, 3, 8)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (4, 3, 3, 8, 8)
+    batch = {"x0": x0, "cond": 0.5 * x0}  # a fixed, learnable degradation
+
+    def loss() -> float:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return float(refiner_loss(model, batch))
+
+    before = loss()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(30):
+        opt.zero_grad()
+        refiner_loss(model, batch).backward()
+        opt.step()
+    assert loss() < 0.7 * before
+
+
+def test_pair_crops_cut_the_same_window_from_both():
+    clean = torch.from_numpy(clips(2, 5, 16))
+    decoded = clean.clone()
+    decoded[:, :, 4:8, 4:8] = 0  # the tokenizer "got" one patch wrong
+    crops = PairCrops(decoded, clean, frames=3, size=8, focus=1.0)
+    for i in range(2):
+        item = crops[i]
+        assert item["cond"].shape == item["x0"].shape == (3, 3, 8, 8)
+        assert (item["cond"] != item["x0"]).any()  # centred near the wrong patch
+        same = (item["cond"] == item["x0"]).all(0)  # the rest is copied pixel for pixel
+        assert same.float().mean() > 0
+
+
+def test_probe_agreement_counts_every_attribute():
+    obj = {"shape": "circle", "color": "red", "size": "small", "direction": "left"}
+    a = [{"objects": [obj]}, {"objects": [obj]}, {"objects": [obj]}]
+    b = [{"objects": [obj]}, {"objects": [{**obj, "color": "blue"}]}, {"objects": [obj, obj]}]
+    agree = probe_agreement(a, b)
+    assert agree["all"] == pytest.approx(1 / 3) and agree["count"] == pytest.approx(2 / 3)
+    assert agree["color"] == pytest.approx(1 / 3) and agree["shape"] == pytest.approx(2 / 3)
+
+
+def test_cli_fit_eval_apply_end_to_end(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["refiner", "fit", "--config", str(DEBUG_CONFIG), "--out", str(run), "--steps", "2"]) == 0
+    assert (run / "model" / "config.json").exists() and (run / "pairs.safetensors").exists()
+    capsys.readouterr()
+    assert main(["refiner", "eval", "--model", str(run / "model"), "--num", "4", "--steps", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"psnr_raw", "psnr_refined", "ssim_raw", "ssim_refined", "probe_agreement", "probe_agreement_by",
+            "seconds_per_clip", "threads", "steps", "network_evaluations"} <= set(result)
+    assert result["clips"] == 4 and result["steps"] == 2 and 0 <= result["probe_agreement"] <= 1
+
+    video = ShapesDataset(1)[0]["video"]  # (17, 64, 64, 3)
+    write_video(tmp_path / "in.mp4", video)
+    assert main(["refiner", "apply", "--video", str(tmp_path / "in.mp4"), "--model", str(run / "model"),
+                 "--out", str(tmp_path / "out.mp4")]) == 0
+    assert read_video(tmp_path / "out.mp4").shape == video.shape
+
+
+def test_cli_bad_inputs_are_one_line_usage_errors(tmp_path, capsys):
+    model = trained_looking()
+    model.save_pretrained(tmp_path / "m")
+    write_video(tmp_path / "odd.mp4", clips(1, 3, 18)[0])
+    cases = [
+        (["refiner", "apply", "--video", str(tmp_path / "odd.mp4"), "--model", str(tmp_path / "m"),
+          "--out", str(tmp_path / "o.mp4")], "multiples of 4"),
+        (["refiner", "eval", "--model", str(tmp_path / "missing"), "--num", "2"], "missing"),
+        (["refiner", "apply", "--video", str(tmp_path / "odd.mp4"), "--model", str(tmp_path),
+          "--out", str(tmp_path / "o.mp4")], "no refiner"),
+    ]
+    for argv, words in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err and "Traceback" not in err
+    assert not (tmp_path / "o.mp4").exists()
