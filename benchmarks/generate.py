@@ -8,6 +8,10 @@
 - ``lm``: in one process with the model loaded, the time to draw the 320 video ids of that
   prompt (prefill and decoding, classifier-free guidance at 3: two rows), median of repeats.
 - ``decode``: the video tokenizer turning those ids into frames.
+- ``refine``: the model folder's diffusion refiner on that clip at its default steps (batch 1, as
+  ``generate`` runs it), and ``refine_over_lm``, its share of the LM's time (the goal: at most 0.5).
+- ``dit``: the DiT baseline drawing one clip for the prompt (its default steps and guidance, decode
+  included), when the folder has one.
 
 Torch uses ``--threads`` threads (OMP_NUM_THREADS for the command). Prints a table, then one JSON line.
 """
@@ -58,24 +62,40 @@ def main() -> None:
     task = pipe.task("t2v")
     sample = task.encode_inputs(pipe.inputs(PROMPT), pipe.tokenizer, pipe.geometry())
     pipe.codes(task, [sample], seed=0)  # warm up
-    lm, decode, commands = [], [], []
+    dit = pipe.dit_backend() if (pipe.folder / "dit" / "config.json").is_file() else None
+    lm, decode, refine, dits, commands = [], [], [], [], []
     for r in range(args.repeats):
         start = time.perf_counter()
         (codes,) = pipe.codes(task, [sample], seed=r)
         lm.append(time.perf_counter() - start)
         start = time.perf_counter()
-        task.to_media(codes, sample, pipe.tokenizer)
+        video = task.to_media(codes, sample, pipe.tokenizer).video
         decode.append(time.perf_counter() - start)
+        if pipe.refiner is not None:
+            start = time.perf_counter()
+            pipe.refine(video[None], seed=r)
+            refine.append(time.perf_counter() - start)
+        if dit is not None:
+            start = time.perf_counter()
+            dit.generate("t2v", prompts=[PROMPT], seeds=[r])
+            dits.append(time.perf_counter() - start)
         commands.append(command_seconds(args.model, args.threads))
+    median = statistics.median
     result = {"benchmark": "generate", "model": str(pipe.folder), "threads": args.threads, "repeats": args.repeats,
-              "command_s": round(statistics.median(commands), 2), "lm_s": round(statistics.median(lm), 2),
-              "decode_s": round(statistics.median(decode), 3),
-              "lm_tok_s": round(320 / statistics.median(lm), 1), "goal_command_s": GOAL_S,
-              "meets_goal": statistics.median(commands) <= GOAL_S}
+              "command_s": round(median(commands), 2), "lm_s": round(median(lm), 2),
+              "decode_s": round(median(decode), 3), "lm_tok_s": round(320 / median(lm), 1),
+              "refine_s": round(median(refine), 3) if refine else None,
+              "refine_over_lm": round(median(refine) / median(lm), 3) if refine else None,
+              "dit_s": round(median(dits), 3) if dits else None,
+              "goal_command_s": GOAL_S, "meets_goal": median(commands) <= GOAL_S}
     print(f"{'part':<28}{'median s':>10}")
     print(f"{'videolm generate (process)':<28}{result['command_s']:>10.2f}")
     print(f"{'LM: 320 ids, cfg 3 (2 rows)':<28}{result['lm_s']:>10.2f}")
     print(f"{'video tokenizer decode':<28}{result['decode_s']:>10.3f}")
+    if refine:
+        print(f"{'refiner (default steps)':<28}{result['refine_s']:>10.3f}")
+    if dits:
+        print(f"{'DiT t2v clip (with decode)':<28}{result['dit_s']:>10.3f}")
     print(json.dumps(result))
 
 

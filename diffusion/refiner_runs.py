@@ -250,7 +250,7 @@ def probe_agreement(a: list[dict], b: list[dict]) -> dict:
 
 def evaluate_refiner(model_dir: str | Path = "shapes-64", num: int = 256, seed: int = 0, steps: int | None = None,
                      tokenizer: str = "shapes-64", batch_size: int = 8, probe: str | None = "shapes-64",
-                     progress: Callable[[int], object] | None = None) -> dict:
+                     progress: Callable[[int], object] | None = None, noise_scale: float | None = None) -> dict:
     """The refiner on held-out Shapes clips (eval seeds from 1,000,000 + seed): PSNR and SSIM against
     the clean clip before and after refining, probe agreement of the refined with the unrefined
     decode, and the refiner's seconds per clip at the current torch thread count."""
@@ -267,7 +267,7 @@ def evaluate_refiner(model_dir: str | Path = "shapes-64", num: int = 256, seed: 
     for start in range(0, num, batch_size):
         t0 = time.perf_counter()
         refined.append(refine(model, decoded[start : start + batch_size].numpy(), steps, seed=seed + start,
-                              batch_size=batch_size))
+                              batch_size=batch_size, noise_scale=noise_scale))
         seconds += time.perf_counter() - t0
         if progress:
             progress(len(refined[-1]))
@@ -275,6 +275,7 @@ def evaluate_refiner(model_dir: str | Path = "shapes-64", num: int = 256, seed: 
     x, raw, ref = to_tensor(clean.numpy()), to_tensor(decoded.numpy()), to_tensor(refined)  # (N, 3, T, H, W)
     result = {
         "clips": num, "steps": steps, "network_evaluations": FlowMatching.evaluations(steps),
+        "noise_scale": model.config.noise_scale if noise_scale is None else noise_scale,
         "psnr_raw": float(psnr_per_clip(raw, x).mean()), "psnr_refined": float(psnr_per_clip(ref, x).mean()),
         "ssim_raw": float(ssim_per_clip(raw, x).mean()), "ssim_refined": float(ssim_per_clip(ref, x).mean()),
     }

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -48,6 +48,7 @@ class EvalConfig:
     cfg_scale: float = 3.0
     temperature: float = 1.0
     top_k: int | None = None
+    refine: bool = False  # score the frames after the model folder's refiner (what `generate` gives)
 
 
 def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = None) -> dict:
@@ -55,6 +56,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
     if cfg.num < 2:
         raise UsageError(f"--num {cfg.num}: need at least 2 clips (the Fréchet distance needs a spread)")
     pipe = Pipeline.from_pretrained(cfg.model)
+    if cfg.refine and pipe.refiner is None:
+        raise UsageError(f"--refine: {pipe.folder} has no refiner")
     names = list(cfg.tasks) or pipe.task_names
     for name in names:
         pipe.task(name)  # unknown tasks fail before any work
@@ -75,11 +78,16 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
             batch = samples[i:i + cfg.batch_size]
             codes = pipe.codes(task, batch, seed=cfg.seed + i, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
                                top_k=cfg.top_k)
-            made += [task.to_media(c, s, pipe.tokenizer) for c, s in zip(codes, batch)]
+            media = [task.to_media(c, s, pipe.tokenizer) for c, s in zip(codes, batch)]
+            if cfg.refine and task.output == "video":
+                refined = pipe.refine(np.stack([m.video for m in media]), seed=cfg.seed + i)
+                media = [replace(m, video=v) for m, v in zip(media, refined)]
+            made += media
             if progress:
                 progress(name, len(batch))
         report[name] = score(name, made, clips, samples, probe, real_features)
     return {"model": str(pipe.folder), "num": cfg.num, "cfg_scale": cfg.cfg_scale, "temperature": cfg.temperature,
+            "refined": cfg.refine,
             "tasks": report, "seconds": round(time.perf_counter() - start, 1)}
 
 

@@ -161,6 +161,8 @@ def add_eval(sub) -> None:
     p.add_argument("--cfg-scale", type=_float_at_least(0.0, "--cfg-scale"), default=3.0)
     p.add_argument("--temperature", type=_float_at_least(0.0, "--temperature"), default=1.0)
     p.add_argument("--top-k", type=int)
+    p.add_argument("--refine", action="store_true",
+                   help="score the frames after the model's refiner, as `generate` makes them (default: the decode)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(run=run_eval)
@@ -178,7 +180,7 @@ def run_eval(args) -> int:
         raise UsageError(f"--batch-size {args.batch_size} must be >= 1")
     names = () if args.tasks == "all" else tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     cfg = EvalConfig(model=args.model, tasks=names, num=args.num, seed=args.seed, batch_size=args.batch_size,
-                     cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k)
+                     cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, refine=args.refine)
     with tqdm(desc="eval", unit="clip", delay=1.0, file=sys.stderr, leave=False) as bar:
         report = evaluate(cfg, progress=lambda name, n: (bar.set_description(f"eval {name}"), bar.update(n)))
     text = json.dumps(report)

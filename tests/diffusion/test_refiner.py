@@ -69,6 +69,16 @@ def test_refine_is_deterministic_per_seed_and_batch_independent():
     assert torch.is_tensor(refine(model, torch.from_numpy(frames))) and batched.abs().max() <= 1
 
 
+def test_noise_scale_is_a_temperature_zero_is_seed_free():
+    model, frames = trained_looking(), clips(2)
+    cold = refine(model, frames, seed=3, noise_scale=0.0)
+    np.testing.assert_array_equal(refine(model, frames, seed=9, noise_scale=0.0), cold)  # no noise: no seed
+    assert not np.array_equal(refine(model, frames, seed=3, noise_scale=1.0), cold)
+    np.testing.assert_array_equal(refine(trained_looking(noise_scale=0.0), frames, seed=9), cold)  # config default
+    with pytest.raises(UsageError, match="noise scale"):
+        refine(model, frames, noise_scale=1.5)
+
+
 def test_refine_rejects_sizes_it_cannot_tile():
     model = trained_looking()
     with pytest.raises(UsageError, match="multiples of 4"):

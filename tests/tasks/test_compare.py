@@ -101,3 +101,12 @@ def test_compare_command_errors_are_one_line(debug_model_dir, diffusion_model_di
              "--out", str(tmp_path / "b"))
     assert r.returncode == 2 and "compare runs t2v, extend" in r.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_eval_can_score_refined_frames(diffusion_model_dir, debug_model_dir):
+    from videolm.tasks.evaluate import EvalConfig, evaluate
+
+    report = evaluate(EvalConfig(model=str(diffusion_model_dir), tasks=("t2v",), num=2, batch_size=2, refine=True))
+    assert report["refined"] is True and "color" in report["tasks"]["t2v"]
+    with pytest.raises(UsageError, match="no refiner"):
+        evaluate(EvalConfig(model=str(debug_model_dir), tasks=("t2v",), num=2, refine=True))
