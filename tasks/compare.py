@@ -195,13 +195,17 @@ def report_markdown(results: dict) -> str:
             lines.append(f"| copy-last-frame PSNR (reference) | {block['ar']['baseline_psnr']} | "
                          f"{block['dit']['baseline_psnr']} | |")
         wins = {s: sum(w == s for w in block["winner"].values()) for s in SYSTEMS}
-        lines += ["", f"**{name}: the AR prefix LM wins {wins['ar']} metrics, the DiT baseline {wins['dit']}.**"]
+        lines += ["", f"**{name}: the AR prefix LM wins {wins['ar']} of {len(block['winner'])} metrics, "
+                  f"the DiT baseline {wins['dit']}.**"]
     return "\n".join(lines) + "\n"
+
+
+COMPUTE_KEYS = ("steps", "minutes", "device", "threads", "core_hours", "gpu_hours")
 
 
 def _describe(value) -> str:
     if isinstance(value, dict):
-        return ", ".join(f"{k} {v}" for k, v in value.items())
+        return ", ".join(f"{k} {value[k]}" for k in COMPUTE_KEYS if k in value) or "—"
     return "—" if value is None else str(value)
 
 
