@@ -22,7 +22,7 @@ import torch
 
 from videolm.diffusion.dit import DiT, null_text, text_batch
 from videolm.diffusion.latents import encode_latents, latents_to_codes
-from videolm.diffusion.process import FlowMatching
+from videolm.diffusion.process import FlowMatching, seeded_noise
 from videolm.tasks.views import context_latents, frames_of
 from videolm.tokenizers.errors import UsageError
 from videolm.tokenizers.text import TextTokenizer
@@ -47,11 +47,6 @@ def conditioned(model: DiT, given: torch.Tensor | None, given_mask: torch.Tensor
         return model(torch.where(m.bool(), g, x), t, text, g, m)
 
     return denoiser
-
-
-def seeded_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
-    """(len(seeds), *shape): each row from its own generator."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
 @torch.no_grad()

@@ -25,6 +25,12 @@ import torch
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
 
+def seeded_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+    """Starting noise (len(seeds), *shape), each row from its own generator: a sample's noise does
+    not depend on the batch it is drawn in."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
 @dataclass
 class FlowMatching:
     """Schedule and loss. ``shift`` > 1 spends more sampling steps at high noise (SD3, eq. 23)."""

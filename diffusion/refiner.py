@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videolm.diffusion.process import FlowMatching
+from videolm.diffusion.process import FlowMatching, seeded_noise
 from videolm.tokenizers.errors import UsageError
 from videolm.tokenizers.pretrained import Pretrained
 from videolm.tokenizers.video import frames_2d, frames_3d, to_frames, to_tensor
@@ -164,13 +164,6 @@ class Refiner(nn.Module, Pretrained):
             raise UsageError(f"refiner: frames of {x.shape[-2]}x{x.shape[-1]}: need H and W multiples of {m}")
 
 
-def clip_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """Starting noise for a batch: clip i from its own generator seeded ``seed + i``, so a clip's
-    result does not depend on the batch it is refined in. (B, 3, T, H, W)."""
-    return torch.stack([torch.randn(shape[1:], generator=torch.Generator().manual_seed(seed + i))
-                        for i in range(shape[0])])
-
-
 def start_point(config: RefinerConfig, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Where the flow starts (t = 1): pure noise, or with ``bridge`` the condition plus a little noise,
     so that the flow runs from decoded to clean frames (Delbracio & Milanfar 2023, arXiv:2303.11435)."""
@@ -202,7 +195,9 @@ def refine(model: Refiner, frames, steps: int | None = None, seed: int = 0, batc
     outs = []
     for start in range(0, x.shape[0], batch_size):
         cond = x[start : start + batch_size].to(param.device, param.dtype)  # (b, 3, T, H, W)
-        noise = start_point(model.config, cond, scale * clip_noise(tuple(cond.shape), seed + start).to(param.device, param.dtype))
+        seeds = range(seed + start, seed + start + len(cond))  # clip i: seed + i, whatever the batch
+        noise = scale * seeded_noise(seeds, tuple(cond.shape[1:])).to(param.device, param.dtype)
+        noise = start_point(model.config, cond, noise)
         outs.append(process.sample(model, noise, cond, steps=steps).clamp(-1, 1).float().cpu())
     out = torch.cat(outs)  # (B, 3, T, H, W)
     if not is_frames:
@@ -215,4 +210,4 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["PRESETS", "Refiner", "RefinerConfig", "clip_noise", "num_parameters", "refine", "start_point", "time_embedding"]
+__all__ = ["PRESETS", "Refiner", "RefinerConfig", "num_parameters", "refine", "start_point", "time_embedding"]

@@ -27,7 +27,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 
-from videolm.lm.training import _quiet
+from videolm.lm.training import _quiet, resolve_precision  # the LM's precision rule, shared
 from videolm.tokenizers.errors import ConfigError
 from videolm.tokenizers.training import lr_factor
 
@@ -58,12 +58,6 @@ class DiffusionTrainConfig:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay={self.ema_decay} must be in [0, 1)")
-
-
-def resolve_precision(cfg: DiffusionTrainConfig) -> str:
-    if cfg.precision != "auto":
-        return cfg.precision
-    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
 
 
 class DiffusionModule(L.LightningModule):
