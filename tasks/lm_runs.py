@@ -23,6 +23,7 @@ from videolm.lm.model import LMConfig, VideoLM
 from videolm.lm.training import LMTrainConfig, fit
 from videolm.tasks.base import Task, build_tasks
 from videolm.tokenizers.errors import ConfigError
+from videolm.tokenizers.vocab import Vocabulary
 from videolm.tokenizers.schema import to_dict
 
 
@@ -64,6 +65,8 @@ class LMFitConfig:
     train: LMTrainConfig = field(default_factory=LMTrainConfig)
     samples: SampleConfig = field(default_factory=SampleConfig)
     out: str = "runs/lm"
+    init: str | None = None  # start from these weights (a model folder: save_pretrained's, or a run's
+    #                          model/); the preset and model overrides are then not used
 
 
 def training_data(cfg: LMDataConfig):
@@ -96,13 +99,33 @@ def build_model(cfg: LMFitConfig, vocab_size: int, vocab) -> VideoLM:
     return VideoLM.from_lm_config(lm)
 
 
+def warm_start(folder: str, vocab, row_len: int) -> VideoLM:
+    """The model saved in ``folder``, checked against the data's vocabulary: a second stage of
+    training with a fresh schedule (the first stage's optimizer state is not carried over)."""
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"init: {folder} is not a model folder (no config.json)")
+    from videolm.tasks.pipeline import load_lm
+
+    if (path / "vocab.json").is_file() and Vocabulary.load(path).to_dict() != vocab.to_dict():
+        raise ConfigError(f"init: {folder} was trained with another vocabulary than the data's")
+    model = load_lm(path)
+    size = model.config.vocab_size
+    if size < len(vocab) or model.config.pad_token_id != vocab["<pad>"]:
+        raise ConfigError(f"init: {folder} has {size} ids; the data needs {len(vocab)} with <pad>={vocab['<pad>']}")
+    if model.config.max_position_embeddings < row_len:
+        raise ConfigError(f"train.row_len={row_len} exceeds the model's max_seq_len="
+                          f"{model.config.max_position_embeddings}")
+    return model.train()  # from_pretrained returns it in eval mode
+
+
 def run_fit(cfg: LMFitConfig):
     """Train as ``cfg`` says; returns OUT/model (None on the extra processes of a multi-process run)."""
     samples, vocab, model_dir = training_data(cfg.data)
     tasks = build_tasks(list(cfg.data.tasks), vocab)
     data = TaskSequences(samples, tasks, list(cfg.data.tasks.values()), cfg.data.text_dropout, cfg.train.row_len)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg, len(vocab), vocab)
+    model = build_model(cfg, len(vocab), vocab) if cfg.init is None else warm_start(cfg.init, vocab, cfg.train.row_len)
     sample = None
     if cfg.train.sample_every:
         sample = SampleWriter(tasks, samples, model_dir, Path(cfg.out) / "samples", cfg.samples)

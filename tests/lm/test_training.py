@@ -149,6 +149,32 @@ def test_learning_rate_warms_up_then_follows_the_cosine_to_its_floor():
     assert lr_factor(20, timed, elapsed_s=60.0) == pytest.approx(0.1)  # the clock ran out first
 
 
+def test_init_starts_a_second_stage_from_saved_weights_with_a_fresh_schedule(trained, shards, tmp_path, capsys):
+    cfg = yaml.safe_load(DEBUG.read_text())
+    cfg["init"] = str(trained / "model")
+    cfg["train"].update(steps=1, lr=0.0, warmup_steps=1)  # lr 0: the one step leaves the weights as they were
+    (tmp_path / "stage2.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "stage2"
+    assert main(["lm", "fit", "--config", str(tmp_path / "stage2.yaml"), "--shards", str(shards),
+                 "--out", str(run)]) == 0
+    before = VideoLM.from_pretrained(trained / "model").state_dict()
+    after = VideoLM.from_pretrained(run / "model").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # started from the saved weights, not afresh
+    assert [r["step"] for r in _rows(run)] == [1]  # a new run: step 1, not the first stage's 4
+    cfg["data"]["tasks"] = {"v2a": 1.0, "t2v": 1.0}  # other task order: other task-token ids
+    (tmp_path / "swapped.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    capsys.readouterr()
+    code = main(["lm", "fit", "--config", str(tmp_path / "swapped.yaml"), "--shards", str(shards),
+                 "--out", str(tmp_path / "swapped")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "another vocabulary" in err and len(err.splitlines()) == 1
+    cfg["init"] = str(tmp_path)
+    (tmp_path / "nomodel.yaml").write_text(yaml.safe_dump(cfg))
+    code = main(["lm", "fit", "--config", str(tmp_path / "nomodel.yaml"), "--shards", str(shards),
+                 "--out", str(tmp_path / "nomodel")])
+    assert code == 2 and "not a model folder" in capsys.readouterr().err
+
+
 def test_bad_runs_are_one_clear_line(shards, tmp_path, capsys):
     def error(path, *extra):
         code = main(["lm", "fit", "--config", str(path), "--out", str(tmp_path / "run"), *extra])
