@@ -70,10 +70,16 @@ class FlowMatching:
         return self.shift * t / (1 + (self.shift - 1) * t)
 
     @torch.no_grad()
-    def sample(self, denoiser: Denoiser, noise: torch.Tensor, cond: Any = None, *, steps: int = 8,
-               uncond: Any = None, cfg_scale: float = 1.0, x_start: torch.Tensor | None = None,
-               t_start: float = 1.0, callback: Callable[[int], None] | None = None) -> torch.Tensor:
-        """Deterministic Euler integration from noise to data; returns x_0.
+    def sample(self, denoiser: Denoiser, noise: torch.Tensor, cond: Any = None, **kwargs) -> torch.Tensor:
+        """`integrate` without gradients: what generation runs."""
+        return self.integrate(denoiser, noise, cond, **kwargs)
+
+    def integrate(self, denoiser: Denoiser, noise: torch.Tensor, cond: Any = None, *, steps: int = 8,
+                  uncond: Any = None, cfg_scale: float = 1.0, x_start: torch.Tensor | None = None,
+                  t_start: float = 1.0, callback: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Deterministic Euler integration from noise to data; returns x_0. Differentiable (training
+        through the sampler, as the refiner's consistency stage does); `sample` runs it without
+        gradients.
 
         - ``cfg_scale`` != 1 with ``uncond`` given: v = v_u + s * (v_c - v_u), both halves in one batch
           when ``cond`` and ``uncond`` are tensors (else two calls).

@@ -71,12 +71,32 @@ class RefinerDataConfig:
 
 
 @dataclass
+class ConsistencyConfig:
+    """A second training stage through the sampler itself: the refiner's whole few-step path is
+    unrolled (with gradients) on whole clips, and its output is held to the clean clip (mean
+    squared error) and to what an attribute reader sees in the *unrefined* decode (the shape,
+    colour, size and direction it reads there; KL divergence). The reader is a Shapes probe
+    trained apart from the one that evaluates (other seeds, other clips): the refiner learns to
+    keep content, not to please the evaluator."""
+
+    probe: str  # the guide probe's folder (`videolm probe fit --seed 100000 --out ...`)
+    weight: float = 1.0  # of the probe term, beside the mean squared error
+    steps: int | None = None  # sampler steps unrolled (default: the model's)
+
+    def __post_init__(self):
+        if self.weight < 0 or (self.steps is not None and self.steps < 1):
+            raise ConfigError(f"consistency: weight={self.weight} must be >= 0 and steps={self.steps} >= 1")
+
+
+@dataclass
 class RefinerFitConfig:
     preset: str = "tiny"
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the RefinerConfig preset's fields
     data: RefinerDataConfig = field(default_factory=RefinerDataConfig)
     train: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
     out: str = "runs/refiner"
+    init: str | None = None  # start from these refiner weights (a folder, or a bundle's refiner/)
+    consistency: ConsistencyConfig | None = None  # train through the sampler (needs whole clips: no crops)
 
 
 # ------------------------------------------------------------------------------------------ pairs
@@ -201,21 +221,77 @@ def refiner_loss(model: Refiner, batch: dict) -> torch.Tensor:
     return FlowMatching().loss(model, x0, cond, t=t, noise=noise, weight=w.view(-1, 1, 1, 1, 1)) * w.mean()
 
 
+class ConsistencyLoss:
+    """``(model, batch) -> loss`` of the consistency stage (see `ConsistencyConfig`)."""
+
+    def __init__(self, cfg: ConsistencyConfig, model_cfg: RefinerConfig):
+        from videolm.tasks.probe import load_probe
+
+        self.probe = load_probe(cfg.probe).eval().requires_grad_(False)
+        self.weight, self.steps = cfg.weight, cfg.steps or model_cfg.steps
+
+    def __call__(self, model: Refiner, batch: dict) -> torch.Tensor:
+        cond, x0 = batch["cond"], batch["x0"]  # (B, 3, T, H, W)
+        start = start_point(model.config, cond, torch.zeros_like(cond))  # the deterministic path (noise scale 0)
+        out = FlowMatching(shift=model.config.shift).integrate(model, start, cond, steps=self.steps)
+        loss = (out.float() - x0.float()).pow(2).mean()
+        if not self.weight:
+            return loss
+        with torch.no_grad():
+            seen = self.probe.outputs(_probe_frames(cond))
+        return loss + self.weight * probe_divergence(self.probe.outputs(_probe_frames(out.clamp(-1, 1))), seen)
+
+
+def _probe_frames(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, T, H, W) in [-1, 1] -> the probe's input (B, T, H, W, 3) in [0, 1]."""
+    return x.permute(0, 2, 3, 4, 1).add(1).div(2)
+
+
+def probe_divergence(out: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> torch.Tensor:
+    """How far the probe's reading ``out`` (`Probe.outputs`) is from the decisions it takes on
+    ``ref``: cross-entropy against ref's argmax for the count and background, binary
+    cross-entropy of each colour's presence against ref's yes/no (its ``count`` likeliest colours),
+    and for each colour ref says is there, cross-entropy of its shape, size and direction against
+    ref's argmax. Decisions, not distributions: the refined clip should read the same, not be as unsure
+    as the blurred decode."""
+    ce = torch.nn.functional.cross_entropy
+    loss = ce(out["count"], ref["count"].argmax(-1)) + ce(out["background"], ref["background"].argmax(-1))
+    count = ref["count"].argmax(-1) + 1  # (B,): objects, 1 or 2
+    top = ref["color"].topk(2, -1).indices  # (B, 2): the likeliest colours, as the probe picks them
+    present = torch.zeros_like(ref["color"]).scatter(1, top[:, :1], 1.0)  # (B, 7)
+    present = present.scatter(1, top[:, 1:], (count[:, None] > 1).float())
+    loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(out["color"], present) * present.shape[-1]
+    keep = present.bool()  # (B, 7)
+    for name in ("shape", "size", "direction"):  # not where: the mean squared error keeps positions
+        if keep.any():
+            loss = loss + ce(out[name][keep], ref[name][keep].argmax(-1))
+    return loss
+
+
 def run_fit(cfg: RefinerFitConfig, progress=None) -> Path:
     """Build the pairs (or read them back), train, and export OUT/model; returns OUT/model."""
     out = Path(cfg.out)
     model_cfg = RefinerConfig.from_name(cfg.preset, **cfg.model)
+    if cfg.init is not None:
+        model_cfg = RefinerConfig(**{**to_dict(load_refiner(cfg.init).config), **cfg.model})
     data = cfg.data
     m = model_cfg.multiple
     for name, size in (("height", data.height), ("width", data.width), ("crop_size", data.crop_size)):
         if size is not None and size % m:
             raise ConfigError(f"data.{name}={size}: the refiner needs a multiple of {m}")
+    loss_fn = refiner_loss
+    if cfg.consistency is not None:
+        if data.crop_frames is not None or data.crop_size is not None:
+            raise ConfigError("consistency: the probe reads whole clips; set data.crop_frames and data.crop_size to null")
+        loss_fn = ConsistencyLoss(cfg.consistency, model_cfg)
     decoded, clean = cached_pairs(data, out, progress)
     torch.manual_seed(cfg.train.seed)
     model = Refiner(model_cfg)
+    if cfg.init is not None:
+        model.load_state_dict(load_refiner(cfg.init).float().state_dict())
     export = lambda model, folder: model.save_pretrained(folder, dtype=cfg.train.save_dtype)  # noqa: E731
     crops = PairCrops(decoded, clean, data.crop_frames, data.crop_size, data.focus)
-    return fit(model, refiner_loss, crops, cfg.train, out, export, run_config={"entry": "refiner fit", **to_dict(cfg)})
+    return fit(model, loss_fn, crops, cfg.train, out, export, run_config={"entry": "refiner fit", **to_dict(cfg)})
 
 
 # ------------------------------------------------------------------------------------------- eval
@@ -317,5 +393,5 @@ def refine_file(video: str | Path, out: str | Path, model: str | Path = "shapes-
             "steps": steps or refiner.config.steps, "seconds": round(seconds, 3)}
 
 
-__all__ = ["PairCrops", "RefinerDataConfig", "RefinerFitConfig", "cached_pairs", "evaluate_refiner", "load_refiner",
+__all__ = ["ConsistencyConfig", "ConsistencyLoss", "probe_divergence", "PairCrops", "RefinerDataConfig", "RefinerFitConfig", "cached_pairs", "evaluate_refiner", "load_refiner",
            "make_pairs", "probe_agreement", "refine_file", "refiner_loss", "roundtrip", "run_fit", "stratified_times"]

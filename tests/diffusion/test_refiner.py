@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from videolm.diffusion.refiner import Refiner, RefinerConfig, refine
-from videolm.diffusion.refiner_runs import PairCrops, probe_agreement, refiner_loss
+from videolm.diffusion.refiner_runs import PairCrops, probe_agreement, probe_divergence, refiner_loss
 from videolm.tasks.cli import main
 from videolm.tasks.shapes_data import ShapesDataset
 from videolm.tokenizers.errors import UsageError
@@ -126,6 +127,56 @@ def test_probe_agreement_counts_every_attribute():
     agree = probe_agreement(a, b)
     assert agree["all"] == pytest.approx(1 / 3) and agree["count"] == pytest.approx(2 / 3)
     assert agree["color"] == pytest.approx(1 / 3) and agree["shape"] == pytest.approx(2 / 3)
+
+
+def _reading(seed: int, batch: int = 3) -> dict[str, torch.Tensor]:
+    """Random logits in the layout of `Probe.outputs` (7 colours; 3 shapes, 2 sizes, 4 directions)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"count": (2,), "background": (4,), "color": (7,), "shape": (7, 3), "size": (7, 2), "direction": (7, 4)}
+    return {k: torch.randn(batch, *v, generator=g) for k, v in shapes.items()}
+
+
+def test_probe_divergence_rewards_the_same_decisions_not_the_same_doubt():
+    ref = _reading(0)
+    ref["count"] = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # 1, 2, 1 objects
+    ref["color"] = -torch.ones(3, 7)
+    ref["color"][[0, 1, 1, 2], [3, 0, 5, 6]] = 1.0  # their colours
+    sure = {k: 10 * v for k, v in ref.items()}  # the same argmax everywhere, confidently
+    flipped = {**sure, "shape": sure["shape"].roll(1, -1)}  # every colour's shape read otherwise
+    assert probe_divergence(sure, ref) < probe_divergence(ref, ref) < probe_divergence(flipped, ref)
+    out = {k: v.clone().requires_grad_() for k, v in ref.items()}
+    probe_divergence(out, ref).backward()
+    assert out["shape"].grad.abs().sum() > 0 and out["color"].grad.abs().sum() > 0
+
+
+def test_consistency_stage_starts_from_init_and_trains_through_the_sampler(tmp_path, capsys):
+    trained_looking().save_pretrained(tmp_path / "init")
+    cfg = yaml.safe_load(DEBUG_CONFIG.read_text())
+    cfg.update(init=str(tmp_path / "init"), consistency={"probe": "shapes-64", "weight": 0.5, "steps": 2})
+    cfg["data"].update(num=2, crop_frames=None, crop_size=None)
+    cfg["train"].update(steps=2, batch_size=2, lr=0.0, ema_decay=0.0, save_dtype="float32")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["refiner", "fit", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]) == 0
+    before, after = Refiner.from_pretrained(tmp_path / "init"), Refiner.from_pretrained(tmp_path / "run" / "model")
+    for (name, a), b in zip(before.state_dict().items(), after.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)  # lr 0: the init's weights, unchanged
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
+
+    from videolm.diffusion.refiner_runs import ConsistencyConfig, ConsistencyLoss
+
+    model = trained_looking().train()
+    x0 = torch.rand(1, 3, 17, 64, 64) * 2 - 1
+    loss = ConsistencyLoss(ConsistencyConfig(probe="shapes-64", steps=2), model.config)(model, {"x0": x0, "cond": x0 * 0.9})
+    loss.backward()
+    assert model.stem.weight.grad.abs().sum() > 0  # the gradient runs back through both sampler steps
+
+    cfg["data"]["crop_size"] = 16
+    (tmp_path / "crops.yaml").write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert main(["refiner", "fit", "--config", str(tmp_path / "crops.yaml"), "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "whole clips" in err
 
 
 def test_cli_fit_eval_apply_end_to_end(tmp_path, capsys):
