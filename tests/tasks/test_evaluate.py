@@ -43,6 +43,7 @@ def test_the_truth_scores_perfectly_and_beats_every_copy_baseline(held_out):
     for name in ("extend", "extend_back", "interpolate", "i2v"):
         block = score(name, truth, clips, samples, probe, real)
         assert block["psnr"] > 60 and block["psnr"] > block["baseline_psnr"] + 20, (name, block)
+        assert block["psnr_pooled"] > 140 and block["pooled_over_baseline"] > 20, (name, block)  # exact: floored
     for name in ("inpaint", "outpaint"):
         block = score(name, truth, clips, samples, probe, real)
         assert block["psnr_masked"] > 60 and block["psnr_masked"] >= block["baseline_psnr_masked"]
@@ -56,7 +57,8 @@ def test_the_truth_scores_perfectly_and_beats_every_copy_baseline(held_out):
     # a wrong output scores worse: black clips have no objects to read
     black = [Media(video=np.zeros_like(c["video"])) for c in clips]
     assert score("t2v", black, clips, samples, probe, real)["color"] < t2v["color"]
-    assert score("extend", black, clips, samples, probe, real)["psnr_over_baseline"] < 0
+    black_extend = score("extend", black, clips, samples, probe, real)
+    assert black_extend["psnr_over_baseline"] < 0 and black_extend["pooled_over_baseline"] < 0
 
 
 def test_eval_command_prints_a_block_per_task(debug_model_dir, tmp_path, capsys):
