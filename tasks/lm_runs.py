@@ -232,7 +232,9 @@ def bundle_lm(lm: str | Path, out: str | Path, dtype: str = "float16", clip: dic
 
 def training_compute(run: Path) -> dict | None:
     """Steps, minutes, threads and core-hours of the run folder a model was exported from (its
-    metrics.jsonl and run.json), or None when those are not there."""
+    metrics.jsonl and run.json), or None when those are not there. A run that started from
+    another model's weights (``init``) adds that model's compute, when it can be found (its run
+    folder, or a ``training.json`` beside it), and lists both under ``stages``."""
     metrics, config = run / "metrics.jsonl", run / "run.json"
     if not metrics.is_file() or not config.is_file():
         return None
@@ -240,13 +242,37 @@ def training_compute(run: Path) -> dict | None:
     rows = [r for r in rows if "minutes" in r]
     if not rows:
         return None
-    train = json.loads(config.read_text()).get("train", {})
+    saved = json.loads(config.read_text())
+    train = saved.get("train", {})
     threads = train.get("threads") or torch.get_num_threads()
     device = "gpu" if train.get("accelerator") == "gpu" else "cpu"
     hours = rows[-1]["minutes"] / 60
-    return {"steps": rows[-1]["step"], "minutes": round(rows[-1]["minutes"], 1), "device": device,
-            "threads": threads, "core_hours" if device == "cpu" else "gpu_hours":
-            round(hours * (threads if device == "cpu" else 1), 2)}
+    unit = "core_hours" if device == "cpu" else "gpu_hours"
+    this = {"steps": rows[-1]["step"], "minutes": round(rows[-1]["minutes"], 1), "device": device,
+            "threads": threads, unit: round(hours * (threads if device == "cpu" else 1), 2)}
+    before = _init_compute(saved.get("init"), run)
+    if before is None:
+        return this
+    stages = before.pop("stages", [before]) + [this]
+    total = {"steps": sum(s["steps"] for s in stages), "minutes": round(sum(s["minutes"] for s in stages), 1)}
+    for key in ("core_hours", "gpu_hours"):
+        if any(key in s for s in stages):
+            total[key] = round(sum(s.get(key, 0.0) for s in stages), 2)
+    return {**total, "stages": stages}
+
+
+def _init_compute(init: str | None, run: Path) -> dict | None:
+    """The training compute of the model a run started from, or None."""
+    if not init:
+        return None
+    for folder in (Path(init), run.parent / init):
+        if (folder / "training.json").is_file():
+            return json.loads((folder / "training.json").read_text())
+        if folder.is_dir() and folder.parent != run:
+            found = training_compute(folder.parent)
+            if found is not None:
+                return found
+    return None
 
 
 def _first_accepted(task: Task, samples, num: int) -> list[dict]:

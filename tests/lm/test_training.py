@@ -161,6 +161,11 @@ def test_init_starts_a_second_stage_from_saved_weights_with_a_fresh_schedule(tra
     after = VideoLM.from_pretrained(run / "model").state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # started from the saved weights, not afresh
     assert [r["step"] for r in _rows(run)] == [1]  # a new run: step 1, not the first stage's 4
+    from videolm.tasks.lm_runs import training_compute
+
+    compute = training_compute(run)  # both stages, as `lm bundle` writes to training.json
+    assert [s["steps"] for s in compute["stages"]] == [4, 1] and compute["steps"] == 5
+    assert compute["core_hours"] == pytest.approx(sum(s["core_hours"] for s in compute["stages"]), abs=0.011)
     cfg["data"]["tasks"] = {"v2a": 1.0, "t2v": 1.0}  # other task order: other task-token ids
     (tmp_path / "swapped.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     capsys.readouterr()
