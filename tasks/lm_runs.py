@@ -116,7 +116,7 @@ def warm_start(folder: str, vocab, row_len: int) -> VideoLM:
     if model.config.max_position_embeddings < row_len:
         raise ConfigError(f"train.row_len={row_len} exceeds the model's max_seq_len="
                           f"{model.config.max_position_embeddings}")
-    return model.train()  # from_pretrained returns it in eval mode
+    return model.float().train()  # float32 master weights (a bundle stores float16); from_pretrained gives eval mode
 
 
 def run_fit(cfg: LMFitConfig):
