@@ -74,8 +74,8 @@ class RefinerDataConfig:
 class ConsistencyConfig:
     """A second training stage through the sampler itself: the refiner's whole few-step path is
     unrolled (with gradients) on whole clips, and its output is held to the clean clip (mean
-    squared error) and to what an attribute reader sees in the *unrefined* decode (the shape,
-    colour, size and direction it reads there; KL divergence). The reader is a Shapes probe
+    squared error) and to the decisions an attribute reader takes on the *unrefined* decode
+    (count, colours, and each object's shape, size and direction; see `probe_divergence`). The reader is a Shapes probe
     trained apart from the one that evaluates (other seeds, other clips): the refiner learns to
     keep content, not to please the evaluator."""
 
@@ -271,9 +271,11 @@ def probe_divergence(out: dict[str, torch.Tensor], ref: dict[str, torch.Tensor])
 def run_fit(cfg: RefinerFitConfig, progress=None) -> Path:
     """Build the pairs (or read them back), train, and export OUT/model; returns OUT/model."""
     out = Path(cfg.out)
-    model_cfg = RefinerConfig.from_name(cfg.preset, **cfg.model)
-    if cfg.init is not None:
-        model_cfg = RefinerConfig(**{**to_dict(load_refiner(cfg.init).config), **cfg.model})
+    start = None if cfg.init is None else load_refiner(cfg.init).float()
+    if start is None:
+        model_cfg = RefinerConfig.from_name(cfg.preset, **cfg.model)
+    else:
+        model_cfg = RefinerConfig(**{**to_dict(start.config), **cfg.model})
     data = cfg.data
     m = model_cfg.multiple
     for name, size in (("height", data.height), ("width", data.width), ("crop_size", data.crop_size)):
@@ -287,8 +289,8 @@ def run_fit(cfg: RefinerFitConfig, progress=None) -> Path:
     decoded, clean = cached_pairs(data, out, progress)
     torch.manual_seed(cfg.train.seed)
     model = Refiner(model_cfg)
-    if cfg.init is not None:
-        model.load_state_dict(load_refiner(cfg.init).float().state_dict())
+    if start is not None:
+        model.load_state_dict(start.state_dict())
     export = lambda model, folder: model.save_pretrained(folder, dtype=cfg.train.save_dtype)  # noqa: E731
     crops = PairCrops(decoded, clean, data.crop_frames, data.crop_size, data.focus)
     return fit(model, loss_fn, crops, cfg.train, out, export, run_config={"entry": "refiner fit", **to_dict(cfg)})
@@ -393,5 +395,6 @@ def refine_file(video: str | Path, out: str | Path, model: str | Path = "shapes-
             "steps": steps or refiner.config.steps, "seconds": round(seconds, 3)}
 
 
-__all__ = ["ConsistencyConfig", "ConsistencyLoss", "probe_divergence", "PairCrops", "RefinerDataConfig", "RefinerFitConfig", "cached_pairs", "evaluate_refiner", "load_refiner",
-           "make_pairs", "probe_agreement", "refine_file", "refiner_loss", "roundtrip", "run_fit", "stratified_times"]
+__all__ = ["ConsistencyConfig", "ConsistencyLoss", "PairCrops", "RefinerDataConfig", "RefinerFitConfig", "cached_pairs",
+           "evaluate_refiner", "load_refiner", "make_pairs", "probe_agreement", "probe_divergence", "refine_file",
+           "refiner_loss", "roundtrip", "run_fit", "stratified_times"]

@@ -23,8 +23,8 @@ from videolm.lm.model import LMConfig, VideoLM
 from videolm.lm.training import LMTrainConfig, fit
 from videolm.tasks.base import Task, build_tasks
 from videolm.tokenizers.errors import ConfigError
-from videolm.tokenizers.vocab import Vocabulary
 from videolm.tokenizers.schema import to_dict
+from videolm.tokenizers.vocab import Vocabulary
 
 
 @dataclass
@@ -268,7 +268,7 @@ def _init_compute(init: str | None, run: Path) -> dict | None:
     for folder in (Path(init), run.parent / init):
         if (folder / "training.json").is_file():
             return json.loads((folder / "training.json").read_text())
-        if folder.is_dir() and folder.parent != run:
+        if folder.is_dir() and folder.parent != run:  # a run's model/: that run's compute (never this run's own)
             found = training_compute(folder.parent)
             if found is not None:
                 return found
