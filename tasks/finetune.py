@@ -25,6 +25,7 @@ import inspect
 import json
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -121,7 +122,9 @@ def grow_vocab(model, vocab: Vocabulary, name: str) -> int:
 def score_task(task: Task, made: list, clips: list[dict], samples: list[dict], probe, real_features, tokenizer) -> dict:
     """A block of metrics: built-in tasks as `videolm eval` scores them; a task with ``truth(clip)``
     (and optionally ``baseline(clip)``) by PSNR and probe attributes against the truth, beside the
-    ceiling (the truth's own codes decoded: the best the LM can emit) and the copy baseline."""
+    ceiling (the truth's own codes decoded: the best the LM can emit) and the copy baseline. The
+    attributes wanted are the clip's objects, or ``truth_objects(clip)`` where the task changes
+    them (``reverse`` turns every direction around)."""
     from videolm.tasks.base import BUILTIN
     from videolm.tasks.evaluate import ALL_ATTRIBUTES, attribute_accuracy, score
 
@@ -130,7 +133,7 @@ def score_task(task: Task, made: list, clips: list[dict], samples: list[dict], p
     from videolm.tasks.metrics import region_psnr
 
     truth = [task.truth(c) for c in clips]
-    wanted = [c["meta"]["objects"] for c in clips]
+    wanted = [task.truth_objects(c) if hasattr(task, "truth_objects") else c["meta"]["objects"] for c in clips]
 
     def block(videos) -> dict:
         out = attribute_accuracy(probe.predict(np.stack(videos)), wanted, ALL_ATTRIBUTES)
@@ -186,6 +189,7 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
     from videolm.tasks.probe import load_probe
     from videolm.tasks.shapes_data import ShapesDataset
 
+    started = time.perf_counter()
     _import_paths(cfg.paths)
     cls = task_class(cfg.task)
     pipe = Pipeline.from_pretrained(cfg.base)
@@ -241,6 +245,7 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
     after, _ = evaluate_tasks(pipe, [new, *old], eval_clips, eval_samples, probe, cfg.eval)
     report["after"] = after
     report["summary"] = _summary(cls.name, cfg.eval.metric, before, after, [t.name for t in old])
+    report["summary"]["minutes"] = round((time.perf_counter() - started) / 60, 2)  # everything, evaluations included
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 

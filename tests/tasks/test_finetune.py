@@ -1,5 +1,5 @@
-"""`videolm finetune` end to end at debug size: a task from outside the package (the worked
-example, docs/examples/colorize.py), a grown vocabulary, LoRA and full fine-tuning."""
+"""`videolm finetune` end to end at debug size: tasks from outside the package (the worked
+examples, docs/examples/colorize.py and reverse.py), a grown vocabulary, LoRA and full fine-tuning."""
 
 import json
 import sys
@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _config(tmp_path, base, method="lora", **train):
-    cfg = yaml.safe_load((ROOT / "configs" / "finetune" / "colorize.yaml").read_text())
+def _config(tmp_path, base, method="lora", example="colorize", **train):
+    cfg = yaml.safe_load((ROOT / "configs" / "finetune" / f"{example}.yaml").read_text())
     cfg.update(base=str(base), method=method, paths=[str(ROOT / "docs" / "examples")], out=str(tmp_path / "run"))
     cfg["data"].update(num=6, mix={"t2v": 0.5}, batch_size=6)
     cfg["eval"].update(num=3, tasks=["t2v"], batch_size=3)
@@ -115,3 +115,53 @@ def test_colorize_example_grays_and_keeps_sizes():
     gray = to_gray(clip)
     assert gray.shape == clip.shape and np.array_equal(gray[..., 0], gray[..., 2])
     assert np.array_equal(to_gray(gray), gray)  # graying twice changes nothing
+
+
+def _reverse_module():
+    sys.path.insert(0, str(ROOT / "docs" / "examples"))
+    try:
+        import reverse
+    finally:
+        sys.path.remove(str(ROOT / "docs" / "examples"))
+    return reverse
+
+
+def test_reverse_example_end_to_end(debug_model_dir, tmp_path, capsys):
+    assert main(["finetune", "--config", str(_config(tmp_path, debug_model_dir, example="reverse"))]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"reverse_direction_before", "reverse_direction_after", "reverse_direction_ceiling",
+            "reverse_direction_copy_baseline"} <= set(summary)
+    run = tmp_path / "run"
+    assert (run / "model" / "lm" / "tasks" / "reverse.py").is_file()
+    clip = make_clip(7)
+    from videolm.tokenizers.media import write_video
+
+    write_video(tmp_path / "clip.mp4", clip.video, fps=8)
+    out = tmp_path / "out"
+    assert main(["generate", "--model", str(run / "model"), "--task", "reverse", "--video", str(tmp_path / "clip.mp4"),
+                 "--out", str(out)]) == 0
+    assert (out / "sample_000.mp4").is_file()
+    sys.modules.pop("reverse", None)
+
+
+def test_reverse_truth_turns_each_object_around_as_it_last_moved():
+    reverse = _reverse_module()
+    task = reverse.Reverse.__new__(reverse.Reverse)  # truth helpers need no vocabulary
+    seen = set()
+    for seed in range(40):
+        clip = make_clip(seed)
+        c = {"video": clip.video, "meta": clip.meta}
+        assert np.array_equal(task.truth(c)[0], clip.video[-1]) and np.array_equal(task.baseline(c), clip.video)
+        for obj, turned in zip(clip.meta["objects"], task.truth_objects(c)):
+            assert turned["color"] == obj["color"]
+            if not obj["bounces"]:  # reversed, it moves the other way
+                assert turned["direction"] == reverse.OPPOSITE[obj["direction"]]
+                seen.add((obj["direction"], "no bounce"))
+            elif obj["bounces"] == [b for b in obj["bounces"] if b <= 11]:  # it came back: reversed, it goes out again
+                assert turned["direction"] == obj["direction"]
+                seen.add((obj["direction"], "early bounce"))
+            elif min(obj["bounces"]) >= 14:  # it only just hit the wall: the reversed clip leaves it
+                assert turned["direction"] == reverse.OPPOSITE[obj["direction"]]
+                seen.add((obj["direction"], "late bounce"))
+    assert len(seen) >= 8  # moving and still objects, bounced early, late or not at all
+    sys.modules.pop("reverse", None)
