@@ -1,6 +1,7 @@
 """`videolm finetune` end to end at debug size: tasks from outside the package (the worked
 examples, docs/examples/colorize.py and reverse.py), a grown vocabulary, LoRA and full fine-tuning."""
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -105,25 +106,21 @@ def test_a_task_the_base_knows_is_refused(debug_model_dir, tmp_path, capsys):
     assert not (tmp_path / "run" / "model").exists()
 
 
-def test_colorize_example_grays_and_keeps_sizes():
+def _example(name: str):
+    """The worked example module ``docs/examples/NAME.py``, imported without leaving its folder on the path."""
     sys.path.insert(0, str(ROOT / "docs" / "examples"))
     try:
-        from colorize import to_gray
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "docs" / "examples"))
+
+
+def test_colorize_example_grays_and_keeps_sizes():
+    to_gray = _example("colorize").to_gray
     clip = make_clip(2).video
     gray = to_gray(clip)
     assert gray.shape == clip.shape and np.array_equal(gray[..., 0], gray[..., 2])
     assert np.array_equal(to_gray(gray), gray)  # graying twice changes nothing
-
-
-def _reverse_module():
-    sys.path.insert(0, str(ROOT / "docs" / "examples"))
-    try:
-        import reverse
-    finally:
-        sys.path.remove(str(ROOT / "docs" / "examples"))
-    return reverse
 
 
 def test_reverse_example_end_to_end(debug_model_dir, tmp_path, capsys):
@@ -145,7 +142,7 @@ def test_reverse_example_end_to_end(debug_model_dir, tmp_path, capsys):
 
 
 def test_reverse_truth_turns_each_object_around_as_it_last_moved():
-    reverse = _reverse_module()
+    reverse = _example("reverse")
     task = reverse.Reverse.__new__(reverse.Reverse)  # truth helpers need no vocabulary
     seen = set()
     for seed in range(40):
