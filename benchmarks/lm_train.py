@@ -2,8 +2,9 @@
 
     python benchmarks/lm_train.py [--threads 2] [--steps 10] [--warmup 2] [--shards DIR] [--config configs/lm/tiny.yaml]
 
-The `tiny` preset in float32 on CPU, trained as `videolm lm fit` trains it: batches of the
-config's ``batch_size`` sequences from the task mixture (t2v + v2a, text dropout), packed into
+The `tiny` preset in float32 on CPU (and, side by side, in bf16-mixed: CPU autocast, float32
+weights, what ``train.precision: auto-bf16`` picks on a CPU with native bf16), trained as
+`videolm lm fit` trains it: batches of the config's ``batch_size`` sequences from the task mixture (t2v + v2a, text dropout), packed into
 rows of ``row_len`` tokens (`PackCollate`), the loss over output tokens only (`output_losses`),
 AdamW with the trainer's parameter groups, gradient clipping by norm. A plain loop rather than
 Lightning, so that each optimizer step is timed on its own: the batches are collated before the
@@ -32,7 +33,7 @@ import torch
 
 from videolm.lm.data import PackCollate, TaskSequences, TokenShards
 from videolm.lm.model import LMConfig, VideoLM
-from videolm.lm.training import LMModule, output_losses
+from videolm.lm.training import LMModule, cpu_has_native_bf16, output_losses
 from videolm.tasks.base import build_tasks
 from videolm.tasks.config import load_config
 from videolm.tasks.models import resolve_model
@@ -84,14 +85,16 @@ def padding(items: list[list], collate) -> float:
     return 1 - tokens / slots
 
 
-def train(model: VideoLM, module: LMModule, collated: list, warmup: int, grad_clip: float) -> dict:
-    """Time each optimizer step over the collated batches; the first ``warmup`` are not counted."""
+def train(model: VideoLM, module: LMModule, collated: list, warmup: int, grad_clip: float, bf16: bool = False) -> dict:
+    """Time each optimizer step over the collated batches; the first ``warmup`` are not counted.
+    ``bf16``: the forward under CPU autocast to bfloat16 (Lightning's bf16-mixed), float32 weights."""
     optimizer = module.configure_optimizers()
     model.train()
     seconds, real, slots, losses = [], [], [], []
     for k, batch in enumerate(collated):
         start = time.perf_counter()
-        nll, _ = output_losses(model, batch)  # (N,)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            nll, _ = output_losses(model, batch)  # (N,)
         loss = nll.sum() / max(1, len(nll))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -124,6 +127,7 @@ def main():
     parser.add_argument("--clips", type=int, default=2000, help="synthetic clips")
     parser.add_argument("--padding-batches", type=int, default=100)
     parser.add_argument("--no-unpacked", action="store_true", help="skip timing the unpacked baseline")
+    parser.add_argument("--no-bf16", action="store_true", help="skip timing packed rows in bf16-mixed")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -160,22 +164,28 @@ def main():
     torch.manual_seed(args.seed)
     initial = VideoLM.from_lm_config(lm).state_dict()
     steps = batches(data, batch_size, args.warmup + args.steps, args.seed + 1)
-    layouts = {"packed": packed} if args.no_unpacked else {"packed": packed, "unpacked": unpacked}
+    layouts = {"packed": (packed, False)}
+    if not args.no_unpacked:
+        layouts["unpacked"] = (unpacked, False)
+    if not args.no_bf16:
+        layouts["packed_bf16"] = (packed, True)
     results = {}
-    for name, collate in layouts.items():
+    for name, (collate, bf16) in layouts.items():
         model = VideoLM.from_lm_config(lm)
-        model.load_state_dict(initial)  # both layouts start from the same weights
+        model.load_state_dict(initial)  # every layout starts from the same weights
         module = LMModule(model, train_cfg, "unused", [t.name for t in tasks])  # for its optimizer only
-        results[name] = train(model, module, [collate(b) for b in steps], args.warmup, train_cfg.grad_clip)
+        results[name] = train(model, module, [collate(b) for b in steps], args.warmup, train_cfg.grad_clip, bf16)
 
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"{cfg.preset} ({params:.1f} M), CPU float32, {args.threads} threads, AdamW; batches of {batch_size} "
+    print(f"{cfg.preset} ({params:.1f} M), CPU float32 (and bf16-mixed: native bf16 "
+          f"{'yes' if cpu_has_native_bf16() else 'no'}), {args.threads} threads, AdamW; batches of {batch_size} "
           f"sequences ({', '.join(f'{k}: {v[0]}-{v[-1]}' for k, v in lengths.items() if v)} tokens), "
           f"{args.steps} timed steps after {args.warmup}; data: {'shards' if args.shards else 'synthetic'}")
     print(f"{'layout':34s} {'rows':>6s} {'row len':>8s} {'s/step':>7s} {'real tok/s':>11s} {'slot tok/s':>11s} "
           f"{'padding':>8s}")
     for name, r in results.items():
-        label = f"packed into rows of {row_len}" if name == "packed" else "one per row, padded to the longest"
+        label = {"packed": f"packed into rows of {row_len}", "unpacked": "one per row, padded to the longest",
+                 "packed_bf16": "packed, bf16-mixed"}[name]
         print(f"{label:34s} {r['rows']:6.1f} {r['row_len']:8d} {r['s_per_step']:7.2f} {r['tok_s']:11.1f} "
               f"{r['slot_tok_s']:11.1f} {r['padding']:8.1%}")
     print(f"padding over {args.padding_batches} batches: packed {pad_packed:.1%}, one per row padded to the batch's "
@@ -192,6 +202,11 @@ def main():
         "loss_first": round(results["packed"]["loss_first"], 4), "loss_last": round(results["packed"]["loss_last"], 4),
         "data_seconds": round(data_seconds, 2),
     }
+    if "packed_bf16" in results:
+        result["bf16_tok_s"] = round(results["packed_bf16"]["tok_s"], 1)
+        result["bf16_over_fp32"] = round(results["packed_bf16"]["tok_s"] / results["packed"]["tok_s"], 2)
+        result["bf16_loss_last"] = round(results["packed_bf16"]["loss_last"], 4)
+        result["cpu_native_bf16"] = cpu_has_native_bf16()
     if "unpacked" in results:
         result["unpacked_tok_s"] = round(results["unpacked"]["tok_s"], 1)
         result["unpacked_slot_tok_s"] = round(results["unpacked"]["slot_tok_s"], 1)

@@ -6,7 +6,8 @@ nodes and the strategy (``auto``, ``ddp``, ``fsdp``) come from the config and go
 they are: there is no distribution code here. The run folder holds::
 
     OUT/checkpoints/last.ckpt   Lightning's checkpoint (optimizer and time budget too): a rerun resumes
-    OUT/metrics.jsonl           one JSON line per log step: loss, loss_<task>, lr, tokens_per_s, padding
+    OUT/metrics.jsonl           one JSON line per log step: loss, loss_<task>, lr, tokens_per_s, padding;
+                                with held-out data, a line every ``val_every`` steps: val_loss, val_loss_<task>
     OUT/samples/                whatever the sample function writes every ``sample_every`` steps
     OUT/model/                  the trained VideoLM (save_pretrained: config.json + model.safetensors)
                                 and vocab.json
@@ -53,7 +54,8 @@ class LMTrainConfig:
     weight_decay: float = 0.1  # on matrices and embeddings, not on norms
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0
-    precision: str = "auto"  # auto: bf16-mixed on a GPU with bf16, else 32-true; or any Lightning precision
+    precision: str = "auto"  # auto: bf16-mixed on a GPU with bf16, else 32-true; auto-bf16: also bf16-mixed on
+    #                          a CPU with native bf16 (AVX512-BF16 or AMX); or any Lightning precision
     accelerator: str = "auto"
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     devices: int | str = "auto"
@@ -61,12 +63,14 @@ class LMTrainConfig:
     log_every: int = 50
     checkpoint_every: int = 500
     sample_every: int = 0  # 0: no samples
+    val_every: int = 0  # held-out loss every N steps and at the end (0: never; needs held-out data)
+    val_sequences: int = 64  # held-out sequences scored each time (a fixed draw from the held-out data)
     threads: int | None = None  # torch CPU threads per process (None: torch's default)
     workers: int = 0  # DataLoader workers
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "row_len", "log_every", "checkpoint_every", "num_nodes"):
+        for name in ("steps", "batch_size", "row_len", "log_every", "checkpoint_every", "num_nodes", "val_sequences"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
         if len(self.betas) != 2:
@@ -74,10 +78,23 @@ class LMTrainConfig:
 
 
 def resolve_precision(cfg: LMTrainConfig) -> str:
-    if cfg.precision != "auto":
+    if cfg.precision not in ("auto", "auto-bf16"):
         return cfg.precision
     gpu = cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+    if gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if cfg.precision == "auto-bf16" and cpu_has_native_bf16() else "32-true"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX, as Linux lists them in
+    /proc/cpuinfo). There, bf16-mixed training runs about 1.4-2x faster than float32 (its matrix
+    products ~5x: benchmarks/lm_train.py); elsewhere bf16 is emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def output_losses(model: VideoLM, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,12 +114,42 @@ def output_losses(model: VideoLM, batch: TaskBatch) -> tuple[torch.Tensor, torch
     return nll, batch.tasks[rows.example[:, 1:][keep]]  # (N,), (N,)
 
 
+def held_out_batches(data: Dataset, cfg: LMTrainConfig, pad_id: int = 0, seed: int = 1234) -> list[TaskBatch]:
+    """A fixed draw of ``cfg.val_sequences`` examples from held-out ``data`` (its first items; the
+    tasks drawn with their own seed, so training's random stream is untouched), packed as training
+    packs them. The same batches are scored every time, so the curve moves only with the weights."""
+    collate = PackCollate(cfg.row_len, pad_id, cfg.packing)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        items = [data[i] for i in range(min(len(data), cfg.val_sequences))]
+    return [collate(items[i:i + cfg.batch_size]) for i in range(0, len(items), cfg.batch_size)]
+
+
+@torch.no_grad()
+def held_out_losses(model: VideoLM, batches: list[TaskBatch], num_tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed output-token loss and output tokens per task ``(K,), (K,)`` over ``batches``, in
+    eval mode and float32."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loss = torch.zeros(num_tasks, dtype=torch.float64)
+    count = torch.zeros(num_tasks, dtype=torch.float64)
+    with torch.autocast(device.type, enabled=False):
+        for batch in batches:
+            nll, tasks = output_losses(model, batch.to(device))
+            loss += torch.bincount(tasks, weights=nll.float(), minlength=num_tasks).double().cpu()
+            count += torch.bincount(tasks, minlength=num_tasks).double().cpu()
+    model.train(was_training)
+    return loss, count
+
+
 class LMModule(L.LightningModule):
     def __init__(self, model: VideoLM, cfg: LMTrainConfig, out: str | Path, task_names: Sequence[str],
                  vocab=None, sample: Callable[[VideoLM, int], None] | None = None, run_config: dict | None = None,
-                 export: Callable[[dict, Path], None] | None = None):
+                 export: Callable[[dict, Path], None] | None = None, held_out: list[TaskBatch] | None = None):
         super().__init__()
         self.model, self.cfg, self.out, self.export = model, cfg, Path(out), export
+        self.held_out = held_out or []
         self.task_names, self.vocab, self.sample, self.run_config = list(task_names), vocab, sample, run_config
         self.elapsed = 0.0  # wall-clock seconds of training, kept in the checkpoint
         self._elapsed_before = self._run_start = 0.0
@@ -125,6 +172,8 @@ class LMModule(L.LightningModule):
         self._reset_stats(self.device)
         self._run_start = time.perf_counter()
         self._elapsed_before = self.elapsed
+        if self.held_out and self.cfg.val_every and self.global_step == 0:
+            self._validate(0)  # where the curve starts: the initial weights' held-out loss
 
     def on_train_batch_start(self, batch, batch_idx):
         elapsed = self._shared_elapsed()
@@ -149,6 +198,10 @@ class LMModule(L.LightningModule):
         step = self.global_step
         if step % self.cfg.log_every == 0 or step == self.cfg.steps:
             self._log(step)
+        if self.held_out and self.cfg.val_every and step % self.cfg.val_every == 0:
+            start = time.perf_counter()
+            self._validate(step)
+            self._interval_start += time.perf_counter() - start  # throughput counts training time only
         if self.sample is not None and self.cfg.sample_every and step % self.cfg.sample_every == 0:
             start = time.perf_counter()
             self._write_samples(step)
@@ -182,6 +235,16 @@ class LMModule(L.LightningModule):
         self._reset_stats(self.device)
         self._append_metrics(row)
 
+    def _validate(self, step: int):
+        """One line of held-out loss, overall and per task (rank 0 scores; FSDP shards the weights
+        over ranks, so it is skipped there)."""
+        if not self.trainer.is_global_zero or self.cfg.strategy == "fsdp":
+            return
+        loss, count = held_out_losses(self.model, self.held_out, len(self.task_names))
+        row = {"step": step, "val_loss": float(loss.sum() / count.sum().clamp(min=1))}
+        row.update({f"val_loss_{name}": float(loss[k] / count[k]) for k, name in enumerate(self.task_names) if count[k]})
+        self._append_metrics(row)
+
     def _append_metrics(self, row: dict):
         if self.trainer.is_global_zero:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -205,6 +268,8 @@ class LMModule(L.LightningModule):
         each rank's weights."""
         if float(self.trainer.strategy.reduce(self._stats["slots"].clone(), reduce_op="sum")) > 0:
             self._log(self.global_step)
+        if self.held_out and self.cfg.val_every and self.global_step % self.cfg.val_every:
+            self._validate(self.global_step)  # the final weights' held-out loss
         state = self.trainer.strategy.lightning_module_state_dict()
         if self.trainer.is_global_zero:
             if self.export is not None:
@@ -251,11 +316,13 @@ def export_model(config, state: dict, folder: Path, vocab=None) -> Path:
 
 def fit(model: VideoLM, cfg: LMTrainConfig, train_data: Dataset, out: str | Path, task_names: Sequence[str],
         vocab=None, pad_id: int = 0, sample: Callable[[VideoLM, int], None] | None = None,
-        run_config: dict | None = None, export: Callable[[dict, Path], None] | None = None) -> Path | None:
+        run_config: dict | None = None, export: Callable[[dict, Path], None] | None = None,
+        held_out: Dataset | None = None) -> Path | None:
     """Train on ``train_data`` (items: `videolm.lm.data.TaskExample`), resuming from
     OUT/checkpoints/last.ckpt if present. Returns OUT/model on the main process, None on the others.
     ``export(state, OUT/model)`` replaces the default export of the trained weights (e.g. to save
-    a LoRA adapter)."""
+    a LoRA adapter). ``held_out`` (items like ``train_data``'s, from clips not trained on) is
+    scored every ``cfg.val_every`` steps."""
     out = Path(out)
     if len(train_data) < cfg.batch_size:
         raise ConfigError(f"train.batch_size={cfg.batch_size} is more than the {len(train_data)} training clips "
@@ -263,8 +330,12 @@ def fit(model: VideoLM, cfg: LMTrainConfig, train_data: Dataset, out: str | Path
     _quiet()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.val_every and held_out is None:
+        raise ConfigError(f"train.val_every={cfg.val_every}: held-out loss needs held-out data (data.val_shards)")
+    batches = held_out_batches(held_out, cfg, pad_id) if held_out is not None and cfg.val_every else None
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = LMModule(model, cfg, out, task_names, vocab=vocab, sample=sample, run_config=run_config, export=export)
+    module = LMModule(model, cfg, out, task_names, vocab=vocab, sample=sample, run_config=run_config, export=export,
+                      held_out=batches)
     loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
                         collate_fn=PackCollate(cfg.row_len, pad_id, cfg.packing), drop_last=True,
                         persistent_workers=cfg.workers > 0)
@@ -279,7 +350,10 @@ def fit(model: VideoLM, cfg: LMTrainConfig, train_data: Dataset, out: str | Path
     )
     last = out / "checkpoints" / "last.ckpt"
     trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
-    return out / "model" if trainer.is_global_zero else None
+    main = trainer.is_global_zero
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # gloo's threads torn down now, not by a racing exit
+    return out / "model" if main else None
 
 
 def _strategy(cfg: LMTrainConfig):

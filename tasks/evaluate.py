@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from videolm.tasks import metrics as M
+from videolm.tasks.base import BUILTIN
 from videolm.tasks.pipeline import Pipeline
 from videolm.tasks.shapes_data import ShapesDataset
 from videolm.tasks.views import box_mask, context_latents, frames_of, grid_of, start_latents
@@ -51,6 +52,7 @@ class EvalConfig:
     temperature: float = 1.0
     top_k: int | None = None
     refine: bool = False  # score the frames after the model folder's refiner (what `generate` gives)
+    split: str = "eval"  # held-out clips; "train": the training seeds, to set their loss beside the held-out one
 
 
 def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = None) -> dict:
@@ -66,15 +68,21 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
     from videolm.tasks.probe import load_probe
 
     probe = load_probe(pipe.folder)
-    data = ShapesDataset(cfg.num, seed=cfg.seed, split="eval")
+    if cfg.split not in ("eval", "train"):
+        raise UsageError(f"--split {cfg.split}: choose eval or train")
+    data = ShapesDataset(cfg.num, seed=cfg.seed, split=cfg.split)
     clips = [data[i] for i in range(cfg.num)]
+    tasks = [pipe.task(name) for name in names]
+
+    def views(clip: dict) -> dict:  # the videos fine-tuned tasks read besides the built-in views
+        return {k: v for t in tasks for k, v in t.views(clip).items()}
+
     samples = []
     for i in range(0, cfg.num, cfg.batch_size):
-        samples += pipe.tokenizer.encode(clips[i:i + cfg.batch_size])
+        samples += pipe.tokenizer.encode(clips[i:i + cfg.batch_size], extra=views)
     real_features = probe.features(np.stack([c["video"] for c in clips])).detach().numpy()
     report = {}
-    for name in names:
-        task = pipe.task(name)
+    for name, task in zip(names, tasks):
         made = []
         for i in range(0, cfg.num, cfg.batch_size):
             batch = samples[i:i + cfg.batch_size]
@@ -87,9 +95,15 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
             made += media
             if progress:
                 progress(name, len(batch))
-        report[name] = score(name, made, clips, samples, probe, real_features)
-    return {"model": str(pipe.folder), "num": cfg.num, "cfg_scale": cfg.cfg_scale, "temperature": cfg.temperature,
-            "refined": cfg.refine,
+        if name in BUILTIN:
+            report[name] = score(name, made, clips, samples, probe, real_features)
+        else:  # a fine-tuned task, scored as `videolm finetune` scores it (against its truth where it has one)
+            from videolm.tasks.finetune import score_task
+
+            report[name] = score_task(task, made, clips, samples, probe, real_features, pipe.tokenizer)
+        report[name]["loss"] = round(truth_loss(pipe.model, task, samples, pipe.vocab["<pad>"], cfg.batch_size), 4)
+    return {"model": str(pipe.folder), "num": cfg.num, "split": cfg.split, "cfg_scale": cfg.cfg_scale,
+            "temperature": cfg.temperature, "refined": cfg.refine,
             "tasks": report, "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -113,6 +127,30 @@ def score(name: str, made: list, clips: list[dict], samples: list[dict], probe, 
     extra = _truth_scores(name, videos, truth, samples, clips)
     out.update(extra)
     return out
+
+
+def truth_loss(model, task, samples: list[dict], pad_id: int, batch_size: int = 16) -> float:
+    """The mean loss per output token of the true outputs, teacher-forced: how likely the model
+    finds what it should have made (no sampling). Against the same figure on training clips
+    (``split="train"``) it shows how much of the training loss is memory."""
+    import torch
+
+    from videolm.lm.data import TaskBatch
+    from videolm.lm.masks import pad
+    from videolm.lm.training import output_losses
+
+    training, task.training = task.training, False  # the prefix as at generation: no random choices
+    try:
+        items = [task.build(s) for s in samples]
+    finally:
+        task.training = training
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(items), batch_size):
+            rows = pad([(torch.cat([p, t]).long(), len(p)) for p, t in items[i:i + batch_size]], pad_id=pad_id)
+            nll, _ = output_losses(model, TaskBatch(rows, torch.zeros(rows.ids.shape[0], dtype=torch.long)))
+            total, count = total + float(nll.double().sum()), count + len(nll)
+    return total / max(count, 1)
 
 
 def attribute_accuracy(predicted: list[dict], wanted: list[list[dict]], attributes) -> dict:

@@ -16,7 +16,8 @@ Run folder (``out``)::
     OUT/adapter/      LoRA only: the adapter alone (peft's adapter_config.json and
                       adapter_model.safetensors) and vocab.json; `load_adapter` puts it on the base
     OUT/report.json   before/after metrics, the new task's ceiling and copy baseline
-    OUT/metrics.jsonl, OUT/checkpoints/  as `videolm lm fit` writes them (a rerun resumes)
+    OUT/metrics.jsonl, OUT/checkpoints/  as `videolm lm fit` writes them (a rerun resumes); with
+                      ``train.val_every``, the loss on the held-out evaluation clips too
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class FinetuneConfig:
     base: str = "shapes-64"  # a model folder or shipped name with an lm/
     paths: list[str] = field(default_factory=list)  # folders to import the task from
     method: Literal["full", "lora"] = "lora"
+    token_init: str = "mean"  # the new task token's first rows: the mean of the task tokens', or one task's (a name)
     lora: LoRASettings = field(default_factory=LoRASettings)
     data: FinetuneData = field(default_factory=FinetuneData)
     train: LMTrainConfig = field(default_factory=lambda: LMTrainConfig(steps=200, batch_size=8, row_len=1104, lr=3e-4,
@@ -98,13 +100,15 @@ class FinetuneConfig:
 # --------------------------------------------------------------------------------- vocabulary
 
 
-def grow_vocab(model, vocab: Vocabulary, name: str) -> int:
+def grow_vocab(model, vocab: Vocabulary, name: str, like: str = "mean") -> int:
     """Add task ``name`` to ``vocab`` (a no-op if there) and make room for it in ``model``'s
-    embedding and output layers; its rows start at the mean of the other task tokens' rows.
-    Returns its id. No existing id moves."""
+    embedding and output layers; its rows start at the mean of the other task tokens' rows, or
+    with ``like`` a task's name, at that task token's rows. Returns its id. No existing id moves."""
     if name in vocab.tasks:
         return vocab.task_id(name)
-    others = [vocab.task_id(t) for t in vocab.tasks]
+    if like != "mean" and like not in vocab.tasks:
+        raise ConfigError(f"token_init: {like!r} is not one of the model's tasks ({', '.join(vocab.tasks)}) or 'mean'")
+    others = [vocab.task_id(t) for t in (vocab.tasks if like == "mean" else [like])]
     new = vocab.add_task(name)
     rows = model.get_input_embeddings().weight.shape[0]
     if new >= rows:
@@ -201,7 +205,7 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     out = Path(cfg.out)
-    grow_vocab(pipe.model, pipe.vocab, cls.name)
+    grow_vocab(pipe.model, pipe.vocab, cls.name, cfg.token_init)
     new = cls(pipe.vocab)
     new.training = False
     pipe._tasks[cls.name] = new
@@ -223,8 +227,10 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
     if cfg.method == "lora":
         peft_model = _lora(model, cfg.lora, pipe.vocab.task_id(cls.name))
         model = peft_model.base_model.model  # the VideoLM, its layers wrapped in place
+    held_out = TaskSequences(eval_samples, [new, *mixed], [cfg.data.weight, *cfg.data.mix.values()], 0.0,
+                             cfg.train.row_len)  # the held-out clips: their loss every train.val_every steps
     fit(model, cfg.train, data, out, [t.name for t in (new, *mixed)], vocab=pipe.vocab, pad_id=pipe.vocab["<pad>"],
-        run_config={"entry": "finetune", **to_dict(cfg)}, export=lambda state, folder: None)
+        run_config={"entry": "finetune", **to_dict(cfg)}, export=lambda state, folder: None, held_out=held_out)
     new.training = False
     model.eval()
 

@@ -151,12 +151,16 @@ def add_eval(sub) -> None:
         description="Run each task on held-out Shapes clips (seeds >= 1,000,000) and print one JSON object with a "
         "metrics block per task: probe attribute accuracy and fd_probe (Frechet distance in the probe's "
         "features), PSNR/SSIM against the truth beside a copy baseline where the task has one, silhouette IoU "
-        "and color for stylize, tone accuracy and bounce timing for v2a.",
+        "and color for stylize, tone accuracy and bounce timing for v2a, and 'loss': the true output's mean "
+        "loss per token, teacher-forced.",
     )
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"a model folder or a shipped name (default {DEFAULT_MODEL})")
     p.add_argument("--tasks", default="all", help="comma-separated task names, or 'all' (default)")
     p.add_argument("--num", type=int, default=128, help="held-out clips per task (default 128)")
     p.add_argument("--seed", type=int, default=0, help="offset among the held-out seeds (default 0)")
+    p.add_argument("--split", choices=["eval", "train"], default="eval",
+                   help="eval: held-out clips (default); train: the training seeds, whose 'loss' beside the "
+                        "held-out one shows how much the model has memorized")
     p.add_argument("--batch-size", type=int, default=16, help="clips generated at once (default 16)")
     p.add_argument("--cfg-scale", type=_float_at_least(0.0, "--cfg-scale"), default=3.0)
     p.add_argument("--temperature", type=_float_at_least(0.0, "--temperature"), default=1.0)
@@ -180,7 +184,8 @@ def run_eval(args) -> int:
         raise UsageError(f"--batch-size {args.batch_size} must be >= 1")
     names = () if args.tasks == "all" else tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     cfg = EvalConfig(model=args.model, tasks=names, num=args.num, seed=args.seed, batch_size=args.batch_size,
-                     cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, refine=args.refine)
+                     cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, refine=args.refine,
+                     split=args.split)
     with tqdm(desc="eval", unit="clip", delay=1.0, file=sys.stderr, leave=False) as bar:
         report = evaluate(cfg, progress=lambda name, n: (bar.set_description(f"eval {name}"), bar.update(n)))
     text = json.dumps(report)

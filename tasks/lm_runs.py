@@ -38,6 +38,8 @@ class LMDataConfig:
     model: str | None = None  # tokenizers (to tokenize on the fly and decode samples); None: the shards'
     tasks: dict[str, float] = field(default_factory=lambda: {"t2v": 1.0, "v2a": 1.0})  # name or module:Class -> weight
     text_dropout: float = 0.1  # classifier-free guidance: the text is emptied this often in training
+    val_shards: str | list[str] | None = None  # held-out token shards (`videolm tokenize --split eval`):
+    #                                            their loss is logged every train.val_every steps
 
     def __post_init__(self):
         if (self.shards is None) == (self.source is None):
@@ -73,10 +75,7 @@ def training_data(cfg: LMDataConfig):
     """The samples (shards, or clips tokenized on the fly), their vocabulary and the tokenizers'
     model folder."""
     if cfg.shards is not None:
-        folders = [TokenShards(f) for f in ([cfg.shards] if isinstance(cfg.shards, str) else cfg.shards)]
-        if len({f.model for f in folders}) > 1:
-            raise ConfigError(f"data.shards: the folders were written by different tokenizers "
-                              f"({', '.join(sorted(str(f.model) for f in folders))})")
+        folders = _shard_folders(cfg.shards, "data.shards")
         samples = folders[0] if len(folders) == 1 else ConcatDataset(folders)
         return samples, folders[0].vocab(), cfg.model or folders[0].model
     from videolm.tasks.token_shards import ClipSource, ClipTokenizer
@@ -85,6 +84,26 @@ def training_data(cfg: LMDataConfig):
     tokenizer = ClipTokenizer(cfg.model or "shapes-64")
     tokenizer.vocab.add_resolution(cfg.height, cfg.width)
     return TokenizedClips(source.dataset(), tokenizer), tokenizer.vocab, str(tokenizer.folder)
+
+
+def _shard_folders(shards: str | list[str], what: str) -> list[TokenShards]:
+    folders = [TokenShards(f) for f in ([shards] if isinstance(shards, str) else shards)]
+    if len({f.model for f in folders}) > 1:
+        raise ConfigError(f"{what}: the folders were written by different tokenizers "
+                          f"({', '.join(sorted(str(f.model) for f in folders))})")
+    return folders
+
+
+def held_out_data(cfg: LMDataConfig, vocab: dict, tasks, row_len: int) -> TaskSequences | None:
+    """The held-out shards as sequences of the training mixture (no text dropout), or None.
+    ``vocab``: the training shards' vocabulary (``to_dict``), which the held-out ones must share."""
+    if cfg.val_shards is None:
+        return None
+    folders = _shard_folders(cfg.val_shards, "data.val_shards")
+    if folders[0].vocab().to_dict() != vocab:
+        raise ConfigError("data.val_shards: written with another vocabulary than the training data's")
+    samples = folders[0] if len(folders) == 1 else ConcatDataset(folders)
+    return TaskSequences(samples, tasks, list(cfg.tasks.values()), 0.0, row_len)
 
 
 def build_model(cfg: LMFitConfig, vocab_size: int, vocab) -> VideoLM:
@@ -122,6 +141,7 @@ def warm_start(folder: str, vocab, row_len: int) -> VideoLM:
 def run_fit(cfg: LMFitConfig):
     """Train as ``cfg`` says; returns OUT/model (None on the extra processes of a multi-process run)."""
     samples, vocab, model_dir = training_data(cfg.data)
+    shards_vocab = vocab.to_dict()  # before the tasks' tokens join it
     tasks = build_tasks(list(cfg.data.tasks), vocab)
     data = TaskSequences(samples, tasks, list(cfg.data.tasks.values()), cfg.data.text_dropout, cfg.train.row_len)
     torch.manual_seed(cfg.train.seed)
@@ -130,7 +150,8 @@ def run_fit(cfg: LMFitConfig):
     if cfg.train.sample_every:
         sample = SampleWriter(tasks, samples, model_dir, Path(cfg.out) / "samples", cfg.samples)
     return fit(model, cfg.train, data, cfg.out, [t.name for t in tasks], vocab=vocab, pad_id=vocab["<pad>"],
-               sample=sample, run_config={"entry": "lm fit", **to_dict(cfg)})
+               sample=sample, run_config={"entry": "lm fit", **to_dict(cfg)},
+               held_out=held_out_data(cfg.data, shards_vocab, tasks, cfg.train.row_len))
 
 
 class SampleWriter:

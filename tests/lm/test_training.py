@@ -201,6 +201,32 @@ def test_bad_runs_are_one_clear_line(shards, tmp_path, capsys):
     assert code == 2 and "smaller than the vocabulary" in err
 
 
+def test_held_out_loss_is_logged_every_n_steps_and_leaves_training_as_it_was(trained, shards, tmp_path, capsys):
+    cfg = yaml.safe_load(DEBUG.read_text())
+    cfg["data"]["val_shards"] = str(shards)  # mechanics only: a real run holds out other clips
+    cfg["train"].update(val_every=3, val_sequences=6)
+    (tmp_path / "val.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert main(["lm", "fit", "--config", str(tmp_path / "val.yaml"), "--shards", str(shards), "--out", str(run)]) == 0
+    rows = _rows(run)
+    val = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in val] == [0, 3, 4]  # before training, every 3 steps, and the final weights
+    for row in val:
+        per_task = [v for k, v in row.items() if k.startswith("val_loss_")]
+        assert {k for k in row if k.startswith("val_loss_")} <= {"val_loss_t2v", "val_loss_v2a"} and per_task
+        assert min(per_task) - 1e-9 <= row["val_loss"] <= max(per_task) + 1e-9
+    assert val[-1]["val_loss"] < val[0]["val_loss"]  # the training clips themselves: the loss fell
+    assert [r["step"] for r in rows if "val_loss" not in r] == [2, 4]
+    ours, plain = VideoLM.from_pretrained(run / "model").state_dict(), VideoLM.from_pretrained(trained / "model").state_dict()
+    assert all(torch.equal(ours[k], plain[k]) for k in plain)  # scoring drew nothing from training's random stream
+    cfg["data"].pop("val_shards")
+    (tmp_path / "noval.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["lm", "fit", "--config", str(tmp_path / "noval.yaml"), "--shards", str(shards),
+                 "--out", str(tmp_path / "run2")]) == 2
+    assert "held-out data (data.val_shards)" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()
+
+
 def _can_run_two_processes() -> bool:
     return (os.cpu_count() or 1) >= 2 and torch.distributed.is_available() and torch.distributed.is_gloo_available()
 

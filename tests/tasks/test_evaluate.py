@@ -72,6 +72,26 @@ def test_eval_command_prints_a_block_per_task(debug_model_dir, tmp_path, capsys)
     assert {"psnr", "baseline_psnr", "ssim"} <= set(report["tasks"]["extend"])
     assert {"tone", "bounce_timing_error_s"} <= set(report["tasks"]["v2a"])
     assert {"silhouette_iou", "color"} <= set(report["tasks"]["stylize"])
+    assert all(0 < block["loss"] < 20 for block in report["tasks"].values())  # every task's teacher-forced loss
+
+
+def test_truth_loss_is_the_token_weighted_mean_whatever_the_batching(debug_model_dir, capsys):
+    from videolm.tasks.evaluate import truth_loss
+    from videolm.tasks.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(debug_model_dir)
+    data = ShapesDataset(3, split="eval")
+    samples = pipe.tokenizer.encode([data[i] for i in range(3)])
+    pad_id = pipe.vocab["<pad>"]
+    for name in ("t2v", "extend", "v2a"):  # outputs of different lengths: padded rows
+        task = pipe.task(name)
+        together = truth_loss(pipe.model, task, samples, pad_id, batch_size=3)
+        alone = [truth_loss(pipe.model, task, [s], pad_id, batch_size=1) for s in samples]
+        sizes = [len(task.build(s)[1]) for s in samples]
+        assert together == pytest.approx(sum(a * n for a, n in zip(alone, sizes)) / sum(sizes), rel=1e-4)
+    assert main(["eval", "--model", str(debug_model_dir), "--tasks", "t2v", "--num", "2", "--split", "train"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "train" and report["tasks"]["t2v"]["loss"] > 0
 
 
 def test_eval_usage_errors(debug_model_dir, capsys):

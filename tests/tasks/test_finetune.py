@@ -16,6 +16,7 @@ from videolm.tasks.cli import main
 from videolm.tasks.finetune import grow_vocab, load_adapter
 from videolm.tasks.pipeline import Pipeline
 from videolm.tasks.shapes import make_clip
+from videolm.tokenizers.errors import ConfigError
 from videolm.tokenizers.vocab import Vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,6 +48,12 @@ def test_grow_vocab_appends_and_moves_nothing():
     assert torch.allclose(emb[new], rows[[before["<task:t2v>"], before["<task:v2a>"]]].mean(0))
     assert model.get_output_embeddings().weight.shape[0] == emb.shape[0]
     assert grow_vocab(model, vocab, "colorize") == new  # idempotent
+    like = grow_vocab(model, vocab, "reverse", like="v2a")  # token_init: a related task's rows
+    for layer in (model.get_input_embeddings(), model.get_output_embeddings()):
+        assert torch.equal(layer.weight[like], layer.weight[before["<task:v2a>"]])
+    with pytest.raises(ConfigError, match="token_init: 'extend' is not one of"):
+        grow_vocab(model, vocab, "loop", like="extend")
+    assert "loop" not in vocab.tasks  # nothing added on a bad name
 
 
 def test_lora_finetune_from_a_user_module(debug_model_dir, tmp_path, capsys):
@@ -104,6 +111,23 @@ def test_a_task_the_base_knows_is_refused(debug_model_dir, tmp_path, capsys):
     assert main(["finetune", "--config", str(path)]) == 2
     assert "already one of" in capsys.readouterr().err
     assert not (tmp_path / "run" / "model").exists()
+    sys.modules.pop("colorize", None)
+
+
+def test_eval_scores_a_finetuned_task_as_finetune_does(debug_model_dir, tmp_path, capsys):
+    """`videolm eval` on a fine-tuned model tokenizes the views its new task reads (colorize's gray
+    clip) and scores it against the task's truth, with ceiling and copy baseline."""
+    cfg = yaml.safe_load(_config(tmp_path, debug_model_dir, method="full").read_text())
+    cfg["eval"]["tasks"] = []
+    path = tmp_path / "full.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["finetune", "--config", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tmp_path / "run" / "model"), "--tasks", "colorize,t2v", "--num", "2"]) == 0
+    tasks = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tasks"]
+    assert {"color", "psnr", "ceiling", "baseline"} <= set(tasks["colorize"])
+    assert "ceiling" not in tasks["t2v"] and "fd_probe" in tasks["t2v"]
+    sys.modules.pop("colorize", None)
 
 
 def _example(name: str):
