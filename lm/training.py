@@ -149,7 +149,7 @@ class LMModule(L.LightningModule):
                  export: Callable[[dict, Path], None] | None = None, held_out: list[TaskBatch] | None = None):
         super().__init__()
         self.model, self.cfg, self.out, self.export = model, cfg, Path(out), export
-        self.held_out = held_out or []
+        self.held_out = held_out or []  # given only with cfg.val_every set
         self.task_names, self.vocab, self.sample, self.run_config = list(task_names), vocab, sample, run_config
         self.elapsed = 0.0  # wall-clock seconds of training, kept in the checkpoint
         self._elapsed_before = self._run_start = 0.0
@@ -172,7 +172,7 @@ class LMModule(L.LightningModule):
         self._reset_stats(self.device)
         self._run_start = time.perf_counter()
         self._elapsed_before = self.elapsed
-        if self.held_out and self.cfg.val_every and self.global_step == 0:
+        if self.held_out and self.global_step == 0:
             self._validate(0)  # where the curve starts: the initial weights' held-out loss
 
     def on_train_batch_start(self, batch, batch_idx):
@@ -198,7 +198,7 @@ class LMModule(L.LightningModule):
         step = self.global_step
         if step % self.cfg.log_every == 0 or step == self.cfg.steps:
             self._log(step)
-        if self.held_out and self.cfg.val_every and step % self.cfg.val_every == 0:
+        if self.held_out and step % self.cfg.val_every == 0:
             start = time.perf_counter()
             self._validate(step)
             self._interval_start += time.perf_counter() - start  # throughput counts training time only
@@ -268,7 +268,7 @@ class LMModule(L.LightningModule):
         each rank's weights."""
         if float(self.trainer.strategy.reduce(self._stats["slots"].clone(), reduce_op="sum")) > 0:
             self._log(self.global_step)
-        if self.held_out and self.cfg.val_every and self.global_step % self.cfg.val_every:
+        if self.held_out and self.global_step % self.cfg.val_every:
             self._validate(self.global_step)  # the final weights' held-out loss
         state = self.trainer.strategy.lightning_module_state_dict()
         if self.trainer.is_global_zero:

@@ -137,20 +137,18 @@ def truth_loss(model, task, samples: list[dict], pad_id: int, batch_size: int = 
 
     from videolm.lm.data import TaskBatch
     from videolm.lm.masks import pad
-    from videolm.lm.training import output_losses
+    from videolm.lm.training import held_out_losses
 
     training, task.training = task.training, False  # the prefix as at generation: no random choices
     try:
-        items = [task.build(s) for s in samples]
+        built = [task.build(s) for s in samples]
     finally:
         task.training = training
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(items), batch_size):
-            rows = pad([(torch.cat([p, t]).long(), len(p)) for p, t in items[i:i + batch_size]], pad_id=pad_id)
-            nll, _ = output_losses(model, TaskBatch(rows, torch.zeros(rows.ids.shape[0], dtype=torch.long)))
-            total, count = total + float(nll.double().sum()), count + len(nll)
-    return total / max(count, 1)
+    items = [(torch.cat([prefix, target]).long(), len(prefix)) for prefix, target in built]
+    chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    batches = [TaskBatch(pad(chunk, pad_id=pad_id), torch.zeros(len(chunk), dtype=torch.long)) for chunk in chunks]
+    loss, count = held_out_losses(model, batches, num_tasks=1)
+    return float(loss.sum() / count.sum().clamp(min=1))
 
 
 def attribute_accuracy(predicted: list[dict], wanted: list[list[dict]], attributes) -> dict:

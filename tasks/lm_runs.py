@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from videolm.lm.data import TaskSequences, TokenizedClips, TokenShards
 from videolm.lm.engine import generate
@@ -75,9 +75,8 @@ def training_data(cfg: LMDataConfig):
     """The samples (shards, or clips tokenized on the fly), their vocabulary and the tokenizers'
     model folder."""
     if cfg.shards is not None:
-        folders = _shard_folders(cfg.shards, "data.shards")
-        samples = folders[0] if len(folders) == 1 else ConcatDataset(folders)
-        return samples, folders[0].vocab(), cfg.model or folders[0].model
+        samples, first = _shards(cfg.shards, "data.shards")
+        return samples, first.vocab(), cfg.model or first.model
     from videolm.tasks.token_shards import ClipSource, ClipTokenizer
 
     source = ClipSource(data=cfg.source, num=cfg.num, frames=cfg.frames, height=cfg.height, width=cfg.width)
@@ -86,12 +85,13 @@ def training_data(cfg: LMDataConfig):
     return TokenizedClips(source.dataset(), tokenizer), tokenizer.vocab, str(tokenizer.folder)
 
 
-def _shard_folders(shards: str | list[str], what: str) -> list[TokenShards]:
+def _shards(shards: str | list[str], what: str) -> tuple[Dataset, TokenShards]:
+    """One shard folder or several (written by the same tokenizers) as one dataset, and the first."""
     folders = [TokenShards(f) for f in ([shards] if isinstance(shards, str) else shards)]
     if len({f.model for f in folders}) > 1:
         raise ConfigError(f"{what}: the folders were written by different tokenizers "
                           f"({', '.join(sorted(str(f.model) for f in folders))})")
-    return folders
+    return (folders[0] if len(folders) == 1 else ConcatDataset(folders)), folders[0]
 
 
 def held_out_data(cfg: LMDataConfig, vocab: dict, tasks, row_len: int) -> TaskSequences | None:
@@ -99,10 +99,9 @@ def held_out_data(cfg: LMDataConfig, vocab: dict, tasks, row_len: int) -> TaskSe
     ``vocab``: the training shards' vocabulary (``to_dict``), which the held-out ones must share."""
     if cfg.val_shards is None:
         return None
-    folders = _shard_folders(cfg.val_shards, "data.val_shards")
-    if folders[0].vocab().to_dict() != vocab:
+    samples, first = _shards(cfg.val_shards, "data.val_shards")
+    if first.vocab().to_dict() != vocab:
         raise ConfigError("data.val_shards: written with another vocabulary than the training data's")
-    samples = folders[0] if len(folders) == 1 else ConcatDataset(folders)
     return TaskSequences(samples, tasks, list(cfg.tasks.values()), 0.0, row_len)
 
 
