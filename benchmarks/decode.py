@@ -83,7 +83,7 @@ def ours_modules(model, prompts, layout, new_tokens: int) -> torch.Tensor:
 
 
 def theirs(model, prompts, video: tuple[int, int], new_tokens: int) -> torch.Tensor:
-    ids = torch.tensor(prompts)  # (B, P)
+    ids = torch.tensor(prompts, device=model.device)  # (B, P)
     config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                               eos_token_id=None, pad_token_id=model.config.pad_token_id, use_cache=True)
     out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config,
@@ -92,9 +92,30 @@ def theirs(model, prompts, video: tuple[int, int], new_tokens: int) -> torch.Ten
 
 
 def timed(fn, *args) -> tuple[float, torch.Tensor]:
+    sync()
     start = time.perf_counter()
     out = fn(*args)
+    sync()
     return time.perf_counter() - start, out
+
+
+def sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+PEAK_GB_S = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0}  # HBM bandwidth, the vendors' sheets
+
+
+def bandwidth_bound(model, batch: int, prefix: int, new_tokens: int, gb_s: float) -> float:
+    """Tokens/s if each decoding step only had to read the weights and the rows' KV caches once
+    at ``gb_s``: the memory-bandwidth bound of batch-``batch`` decoding (the cache at its mean length)."""
+    cfg = model.config
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights -= model.model.embed_tokens.weight.numel() * model.model.embed_tokens.weight.element_size()  # one row read
+    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * model.lm_head.weight.element_size()
+    step_bytes = weights + batch * per_token * (prefix + new_tokens / 2)
+    return batch * gb_s * 1e9 / step_bytes
 
 
 def cache_speedup(model, vocab: Vocabulary, context: int, tokens: int, repeats: int, seed: int) -> tuple[float, float]:
@@ -104,7 +125,7 @@ def cache_speedup(model, vocab: Vocabulary, context: int, tokens: int, repeats: 
     start = context - tokens
     prompt = t2v_prompts(vocab, 1, 32, seed)[0]
     prompt += torch.randint(*video, (start - len(prompt),), generator=gen).tolist()  # as if already generated
-    new = torch.randint(*video, (1, tokens), generator=gen)  # (1, tokens)
+    new = torch.randint(*video, (1, tokens), generator=gen).to(model.device)  # (1, tokens)
     recompute = functools.partial(engine.full_logits, last_only=True)  # what use_cache=False runs per token
     cached, full = [], []
     with torch.no_grad():
@@ -130,14 +151,22 @@ def main():
     parser.add_argument("--context", type=int, default=1024, help="length at which the KV cache's speedup is measured")
     parser.add_argument("--context-tokens", type=int, default=4, help="tokens timed at that length, per repeat")
     parser.add_argument("--modules", action="store_true", help="also time our engine running the model's modules")
+    parser.add_argument("--preset", default="tiny", help="model size preset (default tiny, the CPU model)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (adds the memory-bandwidth bound)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--gb-s", type=float, default=None,
+                        help="the GPU's memory bandwidth for the bound (default: from its name, H100 3350)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA device on this machine")
 
     vocab = Vocabulary.load(resolve_model("shapes-64"))
     vocab.add_task("t2v")
     torch.manual_seed(args.seed)
-    model = VideoLM.from_lm_config("tiny").eval()  # vocab_size 8832 holds the Shapes vocabulary
+    model = VideoLM.from_lm_config(args.preset).eval()  # vocab_size 8832 holds the Shapes vocabulary
+    model.to(device=args.device, dtype=getattr(torch, args.dtype))
     model.generation_config.eos_token_id = None  # theirs must not stop at <eos>
     video = vocab.range("video")
     layout = video_layout(vocab, args.new_tokens)  # video ids, then <eov_o> <eos>: cut at new_tokens
@@ -164,7 +193,9 @@ def main():
     cached, full = cache_speedup(model, vocab, args.context, args.context_tokens, args.repeats, args.seed)
 
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"tiny ({params:.1f} M), CPU float32, {args.threads} threads, {args.prefix}-token prefix -> "
+    gpu = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else None
+    where = gpu or f"CPU, {args.threads} threads"
+    print(f"{args.preset} ({params:.1f} M), {where}, {args.dtype}, {args.prefix}-token prefix -> "
           f"{args.new_tokens} video ids, greedy; median of {args.repeats}")
     print(f"{'system':28s} {'batch':>5s} {'tokens/s':>10s} {'ms/step':>9s}")
     for (name, b), tok_s in rate.items():
@@ -173,7 +204,8 @@ def main():
     ours_1, hf_1 = rate[("videolm engine", first)], rate[("transformers generate()", first)]
     ours_n, hf_n = rate[("videolm engine", last)], rate[("transformers generate()", last)]
     result = {
-        "benchmark": "decode", "preset": "tiny", "params_m": round(params, 2), "threads": args.threads,
+        "benchmark": "decode", "preset": args.preset, "params_m": round(params, 2), "threads": args.threads,
+        "device": gpu or "cpu", "dtype": args.dtype,
         "repeats": args.repeats, "prefix": args.prefix, "new_tokens": args.new_tokens, "batches": args.batches,
         "ours_tok_s": round(ours_1, 1), "hf_tok_s": round(hf_1, 1), "ratio_vs_hf": round(ours_1 / hf_1, 2),
         f"ours_tok_s_b{last}": round(ours_n, 1), f"hf_tok_s_b{last}": round(hf_n, 1),
@@ -191,6 +223,15 @@ def main():
           f"(goal >= {GOALS['batch8_over_batch1']}); transformers: {result['hf_batch8_over_batch1']:.2f}x")
     print(f"at {args.context} tokens: cached step {1e3 * cached:.2f} ms, full recompute {1e3 * full:.1f} ms per token: "
           f"{result['cache_speedup']:.1f}x (goal >= {GOALS['cache_speedup']})")
+    gb_s = args.gb_s or next((v for k, v in PEAK_GB_S.items() if gpu and k in gpu), None)
+    if gb_s:
+        for b in args.batches:
+            bound = bandwidth_bound(model, b, args.prefix, args.new_tokens, gb_s)
+            got = rate[("videolm engine", b)]
+            result[f"bound_tok_s_b{b}"] = round(bound, 1)
+            result[f"of_bound_b{b}"] = round(got / bound, 4)
+            print(f"batch {b}: {got:.0f} tokens/s = {got / bound:.1%} of the memory-bandwidth bound "
+                  f"({bound:.0f} tokens/s: weights and KV cache read once per step at {gb_s:.0f} GB/s)")
     result["goals"] = GOALS
     result["meets_goals"] = all(result[k] >= v for k, v in GOALS.items())
     print(json.dumps(result))

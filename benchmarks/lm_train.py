@@ -85,15 +85,19 @@ def padding(items: list[list], collate) -> float:
     return 1 - tokens / slots
 
 
-def train(model: VideoLM, module: LMModule, collated: list, warmup: int, grad_clip: float, bf16: bool = False) -> dict:
+def train(model: VideoLM, module: LMModule, collated: list, warmup: int, grad_clip: float, bf16: bool = False,
+          device: str = "cpu", flops: list[float] | None = None) -> dict:
     """Time each optimizer step over the collated batches; the first ``warmup`` are not counted.
-    ``bf16``: the forward under CPU autocast to bfloat16 (Lightning's bf16-mixed), float32 weights."""
+    ``bf16``: the forward under autocast to bfloat16 (Lightning's bf16-mixed), float32 weights.
+    ``flops``: the model FLOPs of each batch (see `model_flops`), for the achieved FLOP/s."""
     optimizer = module.configure_optimizers()
     model.train()
-    seconds, real, slots, losses = [], [], [], []
+    cuda = device.startswith("cuda")
+    seconds, real, slots, losses, done = [], [], [], [], []
     for k, batch in enumerate(collated):
+        batch = batch.to(device)
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
             nll, _ = output_losses(model, batch)  # (N,)
         loss = nll.sum() / max(1, len(nll))
         optimizer.zero_grad(set_to_none=True)
@@ -101,17 +105,50 @@ def train(model: VideoLM, module: LMModule, collated: list, warmup: int, grad_cl
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
+        if cuda:
+            torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         losses.append(float(loss.detach()))
         if k >= warmup:
             seconds.append(elapsed)
             real.append(batch.num_tokens)
             slots.append(batch.rows.ids.numel())
+            done.append(flops[k] if flops else 0.0)
     total = sum(seconds)
     return {"tok_s": sum(real) / total, "slot_tok_s": sum(slots) / total, "s_per_step": statistics.median(seconds),
+            "flop_s": sum(done) / total,
             "padding": 1 - sum(real) / sum(slots),
             "rows": statistics.mean(b.rows.ids.shape[0] for b in collated), "row_len": collated[0].rows.ids.shape[1],
             "loss_first": losses[0], "loss_last": losses[-1]}
+
+
+def model_flops(model: VideoLM, batch: list) -> float:
+    """Training FLOPs (forward and backward, 3x the forward) the model needs for ``batch``'s sequences,
+    counted as PaLM's appendix B counts them: 6 per matrix parameter per token (the layers' matrices
+    for every token; the head only for output tokens, the only positions it runs on), plus
+    12 L D n^2 per sequence of n tokens for attention's two products (the full square: the prefix
+    is bidirectional, and PaLM does not halve it for causal rows either). Padding and work across
+    packed sequences, which the block-diagonal mask throws away, are not counted."""
+    cfg = model.config
+    layers = sum(p.numel() for name, p in model.model.layers.named_parameters() if p.dim() == 2)
+    head = cfg.hidden_size * cfg.vocab_size
+    total = 0.0
+    for ex in batch:
+        n = len(ex.ids)
+        outputs = n - ex.prefix_len
+        total += 6 * layers * n + 6 * head * outputs + 12 * cfg.num_hidden_layers * cfg.hidden_size * n * n
+    return total
+
+
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0}  # dense bf16, the vendors' sheets
+
+
+def peak_tflops(device: str) -> float | None:
+    """The dense bf16 peak of ``device``'s GPU from its name (None on CPU or an unknown GPU)."""
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
 def main():
@@ -128,9 +165,15 @@ def main():
     parser.add_argument("--padding-batches", type=int, default=100)
     parser.add_argument("--no-unpacked", action="store_true", help="skip timing the unpacked baseline")
     parser.add_argument("--no-bf16", action="store_true", help="skip timing packed rows in bf16-mixed")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (a GPU: MFU is reported for bf16)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer body (not lm fit's way)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's dense bf16 peak for MFU (default: from the GPU's name, H100 989.4)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA device on this machine")
 
     cfg = load_config(args.config, expect_entry="lm fit")[1]
     train_cfg = cfg.train
@@ -162,8 +205,10 @@ def main():
     lm = LMConfig.from_name(cfg.preset, **{"vocab_size": -(-len(vocab) // 64) * 64, "pad_id": pad_id,
                                           "bos_id": vocab["<bos>"], "eos_id": vocab["<eos>"], **cfg.model})
     torch.manual_seed(args.seed)
-    initial = VideoLM.from_lm_config(lm).state_dict()
+    first = VideoLM.from_lm_config(lm)
+    initial = first.state_dict()
     steps = batches(data, batch_size, args.warmup + args.steps, args.seed + 1)
+    flops = [model_flops(first, b) for b in steps]
     layouts = {"packed": (packed, False)}
     if not args.no_unpacked:
         layouts["unpacked"] = (unpacked, False)
@@ -173,25 +218,36 @@ def main():
     for name, (collate, bf16) in layouts.items():
         model = VideoLM.from_lm_config(lm)
         model.load_state_dict(initial)  # every layout starts from the same weights
+        model.to(args.device)
+        if args.compile:
+            model.model.compile()  # in place: the state dict keeps its keys
         module = LMModule(model, train_cfg, "unused", [t.name for t in tasks])  # for its optimizer only
-        results[name] = train(model, module, [collate(b) for b in steps], args.warmup, train_cfg.grad_clip, bf16)
+        results[name] = train(model, module, [collate(b) for b in steps], args.warmup, train_cfg.grad_clip, bf16,
+                              args.device, flops)
+        del model, module
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
 
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"{cfg.preset} ({params:.1f} M), CPU float32 (and bf16-mixed: native bf16 "
-          f"{'yes' if cpu_has_native_bf16() else 'no'}), {args.threads} threads, AdamW; batches of {batch_size} "
+    params = sum(p.numel() for p in first.parameters()) / 1e6
+    gpu = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else None
+    where = (f"{gpu}, float32 (TF32 off) and bf16-mixed" if gpu else
+             f"CPU float32 (and bf16-mixed: native bf16 {'yes' if cpu_has_native_bf16() else 'no'}), "
+             f"{args.threads} threads")
+    print(f"{cfg.preset} ({params:.1f} M), {where}, AdamW; batches of {batch_size} "
           f"sequences ({', '.join(f'{k}: {v[0]}-{v[-1]}' for k, v in lengths.items() if v)} tokens), "
           f"{args.steps} timed steps after {args.warmup}; data: {'shards' if args.shards else 'synthetic'}")
     print(f"{'layout':34s} {'rows':>6s} {'row len':>8s} {'s/step':>7s} {'real tok/s':>11s} {'slot tok/s':>11s} "
-          f"{'padding':>8s}")
+          f"{'padding':>8s} {'TFLOP/s':>8s}")
     for name, r in results.items():
         label = {"packed": f"packed into rows of {row_len}", "unpacked": "one per row, padded to the longest",
                  "packed_bf16": "packed, bf16-mixed"}[name]
         print(f"{label:34s} {r['rows']:6.1f} {r['row_len']:8d} {r['s_per_step']:7.2f} {r['tok_s']:11.1f} "
-              f"{r['slot_tok_s']:11.1f} {r['padding']:8.1%}")
+              f"{r['slot_tok_s']:11.1f} {r['padding']:8.1%} {r['flop_s'] / 1e12:8.2f}")
     print(f"padding over {args.padding_batches} batches: packed {pad_packed:.1%}, one per row padded to the batch's "
           f"longest {pad_unpacked:.1%}, one per row of {row_len} {pad_fixed:.1%}; packing {collate_ms:.1f} ms/batch")
     result = {
         "benchmark": "lm_train", "preset": cfg.preset, "params_m": round(params, 2), "threads": args.threads,
+        "device": gpu or "cpu", "compiled": args.compile,
         "data": "shards" if args.shards else "synthetic", "batch_size": batch_size, "row_len": row_len,
         "steps": args.steps, "warmup": args.warmup,
         "train_tok_s": round(results["packed"]["tok_s"], 1),
@@ -207,6 +263,12 @@ def main():
         result["bf16_over_fp32"] = round(results["packed_bf16"]["tok_s"] / results["packed"]["tok_s"], 2)
         result["bf16_loss_last"] = round(results["packed_bf16"]["loss_last"], 4)
         result["cpu_native_bf16"] = cpu_has_native_bf16()
+        result["bf16_tflop_s"] = round(results["packed_bf16"]["flop_s"] / 1e12, 2)
+        peak = args.peak_tflops or peak_tflops(args.device)
+        if peak:
+            result["peak_tflop_s"] = peak
+            result["mfu"] = round(results["packed_bf16"]["flop_s"] / 1e12 / peak, 4)
+            print(f"MFU (bf16-mixed, model FLOPs over the dense bf16 peak of {peak} TFLOP/s): {result['mfu']:.1%}")
     if "unpacked" in results:
         result["unpacked_tok_s"] = round(results["unpacked"]["tok_s"], 1)
         result["unpacked_slot_tok_s"] = round(results["unpacked"]["slot_tok_s"], 1)

@@ -242,7 +242,8 @@ def _tokenize(args) -> int:
                         height=height, width=width)
     with _progress(args.num, "tokenize") as bar:
         summary = write_token_shards(args.out, source, model=args.model, batch_size=args.batch_size,
-                                     shard_size=args.shard_size, overwrite=args.overwrite, progress=bar.update)
+                                     shard_size=args.shard_size, overwrite=args.overwrite, progress=bar.update,
+                                     device=args.device)
     print_json(summary)
     return 0
 
@@ -262,6 +263,8 @@ def _add_tokenize(sub) -> None:
     p.add_argument("--frames", type=int, default=17, help="frames per clip, 1+4k (default 17)")
     p.add_argument("--model", default="shapes-64", help="a model folder or a shipped name (default shapes-64)")
     p.add_argument("--batch-size", type=int, default=16, help="clips encoded at once (default 16)")
+    p.add_argument("--device", default="cpu",
+                   help="where the tokenizers run: cpu, cuda, cuda:N, or auto (a GPU if there is one; default cpu)")
     p.add_argument("--shard-size", type=int, default=1024, help="clips per shard file (default 1024)")
     p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")

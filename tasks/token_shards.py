@@ -202,13 +202,14 @@ class ClipSource:
 
 def write_token_shards(out: str | Path, source: ClipSource, model: str | Path = "shapes-64", batch_size: int = 16,
                        shard_size: int = 1024, overwrite: bool = False,
-                       progress: Callable[[int], object] | None = None) -> dict:
+                       progress: Callable[[int], object] | None = None, device: str = "cpu") -> dict:
     """Encode ``source``'s clips with ``model``'s tokenizers into a shard folder (all or nothing).
     The folder's vocabulary is the model's, with the clips' resolution added if it lacked it.
+    ``device``: where the tokenizers run ("cpu", "cuda", "cuda:1", or "auto": a GPU when there is one).
     Returns a JSON-ready summary."""
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size} must be >= 1")
-    tokenizer = ClipTokenizer(model)
+    tokenizer = ClipTokenizer(model, device=resolve_device(device))
     clips = source.dataset()
     vocab = tokenizer.vocab
     vocab.add_resolution(source.height, source.width)
@@ -229,4 +230,21 @@ def write_token_shards(out: str | Path, source: ClipSource, model: str | Path = 
             "tokens_per_clip": round(tokens / max(1, len(clips)), 1), "vocabulary": len(vocab)}
 
 
-__all__ = ["ClipSource", "ClipTokenizer", "clip_meta", "write_token_shards"]
+def resolve_device(device: str) -> str:
+    """``device`` checked against this machine: "auto" is "cuda" where a GPU is present, else "cpu";
+    a named GPU that is not there is a UsageError rather than a CUDA error later."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device}: not a device name (cpu, cuda, cuda:N or auto)") from None
+    if parsed.type == "cuda" and (not torch.cuda.is_available()
+                                  or (parsed.index or 0) >= torch.cuda.device_count()):
+        raise UsageError(f"--device {device}: no such CUDA device on this machine")
+    if parsed.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device}: only cpu and cuda are supported")
+    return device
+
+
+__all__ = ["ClipSource", "ClipTokenizer", "clip_meta", "resolve_device", "write_token_shards"]

@@ -102,6 +102,25 @@ def test_tokenize_errors_are_one_line(bundle, shards, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "has no video_tokenizer/" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists()  # all or nothing
+    for device, says in (("mps", "only cpu and cuda"), ("gpu0", "not a device name"),
+                         ("cuda:99", "no such CUDA device")):
+        assert main(["tokenize", "--model", str(bundle), "--num", "1", "--device", device,
+                     "--out", str(tmp_path / "c")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "c").exists()
+
+
+def test_tokenize_on_auto_device_matches_cpu(bundle, shards, tmp_path):
+    """--device auto (the CPU here, a GPU where there is one) writes the codes the CPU run wrote."""
+    out = tmp_path / "auto"
+    assert main(["tokenize", "--model", str(bundle), "--num", "5", "--seed", "7", "--size", "32", "--frames", "5",
+                 "--batch-size", "2", "--shard-size", "2", "--device", "auto", "--out", str(out)]) == 0
+    ours, theirs = TokenShards(out), TokenShards(shards)
+    for i in range(5):
+        agree = (ours[i]["video"] == theirs[i]["video"]).float().mean()
+        assert agree > (0.99 if not torch.cuda.is_available() else 0.9)
+        assert torch.equal(ours[i]["text"], theirs[i]["text"])
 
 
 def test_lm_fit_on_the_shards_writes_sample_videos_and_audio(shards, tmp_path):
