@@ -1,6 +1,7 @@
 """Decoding speed: videolm's generation engine against transformers' `generate()`, side by side in one run.
 
     python benchmarks/decode.py [--threads 2] [--repeats 5] [--new-tokens 320] [--prefix 32] [--context 1024]
+    python benchmarks/decode.py --device cuda --dtype bfloat16 --preset small   # on a GPU
 
 The `tiny` preset (10.9 M parameters, random weights, seeded, eval mode, float32) on CPU, one
 model object for both systems, so the weights are identical. Each system continues t2v prompts
@@ -21,7 +22,9 @@ decoding step against recomputing the whole sequence with the model's own forwar
 
 ``--modules`` adds a row for our engine running the model's modules instead of its own layout of
 the weights (``new_cache(lean=False)``, what it does for LoRA-wrapped models), to show what that
-layout buys. Prints a table, then one JSON line.
+layout buys. ``--device cuda`` (with ``--dtype`` and ``--preset``) runs both systems on a GPU and
+adds, per batch size, the memory-bandwidth bound (`bandwidth_bound`). Prints a table, then one
+JSON line.
 """
 
 from __future__ import annotations

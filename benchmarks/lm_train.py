@@ -1,6 +1,7 @@
 """LM training throughput and the padding fraction with and without packing, on the Shapes task mixture.
 
     python benchmarks/lm_train.py [--threads 2] [--steps 10] [--warmup 2] [--shards DIR] [--config configs/lm/tiny.yaml]
+    python benchmarks/lm_train.py --device cuda --config configs/lm/small.yaml --no-unpacked [--compile]  # MFU
 
 The `tiny` preset in float32 on CPU (and, side by side, in bf16-mixed: CPU autocast, float32
 weights, what ``train.precision: auto-bf16`` picks on a CPU with native bf16), trained as
