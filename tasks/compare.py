@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from videolm.tasks.evaluate import ALL_ATTRIBUTES, score
-from videolm.tasks.pipeline import Pipeline
+from videolm.tasks.pipeline import AR_CFG_SCALE, Pipeline
 from videolm.tasks.shapes_data import ShapesDataset
 from videolm.tokenizers.errors import UsageError
 
@@ -47,7 +47,7 @@ class CompareConfig:
     num: int = 64
     seed: int = 0  # offset among the held-out seeds; clip i is drawn with seed + i by both systems
     batch_size: int = 16
-    cfg_scale: float = 3.0  # the AR model's guidance (t2v)
+    cfg_scale: float = AR_CFG_SCALE  # the AR model's guidance (t2v)
     dit_cfg_scale: float | None = None  # None: the DiT's own default
     dit_steps: int | None = None  # None: the DiT's own default
     refine: bool = True  # both systems' frames through the refiner, when the model folder has one

@@ -32,7 +32,7 @@ import numpy as np
 
 from videolm.tasks import metrics as M
 from videolm.tasks.base import BUILTIN
-from videolm.tasks.pipeline import Pipeline
+from videolm.tasks.pipeline import AR_CFG_SCALE, Pipeline
 from videolm.tasks.shapes_data import ShapesDataset
 from videolm.tasks.views import box_mask, context_latents, frames_of, grid_of, start_latents
 from videolm.tokenizers.errors import UsageError
@@ -48,7 +48,7 @@ class EvalConfig:
     num: int = 128
     seed: int = 0  # offset among the held-out seeds
     batch_size: int = 16
-    cfg_scale: float = 3.0
+    cfg_scale: float = AR_CFG_SCALE
     temperature: float = 1.0
     top_k: int | None = None
     refine: bool = False  # score the frames after the model folder's refiner (what `generate` gives)

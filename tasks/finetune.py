@@ -37,7 +37,7 @@ import torch
 from videolm.lm.data import TaskSequences
 from videolm.lm.training import LMTrainConfig, fit
 from videolm.tasks.base import Task, task_class
-from videolm.tasks.pipeline import CUSTOM_CODE, CUSTOM_TASKS, LM_DIR, Pipeline
+from videolm.tasks.pipeline import AR_CFG_SCALE, CUSTOM_CODE, CUSTOM_TASKS, LM_DIR, Pipeline
 from videolm.tokenizers.errors import ConfigError
 from videolm.tokenizers.schema import to_dict
 from videolm.tokenizers.vocab import Vocabulary
@@ -71,7 +71,7 @@ class FinetuneEval:
     tasks: list[str] = field(default_factory=list)  # old tasks scored before and after
     metric: str = "color"  # the new task's headline metric: psnr, shape, color, size or direction
     batch_size: int = 16
-    cfg_scale: float = 3.0
+    cfg_scale: float = AR_CFG_SCALE
     temperature: float = 1.0
     top_k: int | None = None
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from videolm.tasks.base import BUILTIN, task_class
-from videolm.tasks.models import DEFAULT_MODEL
+from videolm.tasks.models import AR_CFG_SCALE, DEFAULT_MODEL
 from videolm.tokenizers.errors import UsageError
 
 
@@ -46,7 +46,8 @@ def add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the first sample; sample i uses seed + i")
     p.add_argument("--frames", type=int, help="video length; beyond the clip length, chains `extend`")
     p.add_argument("--cfg-scale", type=_float_at_least(0.0, "--cfg-scale"),
-                   help="classifier-free guidance scale for tasks with text (1 = none; default 3, or the DiT's own)")
+                   help=f"classifier-free guidance scale for tasks with text (1 = none; default {AR_CFG_SCALE:g}, "
+                        "or the DiT's own)")
     p.add_argument("--temperature", type=_float_at_least(0.0, "--temperature"), default=1.0,
                    help="sampling temperature (0 = greedy; default 1)")
     p.add_argument("--top-k", type=int, help="sample among the k most likely ids")
@@ -162,7 +163,8 @@ def add_eval(sub) -> None:
                    help="eval: held-out clips (default); train: the training seeds, whose 'loss' beside the "
                         "held-out one shows how much the model has memorized")
     p.add_argument("--batch-size", type=int, default=16, help="clips generated at once (default 16)")
-    p.add_argument("--cfg-scale", type=_float_at_least(0.0, "--cfg-scale"), default=3.0)
+    p.add_argument("--cfg-scale", type=_float_at_least(0.0, "--cfg-scale"), default=AR_CFG_SCALE,
+                   help=f"the LM's guidance for tasks with text (default {AR_CFG_SCALE:g})")
     p.add_argument("--temperature", type=_float_at_least(0.0, "--temperature"), default=1.0)
     p.add_argument("--top-k", type=int)
     p.add_argument("--refine", action="store_true",
@@ -269,7 +271,8 @@ def add_compare(sub) -> None:
     p.add_argument("--num", type=int, default=64, help="held-out clips per task (default 64)")
     p.add_argument("--seed", type=int, default=0, help="offset among the held-out seeds (default 0)")
     p.add_argument("--batch-size", type=int, default=16, help="clips generated at once (default 16)")
-    p.add_argument("--cfg-scale", type=_float_at_least(0.0, "--cfg-scale"), default=3.0, help="the AR model's guidance")
+    p.add_argument("--cfg-scale", type=_float_at_least(0.0, "--cfg-scale"), default=AR_CFG_SCALE,
+                   help=f"the AR model's guidance (default {AR_CFG_SCALE:g})")
     p.add_argument("--dit-cfg-scale", type=_float_at_least(0.0, "--dit-cfg-scale"),
                    help="the DiT's guidance (default: its own)")
     p.add_argument("--dit-steps", type=int, help="the DiT's sampling steps (default: its own)")

@@ -14,6 +14,8 @@ from videolm.tokenizers.errors import UsageError
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = "shapes-64"
+AR_CFG_SCALE = 4.0  # the LM's default classifier-free guidance for tasks with text: the best t2v
+#   direction of scales 2-6 on held-out seeds apart from those `videolm eval` reports (docs/tasks.md)
 
 
 def shipped_models() -> list[str]:

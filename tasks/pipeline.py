@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from videolm.tasks.base import BUILTIN, Media, Task, TaskInputs, task_class
-from videolm.tasks.models import resolve_model
+from videolm.tasks.models import AR_CFG_SCALE, resolve_model
 from videolm.tasks.token_shards import ClipTokenizer
 from videolm.tasks.views import context_latents, frames_of
 from videolm.tokenizers.errors import MediaError, UsageError, VideolmError
@@ -34,7 +34,6 @@ from videolm.tokenizers.vocab import Vocabulary
 LM_DIR = "lm"
 REFINER_DIR = "refiner"  # the diffusion refiner that cleans decoded frames (on by default when present)
 DIT_DIR = "dit"  # the DiT baseline (``backend="dit"``)
-AR_CFG_SCALE = 3.0  # the LM's default guidance for tasks with text
 CUSTOM_TASKS = "tasks.json"  # in lm/: name -> "module:Class" of the tasks not built in
 CUSTOM_CODE = "tasks"  # in lm/: their modules' source, imported from there
 
@@ -236,8 +235,9 @@ class Pipeline:
                                   extra={"backend": backend, "refined": bool(refine and video is not None)}))
         return results
 
-    def codes(self, task: Task, samples: list[dict], seed: int, cfg_scale: float = 3.0, temperature: float = 1.0,
-              top_k: int | None = None, top_p: float | None = None, progress=None) -> list[torch.Tensor]:
+    def codes(self, task: Task, samples: list[dict], seed: int, cfg_scale: float = AR_CFG_SCALE,
+              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+              progress=None) -> list[torch.Tensor]:
         """The task's output codes for a batch of samples (one draw with generator ``seed``)."""
         from videolm.tasks.lm_runs import generate_codes
 
