@@ -131,7 +131,7 @@ def model_flops(model: VideoLM, batch: list) -> float:
     is bidirectional, and PaLM does not halve it for causal rows either). Padding and work across
     packed sequences, which the block-diagonal mask throws away, are not counted."""
     cfg = model.config
-    layers = sum(p.numel() for name, p in model.model.layers.named_parameters() if p.dim() == 2)
+    layers = sum(p.numel() for p in model.model.layers.parameters() if p.dim() == 2)
     head = cfg.hidden_size * cfg.vocab_size
     total = 0.0
     for ex in batch:
