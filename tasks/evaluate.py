@@ -47,6 +47,7 @@ class EvalConfig:
     tasks: tuple[str, ...] = ()  # empty: every task the model knows
     num: int = 128
     seed: int = 0  # offset among the held-out seeds
+    sample_seed: int | None = None  # seed of the first batch's sampling (None: `seed`); other values redraw the samples
     batch_size: int = 16
     cfg_scale: float = AR_CFG_SCALE
     temperature: float = 1.0
@@ -82,15 +83,16 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
         samples += pipe.tokenizer.encode(clips[i:i + cfg.batch_size], extra=views)
     real_features = probe.features(np.stack([c["video"] for c in clips])).detach().numpy()
     report = {}
+    sample_seed = cfg.seed if cfg.sample_seed is None else cfg.sample_seed
     for name, task in zip(names, tasks):
         made = []
         for i in range(0, cfg.num, cfg.batch_size):
             batch = samples[i:i + cfg.batch_size]
-            codes = pipe.codes(task, batch, seed=cfg.seed + i, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
-                               top_k=cfg.top_k)
+            codes = pipe.codes(task, batch, seed=sample_seed + i, cfg_scale=cfg.cfg_scale,
+                               temperature=cfg.temperature, top_k=cfg.top_k)
             media = [task.to_media(c, s, pipe.tokenizer) for c, s in zip(codes, batch)]
             if cfg.refine and task.output == "video":
-                refined = pipe.refine(np.stack([m.video for m in media]), seed=cfg.seed + i)
+                refined = pipe.refine(np.stack([m.video for m in media]), seed=sample_seed + i)
                 media = [replace(m, video=v) for m, v in zip(media, refined)]
             made += media
             if progress:
@@ -102,7 +104,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
 
             report[name] = score_task(task, made, clips, samples, probe, real_features, pipe.tokenizer)
         report[name]["loss"] = round(truth_loss(pipe.model, task, samples, pipe.vocab["<pad>"], cfg.batch_size), 4)
-    return {"model": str(pipe.folder), "num": cfg.num, "split": cfg.split, "cfg_scale": cfg.cfg_scale,
+    return {"model": str(pipe.folder), "num": cfg.num, "split": cfg.split, "sample_seed": sample_seed,
+            "cfg_scale": cfg.cfg_scale,
             "temperature": cfg.temperature, "refined": cfg.refine,
             "tasks": report, "seconds": round(time.perf_counter() - start, 1)}
 

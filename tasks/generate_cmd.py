@@ -159,6 +159,9 @@ def add_eval(sub) -> None:
     p.add_argument("--tasks", default="all", help="comma-separated task names, or 'all' (default)")
     p.add_argument("--num", type=int, default=128, help="held-out clips per task (default 128)")
     p.add_argument("--seed", type=int, default=0, help="offset among the held-out seeds (default 0)")
+    p.add_argument("--sample-seed", type=int,
+                   help="seed of the sampling (default: --seed); another value redraws the samples for the same "
+                        "clips, which shows how much a figure moves by chance alone")
     p.add_argument("--split", choices=["eval", "train"], default="eval",
                    help="eval: held-out clips (default); train: the training seeds, whose 'loss' beside the "
                         "held-out one shows how much the model has memorized")
@@ -185,7 +188,8 @@ def run_eval(args) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size} must be >= 1")
     names = () if args.tasks == "all" else tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    cfg = EvalConfig(model=args.model, tasks=names, num=args.num, seed=args.seed, batch_size=args.batch_size,
+    cfg = EvalConfig(model=args.model, tasks=names, num=args.num, seed=args.seed, sample_seed=args.sample_seed,
+                     batch_size=args.batch_size,
                      cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, refine=args.refine,
                      split=args.split)
     with tqdm(desc="eval", unit="clip", delay=1.0, file=sys.stderr, leave=False) as bar:

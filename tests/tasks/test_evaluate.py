@@ -94,6 +94,18 @@ def test_truth_loss_is_the_token_weighted_mean_whatever_the_batching(debug_model
     assert report["split"] == "train" and report["tasks"]["t2v"]["loss"] > 0
 
 
+def test_sample_seed_redraws_the_samples_of_the_same_clips(debug_model_dir, capsys):
+    def run(*extra):
+        assert main(["eval", "--model", str(debug_model_dir), "--tasks", "t2v", "--num", "2", *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    default, same, other = run(), run("--sample-seed", "0"), run("--sample-seed", "7")
+    assert default["sample_seed"] == 0 and other["sample_seed"] == 7
+    assert default["tasks"]["t2v"] == same["tasks"]["t2v"]
+    assert other["tasks"]["t2v"]["fd_probe"] != default["tasks"]["t2v"]["fd_probe"]  # other samples
+    assert other["tasks"]["t2v"]["loss"] == default["tasks"]["t2v"]["loss"]  # of the same clips
+
+
 def test_eval_usage_errors(debug_model_dir, capsys):
     assert main(["eval", "--model", str(debug_model_dir), "--tasks", "nope", "--num", "2"]) == 2
     assert "not trained on it" in capsys.readouterr().err
