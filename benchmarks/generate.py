@@ -6,7 +6,7 @@
   left" --out DIR`` run as a user runs it (a fresh process: Python start, imports, loading the
   model, generating, decoding, writing the mp4), median of ``--repeats`` runs.
 - ``lm``: in one process with the model loaded, the time to draw the 320 video ids of that
-  prompt (prefill and decoding, classifier-free guidance at 3: two rows), median of repeats.
+  prompt (prefill and decoding, the default classifier-free guidance: two rows), median of repeats.
 - ``decode``: the video tokenizer turning those ids into frames.
 - ``refine``: the model folder's diffusion refiner on that clip at its default steps (batch 1, as
   ``generate`` runs it), and ``refine_over_lm``, its share of the LM's time (the goal: at most 0.5).
@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from videolm.tasks.pipeline import Pipeline
+    from videolm.tasks.pipeline import AR_CFG_SCALE, Pipeline
 
     pipe = Pipeline.from_pretrained(args.model)
     task = pipe.task("t2v")
@@ -90,7 +90,7 @@ def main() -> None:
               "goal_command_s": GOAL_S, "meets_goal": median(commands) <= GOAL_S}
     print(f"{'part':<28}{'median s':>10}")
     print(f"{'videolm generate (process)':<28}{result['command_s']:>10.2f}")
-    print(f"{'LM: 320 ids, cfg 3 (2 rows)':<28}{result['lm_s']:>10.2f}")
+    print(f"{f'LM: 320 ids, cfg {AR_CFG_SCALE:g} (2 rows)':<28}{result['lm_s']:>10.2f}")
     print(f"{'video tokenizer decode':<28}{result['decode_s']:>10.3f}")
     if refine:
         print(f"{'refiner (default steps)':<28}{result['refine_s']:>10.3f}")
