@@ -105,8 +105,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
             report[name] = score_task(task, made, clips, samples, probe, real_features, pipe.tokenizer)
         report[name]["loss"] = round(truth_loss(pipe.model, task, samples, pipe.vocab["<pad>"], cfg.batch_size), 4)
     return {"model": str(pipe.folder), "num": cfg.num, "split": cfg.split, "sample_seed": sample_seed,
-            "cfg_scale": cfg.cfg_scale,
-            "temperature": cfg.temperature, "refined": cfg.refine,
+            "cfg_scale": cfg.cfg_scale, "temperature": cfg.temperature, "refined": cfg.refine,
             "tasks": report, "seconds": round(time.perf_counter() - start, 1)}
 
 

@@ -189,9 +189,8 @@ def run_eval(args) -> int:
         raise UsageError(f"--batch-size {args.batch_size} must be >= 1")
     names = () if args.tasks == "all" else tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     cfg = EvalConfig(model=args.model, tasks=names, num=args.num, seed=args.seed, sample_seed=args.sample_seed,
-                     batch_size=args.batch_size,
-                     cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, refine=args.refine,
-                     split=args.split)
+                     batch_size=args.batch_size, cfg_scale=args.cfg_scale, temperature=args.temperature,
+                     top_k=args.top_k, refine=args.refine, split=args.split)
     with tqdm(desc="eval", unit="clip", delay=1.0, file=sys.stderr, leave=False) as bar:
         report = evaluate(cfg, progress=lambda name, n: (bar.set_description(f"eval {name}"), bar.update(n)))
     text = json.dumps(report)
