@@ -13,8 +13,9 @@ A shard folder is self-describing and holds no pickles::
                                     metadata holds each clip's caption, seed, sizes and mask boxes
                                     as JSON
 
-A sample (what a shard item, or a clip tokenized on the fly by `TokenizedClips`, is) is a dict of
-int64 tensors under those keys plus the metadata. This module knows no tasks: a `TaskSequences`
+A sample (what a shard item is, or a clip tokenized on the fly: `videolm.tasks.token_shards.LazySamples`,
+a mapping that tokenizes each field when first read) is a dict of int64 tensors under those keys
+plus the metadata. This module knows no tasks: a `TaskSequences`
 dataset is given task objects (anything with ``name``, ``accepts(sample)`` and
 ``build(sample, drop_text) -> (prefix, target)``, e.g. `videolm.tasks.base.Task`), draws one per
 clip by the mixture's weights, and `PackCollate` packs the sequences into fixed-length rows,
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -171,19 +172,6 @@ def _read_index(folder: Path) -> dict:
     return index
 
 
-class TokenizedClips(Dataset):
-    """Tokenize on the fly: clips (dicts of media) turned into samples by ``encode`` when read."""
-
-    def __init__(self, clips: Dataset, encode: Callable[[dict], Sample]):
-        self.clips, self.encode = clips, encode
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def __getitem__(self, i: int) -> Sample:
-        return self.encode(self.clips[i])
-
-
 # ----------------------------------------------------------------------------- task sequences
 
 
@@ -289,4 +277,4 @@ class PackCollate:
 
 
 __all__ = ["CODE_FIELDS", "INDEX_NAME", "PackCollate", "Sample", "SequenceTask", "ShardWriter", "TaskBatch",
-           "TaskExample", "TaskSequences", "TokenShards", "TokenizedClips"]
+           "TaskExample", "TaskSequences", "TokenShards"]

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from videolm.lm.constraints import OutputLayout, audio_layout, video_layout
 from videolm.tasks.config import resolve
+from videolm.tasks.token_shards import has_field
 from videolm.tokenizers.errors import ConfigError, UsageError
 from videolm.tokenizers.vocab import Vocabulary
 
@@ -100,7 +101,7 @@ class Task(ABC):
 
     def accepts(self, sample: dict) -> bool:
         """Whether the sample has every field this task reads and writes."""
-        return all(sample.get(name) is not None for name in (*self.inputs, self.target_field))
+        return all(has_field(sample, name) for name in (*self.inputs, self.target_field))
 
     @property
     def target_field(self) -> str:

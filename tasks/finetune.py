@@ -4,8 +4,8 @@ The new task is a `videolm.tasks.base.Task` subclass, built in or from the user'
 (``task: my_module:MyTask``, with ``paths:`` naming folders to import it from). Its token is
 appended to the model's vocabulary (`grow_vocab`: no existing id moves; the new embedding row
 starts at the mean of the other task tokens' rows). Training data is made on the fly from Shapes
-clips, tokenized once at the start with the built-in views and the task's own (`Task.views`);
-old tasks can be mixed in to keep the model from forgetting them. The new task, and the old tasks
+clips, with the built-in views and the task's own (`Task.views`), each field tokenized when a
+drawn sequence first reads it (`LazySamples`); old tasks can be mixed in to keep the model from forgetting them. The new task, and the old tasks
 named in ``eval.tasks``, are scored on held-out clips before and after.
 
 Run folder (``out``)::
@@ -38,6 +38,7 @@ from videolm.lm.data import TaskSequences
 from videolm.lm.training import LMTrainConfig, fit
 from videolm.tasks.base import Task, task_class
 from videolm.tasks.pipeline import AR_CFG_SCALE, CUSTOM_CODE, CUSTOM_TASKS, LM_DIR, Pipeline
+from videolm.tasks.token_shards import LazySamples
 from videolm.tokenizers.errors import ConfigError
 from videolm.tokenizers.schema import to_dict
 from videolm.tokenizers.vocab import Vocabulary
@@ -57,12 +58,12 @@ class LoRASettings:
 
 @dataclass
 class FinetuneData:
-    num: int = 1024  # Shapes training clips, tokenized once at the start
+    num: int = 1024  # Shapes training clips (their fields tokenized as the sequences drawn read them)
     seed: int = 0
     weight: float = 1.0  # the new task's weight in the mixture
     mix: dict[str, float] = field(default_factory=dict)  # old tasks mixed in, with their weights
     text_dropout: float = 0.1
-    batch_size: int = 16  # clips tokenized at once
+    batch_size: int = 16  # held-out clips tokenized at once (training clips are tokenized as they are drawn)
 
 
 @dataclass
@@ -215,9 +216,10 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
     eval_clips = [held_out[i] for i in range(len(held_out))]
     eval_samples = _tokenize(pipe, eval_clips, new.views, cfg.data.batch_size)
     before, before_ids = evaluate_tasks(pipe, [new, *old], eval_clips, eval_samples, probe, cfg.eval)
+    minutes = {"before": time.perf_counter() - started}  # loading, tokenizing the held-out clips, scoring them
 
-    train_clips = ShapesDataset(cfg.data.num, seed=cfg.data.seed)
-    samples = _tokenize(pipe, [train_clips[i] for i in range(len(train_clips))], new.views, cfg.data.batch_size)
+    # tokenized as the training draws them: each sequence reads one or two of a clip's fields
+    samples = LazySamples(ShapesDataset(cfg.data.num, seed=cfg.data.seed), pipe.tokenizer, extra=new.views)
     mixed = [task_class(n)(pipe.vocab) for n in cfg.data.mix]
     data = TaskSequences(samples, [new, *mixed], [cfg.data.weight, *cfg.data.mix.values()], cfg.data.text_dropout,
                          cfg.train.row_len)
@@ -233,6 +235,7 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
         run_config={"entry": "finetune", **to_dict(cfg)}, export=lambda state, folder: None, held_out=held_out)
     new.training = False
     model.eval()
+    minutes["training"] = time.perf_counter() - started - minutes["before"]
 
     report = {"task": cls.name, "method": cfg.method, "base": str(pipe.folder), "steps": cfg.train.steps,
               "metric": cfg.eval.metric, "before": before}
@@ -251,7 +254,9 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
     after, _ = evaluate_tasks(pipe, [new, *old], eval_clips, eval_samples, probe, cfg.eval)
     report["after"] = after
     report["summary"] = _summary(cls.name, cfg.eval.metric, before, after, [t.name for t in old])
+    minutes["after"] = time.perf_counter() - started - minutes["before"] - minutes["training"]  # saving, scoring
     report["summary"]["minutes"] = round((time.perf_counter() - started) / 60, 2)  # everything, evaluations included
+    report["summary"]["minutes_by_stage"] = {k: round(v / 60, 2) for k, v in minutes.items()}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from videolm.lm.data import TaskSequences, TokenizedClips, TokenShards
+from videolm.lm.data import TaskSequences, TokenShards
 from videolm.lm.engine import generate
 from videolm.lm.model import LMConfig, VideoLM
 from videolm.lm.training import LMTrainConfig, fit
@@ -77,12 +77,12 @@ def training_data(cfg: LMDataConfig):
     if cfg.shards is not None:
         samples, first = _shards(cfg.shards, "data.shards")
         return samples, first.vocab(), cfg.model or first.model
-    from videolm.tasks.token_shards import ClipSource, ClipTokenizer
+    from videolm.tasks.token_shards import ClipSource, ClipTokenizer, LazySamples
 
     source = ClipSource(data=cfg.source, num=cfg.num, frames=cfg.frames, height=cfg.height, width=cfg.width)
     tokenizer = ClipTokenizer(cfg.model or "shapes-64")
     tokenizer.vocab.add_resolution(cfg.height, cfg.width)
-    return TokenizedClips(source.dataset(), tokenizer), tokenizer.vocab, str(tokenizer.folder)
+    return LazySamples(source.dataset(), tokenizer), tokenizer.vocab, str(tokenizer.folder)
 
 
 def _shards(shards: str | list[str], what: str) -> tuple[Dataset, TokenShards]:

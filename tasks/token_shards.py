@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -55,6 +55,9 @@ class ClipTokenizer:
         if self._text is None:
             from videolm.tokenizers.text import TextTokenizer
 
+            if not (self.folder / "text.model").is_file():
+                raise UsageError(f"{self.folder}: has no text.model (a model folder needs video_tokenizer/, "
+                                 "audio_tokenizer/, text.model and vocab.json)")
             self._text = TextTokenizer.load(self.folder)
         return self._text
 
@@ -73,39 +76,46 @@ class ClipTokenizer:
         clip has one, ``audio (F, Q)`` if it has audio; int64 local codes, plus metadata. ``views``:
         also the codes of the views the tasks read (`videolm.tasks.views`) and ``image_text``, the
         caption without its motion. ``extra(clip)``: more videos to tokenize into the sample by
-        name (a task's `Task.views`)."""
-        from videolm.tasks.views import VIEW_FIELDS, clip_views
-
-        fields = {"video": [c["video"] for c in clips]}
-        if all(c.get("structure") is not None for c in clips):
-            fields["structure"] = [c["structure"] for c in clips]
-        metas = [{} for _ in clips]
-        if views:
-            made = [clip_views(np.asarray(c["video"]), int(c.get("seed") or 0)) for c in clips]
-            metas = [meta for _, meta in made]
-            for name in VIEW_FIELDS:
-                fields[name] = [v[name] for v, _ in made]
-        if extra is not None:
-            more = [extra(c) for c in clips]
-            for name in more[0]:
-                fields[name] = [m[name] for m in more]
-        codes = {name: self.encode_video(frames) for name, frames in fields.items()}  # (B, t, n) each
-        with_audio = [i for i, c in enumerate(clips) if c.get("has_audio", True)]
+        name (a task's `Task.views`). `LazySamples` gives the same samples, each field tokenized
+        only when read."""
+        made = [self.clip_fields(c, views, extra) for c in clips]
+        names = [name for name in made[0][1] if name != "audio" and all(name in f for _, f in made)]  # in every clip
+        codes = {name: self.encode_video([fields[name] for _, fields in made]) for name in names}  # (B, t, n) each
+        with_audio = [i for i, (_, fields) in enumerate(made) if "audio" in fields]
         audio = {}
         if with_audio:
-            wave = torch.from_numpy(np.stack([clips[i]["audio"] for i in with_audio])).float()  # (B', S)
+            wave = torch.from_numpy(np.stack([made[i][1]["audio"] for i in with_audio])).float()  # (B', S)
             audio = dict(zip(with_audio, self.audio.encode(wave.to(self.device)).cpu()))  # (F, Q) each
         samples = []
-        for i, clip in enumerate(clips):
-            caption = clip.get("caption") or ""
-            sample = {"text": self.encode_text(caption), **clip_meta(clip), **metas[i]}
-            if views:
-                sample["image_text"] = self.encode_text(image_caption(caption))
+        for i, (sample, _) in enumerate(made):
             sample.update({name: c[i] for name, c in codes.items()})
             if i in audio:
                 sample["audio"] = audio[i]
             samples.append(sample)
         return samples
+
+    def clip_fields(self, clip: dict, views: bool = True,
+                    extra: Callable[[dict], dict[str, np.ndarray]] | None = None) -> tuple[dict, dict]:
+        """One clip -> (its sample without codes: text ids and metadata, which cost little; the
+        media each code field is tokenized from: videos ``(T, H, W, 3)`` by field, and
+        ``audio (S,)`` where the clip has audio)."""
+        from videolm.tasks.views import VIEW_FIELDS, clip_views
+
+        fields = {"video": clip["video"]}
+        if clip.get("structure") is not None:
+            fields["structure"] = clip["structure"]
+        caption = clip.get("caption") or ""
+        sample = {"text": self.encode_text(caption), **clip_meta(clip)}
+        if views:
+            made, meta = clip_views(np.asarray(clip["video"]), int(clip.get("seed") or 0))
+            sample.update(meta)
+            sample["image_text"] = self.encode_text(image_caption(caption))
+            fields.update({name: made[name] for name in VIEW_FIELDS})
+        if extra is not None:
+            fields.update(extra(clip))
+        if clip.get("has_audio", True):
+            fields["audio"] = clip["audio"]
+        return sample, fields
 
     @torch.no_grad()
     def encode_video(self, videos) -> torch.Tensor:
@@ -167,6 +177,68 @@ def clip_meta(clip: dict) -> dict:
         if clip.get(key) is not None:
             meta[key] = clip[key]
     return meta
+
+
+# ------------------------------------------------------------------------------ lazy samples
+
+
+class LazySamples(Dataset):
+    """The samples of a clip dataset (as `ClipTokenizer.encode` makes them), each code field
+    tokenized the first time something reads it, and kept.
+
+    A task mixture draws one task per sequence, and a task reads one or two of the fields a clip
+    has (the clip, a view of it, its audio), so tokenizing every field of every clip up front is
+    mostly wasted: on 2 CPU cores a Shapes clip costs about 90 ms with all its views and 13-18 ms
+    per video field. Clips are drawn again from ``clips`` when a field is needed (Shapes renders
+    one in a few milliseconds), so only codes are held. Fields are tokenized one clip at a time,
+    so their codes can differ from a batched `ClipTokenizer.encode`'s where a latent sits within
+    float rounding of a quantization boundary."""
+
+    def __init__(self, clips: Dataset, tokenizer: ClipTokenizer, views: bool = True,
+                 extra: Callable[[dict], dict[str, np.ndarray]] | None = None):
+        self.clips, self.tokenizer, self.views, self.extra = clips, tokenizer, views, extra
+        self.codes: list[dict[str, torch.Tensor]] = [{} for _ in range(len(clips))]  # per clip, fields read so far
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> LazySample:
+        return LazySample(self, i)
+
+
+class LazySample(Mapping):
+    """One clip's sample from `LazySamples`: metadata and text at once, codes when read. ``name in
+    sample`` says whether the field exists without tokenizing it."""
+
+    def __init__(self, owner: LazySamples, i: int):
+        self._owner, self._i = owner, i
+        self._meta, self._media = owner.tokenizer.clip_fields(owner.clips[i], owner.views, owner.extra)
+
+    def __getitem__(self, name: str):
+        if name in self._meta:
+            return self._meta[name]
+        codes = self._owner.codes[self._i]
+        if name not in codes:
+            media = self._media[name]  # KeyError: the clip has no such field
+            tok = self._owner.tokenizer
+            codes[name] = tok.encode_audio(media) if name == "audio" else tok.encode_video([media])[0]
+        return codes[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._meta or name in self._media
+
+    def __iter__(self):
+        return iter([*self._meta, *self._media])
+
+    def __len__(self) -> int:
+        return len(self._meta) + len(self._media)
+
+
+def has_field(sample, name: str) -> bool:
+    """Whether ``sample`` (a dict, or a `LazySample` without tokenizing) holds field ``name``."""
+    if isinstance(sample, LazySample):
+        return name in sample
+    return sample.get(name) is not None
 
 
 # ---------------------------------------------------------------------------------- datasets
@@ -247,4 +319,5 @@ def resolve_device(device: str) -> str:
     return device
 
 
-__all__ = ["ClipSource", "ClipTokenizer", "clip_meta", "resolve_device", "write_token_shards"]
+__all__ = ["ClipSource", "ClipTokenizer", "LazySample", "LazySamples", "clip_meta", "has_field", "resolve_device",
+           "write_token_shards"]

@@ -152,6 +152,9 @@ def test_reverse_example_end_to_end(debug_model_dir, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"reverse_direction_before", "reverse_direction_after", "reverse_direction_ceiling",
             "reverse_direction_copy_baseline"} <= set(summary)
+    stages = summary["minutes_by_stage"]
+    assert set(stages) == {"before", "training", "after"}
+    assert sum(stages.values()) == pytest.approx(summary["minutes"], abs=0.02)
     run = tmp_path / "run"
     assert (run / "model" / "lm" / "tasks" / "reverse.py").is_file()
     clip = make_clip(7)

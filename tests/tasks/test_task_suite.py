@@ -8,7 +8,7 @@ import torch
 from videolm.tasks.base import BUILTIN, TaskInputs, build_tasks
 from videolm.tasks.shapes import make_clip
 from videolm.tasks.shapes_data import ShapesDataset
-from videolm.tasks.token_shards import ClipTokenizer, image_caption
+from videolm.tasks.token_shards import ClipTokenizer, LazySamples, image_caption
 from videolm.tasks.views import box_mask, clip_views, grid_of, ping_pong, pixel_mask_to_grid
 from videolm.tokenizers.errors import UsageError
 
@@ -61,6 +61,28 @@ def test_sequence_layout_and_output_round_trip(tasks, samples, tok, name):
         assert media.audio.shape == (s["num_samples"],)
     else:
         assert media.video.shape == ((1 if name == "t2i" else 17), 64, 64, 3) and media.video.dtype == np.uint8
+
+
+def test_lazy_samples_tokenize_only_what_a_task_reads(tok, samples, tasks):
+    """`LazySamples` gives `encode`'s samples (fields tokenized one clip at a time can differ only
+    where a latent sits on a quantization boundary) and tokenizes a field only when it is read."""
+    lazy = LazySamples(ShapesDataset(2, seed=11), tok, extra=lambda c: {"flipped": c["video"][:, ::-1]})
+    s = lazy[0]
+    assert set(s) == set(samples[0]) | {"flipped"} and "flipped" in s and "nope" not in s
+    for name in BUILTIN:
+        assert tasks[name].accepts(s)
+    assert lazy.codes[0] == {}  # nothing tokenized by asking what is there
+    prefix, target = tasks["extend_back"].build(s)
+    assert sorted(lazy.codes[0]) == ["tail", "video"]  # what extend_back reads and writes, and no more
+    assert torch.equal(prefix, tasks["extend_back"].build(samples[0])[0]) and len(target)
+    for name, value in samples[0].items():
+        if isinstance(value, torch.Tensor):
+            assert value.shape == s[name].shape and (value == s[name]).float().mean() > 0.99, name
+        else:
+            assert value == s[name], name
+    assert lazy[0]["tail"] is s["tail"]  # kept: a later draw of the clip tokenizes nothing again
+    no_structure = LazySamples([{**ShapesDataset(1, seed=11)[0], "structure": None}], tok)[0]
+    assert not tasks["stylize"].accepts(no_structure) and tasks["extend"].accepts(no_structure)
 
 
 def test_truth_decoded_through_each_task_matches_the_clip(tasks, samples, clips, tok):

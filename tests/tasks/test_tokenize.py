@@ -100,7 +100,7 @@ def test_tokenize_errors_are_one_line(bundle, shards, tmp_path, capsys):
     assert main(["tokenize", "--model", str(tmp_path / "half"), "--num", "1", "--size", "32", "--frames", "5",
                  "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
-    assert "has no video_tokenizer/" in err and len(err.strip().splitlines()) == 1
+    assert "has no text.model" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists()  # all or nothing
     for device, says in (("mps", "only cpu and cuda"), ("gpu0", "not a device name"),
                          ("cuda:99", "no such CUDA device")):
