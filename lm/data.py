@@ -184,6 +184,8 @@ class SequenceTask(Protocol):
 
     def build(self, sample: Sample, drop_text: bool = False) -> tuple[torch.Tensor, torch.Tensor]: ...
 
+    # optional: ``fields``, the sample fields the task reads and writes (lazy samples prefetch them)
+
 
 @dataclass
 class TaskExample:
@@ -220,8 +222,20 @@ class TaskSequences(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> TaskExample:
-        sample = self.samples[i]
-        k = self.draw_task(sample, i)
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[TaskExample]:
+        """A batch of items (what a DataLoader asks for). Samples that tokenize lazily (with a
+        ``prefetch(samples, fields)`` on their dataset) get the fields the drawn tasks read
+        tokenized together, which is cheaper than one clip at a time."""
+        samples = [self.samples[i] for i in indices]
+        drawn = [self.draw_task(sample, i) for sample, i in zip(samples, indices)]
+        prefetch = getattr(self.samples, "prefetch", None)
+        if prefetch is not None:
+            prefetch(samples, [getattr(self.tasks[k], "fields", ()) for k in drawn])
+        return [self._example(i, sample, k) for i, sample, k in zip(indices, samples, drawn)]
+
+    def _example(self, i: int, sample: Sample, k: int) -> TaskExample:
         drop = self.text_dropout > 0 and bool(torch.rand(()) < self.text_dropout)
         prefix, target = self.tasks[k].build(sample, drop_text=drop)
         ids = torch.cat([torch.as_tensor(prefix), torch.as_tensor(target)]).long()  # (N,)

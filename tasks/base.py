@@ -101,11 +101,16 @@ class Task(ABC):
 
     def accepts(self, sample: dict) -> bool:
         """Whether the sample has every field this task reads and writes."""
-        return all(has_field(sample, name) for name in (*self.inputs, self.target_field))
+        return all(has_field(sample, name) for name in self.fields)
 
     @property
     def target_field(self) -> str:
         return self.target or self.output
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The sample fields a sequence of this task reads and writes."""
+        return (*self.inputs, self.target_field)
 
     def target_codes(self, sample: dict) -> torch.Tensor:
         """The local codes the output is trained to be (default: the whole target field)."""

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from videolm.lm.data import TaskSequences
 from videolm.tasks.base import BUILTIN, TaskInputs, build_tasks
 from videolm.tasks.shapes import make_clip
 from videolm.tasks.shapes_data import ShapesDataset
@@ -81,6 +82,15 @@ def test_lazy_samples_tokenize_only_what_a_task_reads(tok, samples, tasks):
         else:
             assert value == s[name], name
     assert lazy[0]["tail"] is s["tail"]  # kept: a later draw of the clip tokenizes nothing again
+    again = LazySamples(ShapesDataset(2, seed=11), tok)
+    sequences = TaskSequences(again, [tasks["v2a"], tasks["interpolate"]], [1.0, 1.0], text_dropout=0.0)
+    torch.manual_seed(0)
+    examples = sequences.__getitems__([0, 1])  # what a DataLoader asks for: both clips' fields in one batch
+    for clip, example in enumerate(examples):
+        task = sequences.tasks[example.task]
+        assert sorted(again.codes[clip]) == sorted(set(task.fields) - {"text"})
+        assert torch.equal(example.ids, torch.cat(task.build(samples[clip])))  # the same codes as encode's
+    assert {e.task for e in examples} == {0, 1}  # (this seed draws each task once: audio and video fields)
     no_structure = LazySamples([{**ShapesDataset(1, seed=11)[0], "structure": None}], tok)[0]
     assert not tasks["stylize"].accepts(no_structure) and tasks["extend"].accepts(no_structure)
 
