@@ -13,13 +13,13 @@ A shard folder is self-describing and holds no pickles::
                                     metadata holds each clip's caption, seed, sizes and mask boxes
                                     as JSON
 
-A sample (what a shard item is, or a clip tokenized on the fly: `videolm.tasks.token_shards.LazySamples`,
+A sample (a shard item, or a clip tokenized on the fly by `videolm.tasks.token_shards.LazySamples`,
 a mapping that tokenizes each field when first read) is a dict of int64 tensors under those keys
-plus the metadata. This module knows no tasks: a `TaskSequences`
-dataset is given task objects (anything with ``name``, ``accepts(sample)`` and
-``build(sample, drop_text) -> (prefix, target)``, e.g. `videolm.tasks.base.Task`), draws one per
-clip by the mixture's weights, and `PackCollate` packs the sequences into fixed-length rows,
-keeping each example's task so the loss can be told apart per task.
+plus the metadata. This module knows no tasks: a `TaskSequences` dataset is given task objects
+(anything with ``name``, ``accepts(sample)`` and ``build(sample, drop_text) -> (prefix, target)``,
+e.g. `videolm.tasks.base.Task`), draws one per clip by the mixture's weights, and `PackCollate`
+packs the sequences into fixed-length rows, keeping each example's task so the loss can be told
+apart per task.
 """
 
 from __future__ import annotations

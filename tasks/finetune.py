@@ -5,8 +5,9 @@ The new task is a `videolm.tasks.base.Task` subclass, built in or from the user'
 appended to the model's vocabulary (`grow_vocab`: no existing id moves; the new embedding row
 starts at the mean of the other task tokens' rows). Training data is made on the fly from Shapes
 clips, with the built-in views and the task's own (`Task.views`), each field tokenized when a
-drawn sequence first reads it (`LazySamples`); old tasks can be mixed in to keep the model from forgetting them. The new task, and the old tasks
-named in ``eval.tasks``, are scored on held-out clips before and after.
+drawn sequence first reads it (`LazySamples`); old tasks can be mixed in to keep the model from
+forgetting them. The new task, and the old tasks named in ``eval.tasks``, are scored on held-out
+clips before and after.
 
 Run folder (``out``)::
 

@@ -192,8 +192,9 @@ class LazySamples(Dataset):
     mostly wasted: on 2 CPU cores a Shapes clip costs about 90 ms with all its views and 13-18 ms
     per video field. Clips are drawn again from ``clips`` when a field is needed (Shapes renders
     one in a few milliseconds), so only codes are held. Fields are tokenized one clip at a time,
-    so their codes can differ from a batched `ClipTokenizer.encode`'s where a latent sits within
-    float rounding of a quantization boundary."""
+    or a DataLoader batch at a time through `prefetch`, so their codes can differ from those of
+    `ClipTokenizer.encode` over other batches where a latent sits within float rounding of a
+    quantization boundary."""
 
     def __init__(self, clips: Dataset, tokenizer: ClipTokenizer, views: bool = True,
                  extra: Callable[[dict], dict[str, np.ndarray]] | None = None):
