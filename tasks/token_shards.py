@@ -80,12 +80,11 @@ class ClipTokenizer:
         only when read."""
         made = [self.clip_fields(c, views, extra) for c in clips]
         names = [name for name in made[0][1] if name != "audio" and all(name in f for _, f in made)]  # in every clip
-        codes = {name: self.encode_video([fields[name] for _, fields in made]) for name in names}  # (B, t, n) each
+        codes = {name: self.encode_field(name, [fields[name] for _, fields in made]) for name in names}  # (B, t, n)
         with_audio = [i for i, (_, fields) in enumerate(made) if "audio" in fields]
         audio = {}
         if with_audio:
-            wave = torch.from_numpy(np.stack([made[i][1]["audio"] for i in with_audio])).float()  # (B', S)
-            audio = dict(zip(with_audio, self.audio.encode(wave.to(self.device)).cpu()))  # (F, Q) each
+            audio = dict(zip(with_audio, self.encode_field("audio", [made[i][1]["audio"] for i in with_audio])))
         samples = []
         for i, (sample, _) in enumerate(made):
             sample.update({name: c[i] for name, c in codes.items()})
@@ -117,6 +116,15 @@ class ClipTokenizer:
             fields["audio"] = clip["audio"]
         return sample, fields
 
+    def encode_field(self, name: str, media: Sequence[np.ndarray]) -> torch.Tensor:
+        """One code field of several clips: ``audio`` waves ``(S,)`` -> ``(B, F, Q)``; any other
+        field's videos ``(T, H, W, 3)`` -> ``(B, t, n)``."""
+        if name == "audio":
+            with torch.no_grad():
+                wave = torch.from_numpy(np.stack(media)).float().to(self.device)  # (B, S)
+                return self.audio.encode(wave).cpu()
+        return self.encode_video(media)
+
     @torch.no_grad()
     def encode_video(self, videos) -> torch.Tensor:
         """Videos of one size, ``(B, T, H, W, 3)`` uint8 (or a list of them) -> codes ``(B, t, n)``."""
@@ -142,10 +150,6 @@ class ClipTokenizer:
 
     def encode_text(self, text: str) -> torch.Tensor:
         return torch.tensor(self.text.encode(text), dtype=torch.long)
-
-    def __call__(self, clip: dict) -> dict:
-        """One clip -> one sample (tokenizing on the fly)."""
-        return self.encode([clip])[0]
 
     # -- codes -> media
 
@@ -217,14 +221,7 @@ class LazySamples(Dataset):
                     wanted.setdefault(name, []).append(sample)
         for name, group in wanted.items():
             group = list({s._i: s for s in group}.values())  # a clip drawn twice in one batch: once
-            media = [s._media[name] for s in group]
-            if name == "audio":
-                with torch.no_grad():
-                    wave = torch.from_numpy(np.stack(media)).float().to(self.tokenizer.device)  # (B, S)
-                    codes = self.tokenizer.audio.encode(wave).cpu()  # (B, F, Q)
-            else:
-                codes = self.tokenizer.encode_video(media)  # (B, t, n)
-            for s, c in zip(group, codes):
+            for s, c in zip(group, self.tokenizer.encode_field(name, [s._media[name] for s in group])):
                 self.codes[s._i][name] = c
 
 
@@ -241,9 +238,7 @@ class LazySample(Mapping):
             return self._meta[name]
         codes = self._owner.codes[self._i]
         if name not in codes:
-            media = self._media[name]  # KeyError: the clip has no such field
-            tok = self._owner.tokenizer
-            codes[name] = tok.encode_audio(media) if name == "audio" else tok.encode_video([media])[0]
+            codes[name] = self._owner.tokenizer.encode_field(name, [self._media[name]])[0]  # KeyError: no such field
         return codes[name]
 
     def __contains__(self, name: object) -> bool:
