@@ -84,7 +84,8 @@ class FinetuneConfig:
     base: str = "shapes-64"  # a model folder or shipped name with an lm/
     paths: list[str] = field(default_factory=list)  # folders to import the task from
     method: Literal["full", "lora"] = "lora"
-    token_init: str = "mean"  # the new task token's first rows: the mean of the task tokens', or one task's (a name)
+    freeze_layers: int = 0  # full: keep the embeddings and the first N decoder layers as they are (faster steps)
+    token_init: str = "mean"  # the new task token's first rows: the task tokens' mean, one task's (a name), or orthogonal
     lora: LoRASettings = field(default_factory=LoRASettings)
     data: FinetuneData = field(default_factory=FinetuneData)
     train: LMTrainConfig = field(default_factory=lambda: LMTrainConfig(steps=200, batch_size=8, row_len=1104, lr=3e-4,
@@ -95,6 +96,8 @@ class FinetuneConfig:
     def __post_init__(self):
         if not self.task:
             raise ConfigError("task: name the new task (module:Class)")
+        if self.freeze_layers < 0 or (self.freeze_layers and self.method != "full"):
+            raise ConfigError(f"freeze_layers={self.freeze_layers}: a count >= 0, and only with method: full")
         if self.eval.metric not in ("psnr", "shape", "color", "size", "direction"):
             raise ConfigError(f"eval.metric={self.eval.metric!r}: choose psnr, shape, color, size or direction")
 
@@ -104,13 +107,17 @@ class FinetuneConfig:
 
 def grow_vocab(model, vocab: Vocabulary, name: str, like: str = "mean") -> int:
     """Add task ``name`` to ``vocab`` (a no-op if there) and make room for it in ``model``'s
-    embedding and output layers; its rows start at the mean of the other task tokens' rows, or
-    with ``like`` a task's name, at that task token's rows. Returns its id. No existing id moves."""
+    embedding and output layers. Its rows start at the mean of the other task tokens' rows; with
+    ``like`` a task's name, at that task token's rows; with ``like="orthogonal"``, at a fixed
+    random direction orthogonal to every other task token's row, as long as their mean row (a
+    token the model reads as no task it knows, so that learning it moves the old tasks' tokens'
+    processing least). Returns its id. No existing id moves."""
     if name in vocab.tasks:
         return vocab.task_id(name)
-    if like != "mean" and like not in vocab.tasks:
-        raise ConfigError(f"token_init: {like!r} is not one of the model's tasks ({', '.join(vocab.tasks)}) or 'mean'")
-    others = [vocab.task_id(t) for t in (vocab.tasks if like == "mean" else [like])]
+    if like not in ("mean", "orthogonal") and like not in vocab.tasks:
+        raise ConfigError(f"token_init: {like!r} is not one of the model's tasks ({', '.join(vocab.tasks)}), "
+                          "'mean' or 'orthogonal'")
+    others = [vocab.task_id(t) for t in (vocab.tasks if like in ("mean", "orthogonal") else [like])]
     new = vocab.add_task(name)
     rows = model.get_input_embeddings().weight.shape[0]
     if new >= rows:
@@ -118,8 +125,19 @@ def grow_vocab(model, vocab: Vocabulary, name: str, like: str = "mean") -> int:
     with torch.no_grad():
         for layer in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings())}.values():
             w = layer.weight
-            w[new] = w[others].mean(0) if others else w[:rows].mean(0)
+            known = w[others] if others else w[:rows]  # (K, D)
+            w[new] = _orthogonal_row(known) if like == "orthogonal" else known.mean(0)
     return new
+
+
+def _orthogonal_row(known: torch.Tensor) -> torch.Tensor:
+    """A random ``(D,)`` row (seeded: the same every time) orthogonal to every row of ``known
+    (K, D)``, with their mean length."""
+    known = known.float()
+    row = torch.randn(known.shape[1], generator=torch.Generator().manual_seed(0))  # (D,)
+    basis = torch.linalg.qr(known.T).Q  # (D, K): orthonormal, spanning the known rows
+    row = row - basis @ (basis.T @ row)
+    return row * (known.norm(dim=1).mean() / row.norm())
 
 
 # ----------------------------------------------------------------------------------- scoring
@@ -201,6 +219,9 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
     pipe = Pipeline.from_pretrained(cfg.base)
     for name in [*cfg.data.mix, *cfg.eval.tasks]:
         pipe.task(name)  # old tasks must be the base model's
+    layers = pipe.model.config.num_hidden_layers
+    if cfg.freeze_layers > layers:
+        raise ConfigError(f"freeze_layers={cfg.freeze_layers}: {cfg.base}'s LM has {layers} layers")
     if cls.name in pipe.vocab.tasks:
         raise ConfigError(f"task {cls.name!r} is already one of {cfg.base}'s tasks; fine-tuning teaches a new one")
     if cfg.train.threads:
@@ -227,6 +248,8 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
     new.training = True
     model = pipe.model.train()
     peft_model = None
+    if cfg.freeze_layers:
+        _freeze(model, cfg.freeze_layers)
     if cfg.method == "lora":
         peft_model = _lora(model, cfg.lora, pipe.vocab.task_id(cls.name))
         model = peft_model.base_model.model  # the VideoLM, its layers wrapped in place
@@ -260,6 +283,13 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
     report["summary"]["minutes_by_stage"] = {k: round(v / 60, 2) for k, v in minutes.items()}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _freeze(model, num_layers: int) -> None:
+    """Full fine-tuning of the upper layers only: the embeddings and the first ``num_layers``
+    decoder layers get no gradient, so the backward pass stops above them."""
+    for module in [model.get_input_embeddings(), *model.model.layers[:num_layers]]:
+        module.requires_grad_(False)
 
 
 def _lora(model, settings: LoRASettings, token_id: int):

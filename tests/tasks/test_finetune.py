@@ -51,6 +51,12 @@ def test_grow_vocab_appends_and_moves_nothing():
     like = grow_vocab(model, vocab, "reverse", like="v2a")  # token_init: a related task's rows
     for layer in (model.get_input_embeddings(), model.get_output_embeddings()):
         assert torch.equal(layer.weight[like], layer.weight[before["<task:v2a>"]])
+    known = [vocab.task_id(t) for t in vocab.tasks]
+    apart = grow_vocab(model, vocab, "mirror", like="orthogonal")  # a direction no task token has
+    for layer in (model.get_input_embeddings(), model.get_output_embeddings()):
+        w = layer.weight.detach()
+        assert torch.allclose(w[known] @ w[apart], torch.zeros(len(known)), atol=1e-5)
+        assert w[apart].norm() == pytest.approx(float(w[known].norm(dim=1).mean()), rel=1e-4)
     with pytest.raises(ConfigError, match="token_init: 'extend' is not one of"):
         grow_vocab(model, vocab, "loop", like="extend")
     assert "loop" not in vocab.tasks  # nothing added on a bad name
@@ -101,6 +107,39 @@ def test_full_finetune_and_cli_generate(debug_model_dir, tmp_path):
     assert main(["generate", "--model", str(run / "model"), "--task", "colorize", "--prompt", clip.caption,
                  "--video", str(tmp_path / "clip.mp4"), "--out", str(out)]) == 0
     assert (out / "sample_000.mp4").is_file()
+
+
+def test_full_finetune_with_frozen_lower_layers(debug_model_dir, tmp_path, capsys):
+    """freeze_layers: the embeddings and the first layers come out exactly as they went in (the new
+    task token's row stays at its start), the layers above them are trained."""
+    cfg = yaml.safe_load(_config(tmp_path, debug_model_dir, method="full", example="reverse").read_text())
+    cfg.update(freeze_layers=1, token_init="mean")
+    path = tmp_path / "frozen.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["finetune", "--config", str(path)]) == 0
+    base = VideoLM.from_pretrained(debug_model_dir / "lm").float()
+    tuned = VideoLM.from_pretrained(tmp_path / "run" / "model" / "lm").float()
+    vocab = Vocabulary.load(tmp_path / "run" / "model" / "lm")
+    new = vocab.task_id("reverse")
+    old_rows = [i for i in range(base.get_input_embeddings().weight.shape[0]) if i != new]
+    assert len(base.model.layers) > 1
+
+    def same(name, p):  # vocabulary-sized matrices: the old ids' rows (the new id's may move)
+        q = base.get_parameter(name)
+        by_id = name.startswith(("model.embed_tokens", "lm_head"))
+        return torch.equal(p[old_rows], q[old_rows]) if by_id else torch.equal(p, q)
+
+    changed = {name for name, p in tuned.named_parameters() if not same(name, p)}
+    assert changed and not any(n.startswith(("model.embed_tokens", "model.layers.0.")) for n in changed)
+    assert any(n.startswith("model.layers.1.") for n in changed)
+    others = [vocab.task_id(t) for t in vocab.tasks if t != "reverse"]
+    emb = tuned.get_input_embeddings().weight
+    assert torch.allclose(emb[new], emb[others].mean(0), atol=1e-3)  # where grow_vocab put it
+    cfg.update(method="lora")
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["finetune", "--config", str(path)]) == 2
+    assert "freeze_layers=1" in capsys.readouterr().err
+    sys.modules.pop("reverse", None)
 
 
 def test_a_task_the_base_knows_is_refused(debug_model_dir, tmp_path, capsys):
