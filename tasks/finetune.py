@@ -114,10 +114,11 @@ def grow_vocab(model, vocab: Vocabulary, name: str, like: str = "mean") -> int:
     processing least). Returns its id. No existing id moves."""
     if name in vocab.tasks:
         return vocab.task_id(name)
-    if like not in ("mean", "orthogonal") and like not in vocab.tasks:
+    from_all = like in ("mean", "orthogonal")  # placed by every task token's row, not one task's
+    if not from_all and like not in vocab.tasks:
         raise ConfigError(f"token_init: {like!r} is not one of the model's tasks ({', '.join(vocab.tasks)}), "
                           "'mean' or 'orthogonal'")
-    others = [vocab.task_id(t) for t in (vocab.tasks if like in ("mean", "orthogonal") else [like])]
+    others = [vocab.task_id(t) for t in (vocab.tasks if from_all else [like])]
     new = vocab.add_task(name)
     rows = model.get_input_embeddings().weight.shape[0]
     if new >= rows:
