@@ -20,13 +20,16 @@ Classifier-free guidance runs conditional rows and their unconditional twins in 
 from __future__ import annotations
 
 import functools
+import math
+import mmap
+import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from transformers.activations import SiLUActivation
-from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb, rotate_half
+from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
 
 from videolm.lm.constraints import AllowedIds, Constraint
 from videolm.lm.masks import attention_bias, prefix_lm_mask
@@ -39,11 +42,11 @@ Prompts = Sequence[Sequence[int] | torch.Tensor]
 class KVCache:
     """Keys and values of every layer for ``B`` rows of up to ``S`` slots, filled left to right."""
 
-    keys: list[torch.Tensor]  # per layer (B, Hkv, S, Dh)
-    values: list[torch.Tensor]  # per layer (B, Hkv, S, Dh)
+    kv: list[torch.Tensor]  # per layer (B, 2 Hkv, S, Dh): keys, then values
     valid: torch.Tensor  # (B, S) bool: the slot holds a real token (not padding)
     cos: torch.Tensor  # (S, Dh) RoPE table by position
     sin: torch.Tensor  # (S, Dh)
+    turn: torch.Tensor  # (S, Dh / 2) complex: cos + i sin, RoPE as one complex product (see `_lean_block`)
     positions: torch.Tensor  # (B,) long: RoPE position of each row's next token
     length: int = 0  # slots filled
     padded: bool = False  # some slot is padding, so attention needs a mask
@@ -54,49 +57,99 @@ class KVCache:
         return self.valid.shape[1]
 
 
-USE_ONEDNN = True  # DecodeWeights: oneDNN's packed layout where it works (False: transposed dense matrices)
+USE_ONEDNN = True  # DecodeWeights: oneDNN's packed layout for batches where it works (False: split layout only)
 PACK_ROWS = 16  # the number of rows oneDNN is told to expect when it packs a matrix
+SPLIT_MAX_ROWS = 1  # batches of up to this many rows run on the split layout, larger ones on the packed one
+HUGE_PAGE = 2 << 20  # bytes in a transparent huge page (x86-64, arm64 with 4 KiB base pages)
 
 
 @dataclass
 class DecodeWeights:
-    """The model's matrices laid out for the engine's own forward on CPU: each layer's q/k/v and
-    gate/up projections fused into one matrix, and every layer matrix in oneDNN's packed layout
-    (what torch.compile's CPU backend uses for frozen weights) or, where that is missing,
-    transposed to ``(in, out)`` and contiguous. The head stays a transposed dense ``(D, V)``, so
-    a slice of it gives the logits of an id range (constrained decoding needs no others).
+    """The model's matrices laid out for the engine's own forward on CPU, each layer's q/k/v and
+    gate/up projections fused into one matrix. Two layouts, each the faster one somewhere:
 
-    Decoding is a few rows times every matrix, bound by memory bandwidth at batch 1: on CPU
-    (measured on the tiny preset, one thread) ``F.linear(x, W)`` streams ``W`` at about 8-12 GB/s,
-    ``x @ W_t`` at about 18, oneDNN's packed product about 20 at one row and twice ``x @ W_t``'s
-    speed at 8 rows. A copy, taken when the cache is made: make a new cache after changing the
-    weights. Inference only (the packed product has no gradient).
+    - **split** (one row, up to `SPLIT_MAX_ROWS`): every matrix transposed to ``(in, out)`` and cut
+      along its inputs into ``S`` slabs ``(S, in / S, out)``, one per thread; a product is one
+      batched matmul, a vector-matrix product per slab, summed (`mm`). At one row a step is bound
+      by reading every weight once, and one plain ``x @ W`` keeps a single thread reading
+      (measured on 2 cores: all the step's products in 3.0 ms that way, 2.0-2.2 ms split, 2.6-2.7
+      ms packed). All matrices and the head lie in one buffer that Linux is asked to back with
+      transparent huge pages (`_huge_empty`), in the order a step reads them;
+    - **packed** (more rows): oneDNN's blocked layout (what torch.compile's CPU backend uses for
+      frozen weights), the fastest from two rows up (at eight, twice ``x @ W``'s speed).
+
+    The head is ``(D, V)`` (split: ``(S, D / S, V)``), so a slice of it gives the logits of an
+    id range (constrained decoding needs no others); in the packed layout a wide range's slice is
+    packed the first time it is asked for and kept (`head_rows`).
+
+    Constants are folded into the matrices, so a decoding step runs fewer small operations (on
+    CPU each costs microseconds of dispatch, as much as a layer's arithmetic at batch 1): each
+    RMSNorm's weight and ``sqrt(D)`` into the matrix that reads the norm's output, and the
+    attention's ``1/sqrt(Dh)`` into the query rows (RoPE is linear, so it commutes). What is left
+    of a norm is one factor per row, ``rsqrt(|x|^2 + D eps)``, applied to the product
+    (`_rms_scale`). The same computation as the modules' up to float rounding.
+
+    Built once per model and layout and reused while the model's parameters are unchanged (see
+    `decode_weights`). Inference only (the packed product has no gradient).
     """
 
     qkv: list[torch.Tensor]  # per layer: (H + 2 Hkv) Dh outputs from D inputs, in `mm`'s layout
     out: list[torch.Tensor]  # per layer: D from H Dh
     gate_up: list[torch.Tensor]  # per layer: 2 F from D
     down: list[torch.Tensor]  # per layer: D from F
-    norms: list[tuple[torch.Tensor, float, torch.Tensor, float]]  # per layer: input, post-attention RMSNorm, eps
-    final_norm: tuple[torch.Tensor, float]
-    head: torch.Tensor  # (D, V), transposed: slices of it give the logits of an id range
+    eps: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: D * eps of the input and post-attention RMSNorm (0-dim)
+    final_eps: torch.Tensor  # D * eps of the final RMSNorm (0-dim)
+    head: torch.Tensor  # (D, V), split (S, D / S, V): slices of its last dim give the logits of an id range
     heads: int
     kv_heads: int
     head_dim: int
-    scaling: float
-    packed: bool = False  # the layers' matrices are in oneDNN's packed layout (see `_pack`)
+    packed: bool = False  # the layers' matrices are in oneDNN's packed layout (see `_pack`), else split
+    head_rows: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # packed head slices by id range
 
     def mm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """``x (..., in) @`` one of the layers' matrices -> ``(..., out)``."""
+        """``x (..., in) @`` one of the matrices -> ``(..., out)``."""
         if self.packed:
             return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
-        return x @ weight
+        slabs = weight.shape[0]
+        parts = x.reshape(-1, slabs, x.shape[-1] // slabs).transpose(0, 1)  # (S, N, in / S)
+        return torch.bmm(parts, weight).sum(0).view(*x.shape[:-1], -1)  # (..., out)
+
+    def logits(self, x: torch.Tensor, span: tuple[int, int] | None) -> torch.Tensor:
+        """The head's logits ``(..., V)`` of the final hidden states ``x (..., D)``, normed;
+        with ``span = (lo, hi)`` only those of ids ``[lo, hi)``, the rest -inf."""
+        vocab_size = self.head.shape[-1]
+        lo, hi = (0, vocab_size) if span is None else span
+        part = self._head(x, lo, hi) * _rms_scale(x, self.final_eps)  # (..., hi - lo)
+        if hi - lo >= vocab_size:
+            return part  # (..., V)
+        logits = x.new_full((*x.shape[:-1], vocab_size), float("-inf"))  # (..., V)
+        logits[..., lo:hi] = part
+        return logits
+
+    def _head(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """``x (..., D)`` times the head's columns ``[lo, hi)``."""
+        if not self.packed:
+            return self.mm(x, self.head[..., lo:hi])
+        if not PACKED_HEAD_ROWS <= hi - lo < self.head.shape[-1]:
+            return x @ self.head[:, lo:hi]  # a few ids, or all of them (the prefill's last position)
+        if (lo, hi) not in self.head_rows:
+            self.head_rows[lo, hi] = _pack(self.head[:, lo:hi].t(), packed=True)
+        return torch.ops.mkldnn._linear_pointwise(x, self.head_rows[lo, hi], None, "none", [], "")
 
 
-def decode_weights(model) -> DecodeWeights | None:
-    """`DecodeWeights` of ``model``, or None where the engine runs the model's own modules: off
-    CPU, outside float32, or when a layer is not a plain one (LoRA or other wrapped projections,
-    biases, another norm or activation), so that whatever the modules do is what runs."""
+PACKED_HEAD_ROWS = 512  # a head slice of at least this many ids is packed for oneDNN (the video range is)
+_BUILT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {layout: (parameters' state, weights)}
+
+
+def decode_weights(model, rows: int = 1) -> DecodeWeights | None:
+    """`DecodeWeights` of ``model`` for batches of ``rows`` rows (the layout depends on it and on
+    the number of threads), or None where the engine runs the model's own modules: off CPU,
+    outside float32, or when a layer is not a plain one (LoRA or other wrapped projections,
+    biases, another norm or activation), so that whatever the modules do is what runs.
+
+    Kept per model and layout, and rebuilt when any parameter has changed since (another tensor,
+    or the same one written in place: its version counter moves), so repeated generation pays
+    the copy once."""
     lm = _llama(model)
     param = lm.lm_head.weight
     if param.device.type != "cpu" or param.dtype != torch.float32:
@@ -111,30 +164,114 @@ def decode_weights(model) -> DecodeWeights | None:
             or any(type(getattr(layer.mlp, "act_fn", None)) not in (SiLUActivation, torch.nn.SiLU)
                    for layer in lm.model.layers)):
         return None
+    cfg = lm.config
+    layout = "packed" if rows > SPLIT_MAX_ROWS and _onednn_packing() else _slabs(
+        (cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim, cfg.intermediate_size), torch.get_num_threads())
+    state = tuple((p.data_ptr(), p._version) for p in lm.parameters())
+    layouts = _BUILT.setdefault(lm, {})
+    if layout not in layouts or layouts[layout][0] != state:
+        if any(old != state for old, _ in layouts.values()):
+            layouts.clear()  # built from parameters that have since changed
+        layouts[layout] = state, _build_decode_weights(lm, layout)
+    return layouts[layout][1]
+
+
+def _slabs(inputs: tuple[int, ...], threads: int) -> int:
+    """How many slabs the split layout cuts each matrix into: one per thread, fewer where that
+    does not divide every matrix's inputs."""
+    slabs = max(1, threads)
+    while any(n % slabs for n in inputs):
+        slabs -= 1
+    return slabs
+
+
+def _build_decode_weights(lm, layout: str | int) -> DecodeWeights:
+    """The `DecodeWeights` of ``lm`` in oneDNN's ``"packed"`` layout, or split into ``layout`` slabs."""
     cfg, layers = lm.config, lm.model.layers
-    packed = _onednn_packing()
+    root_d = math.sqrt(cfg.hidden_size)
+
+    def eps_d(norm) -> torch.Tensor:
+        return torch.tensor(norm.variance_epsilon * cfg.hidden_size, dtype=torch.float32)
+
     with torch.no_grad():
-        pack = functools.partial(_pack, packed=packed)
+        qkv, out, gate_up, down = [], [], [], []  # (out, in) each
+        for layer in layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            q, k = (_pair_rope_rows(m, cfg.head_dim) for m in (attn.q_proj.weight * attn.scaling, attn.k_proj.weight))
+            fused = torch.cat([q, k, attn.v_proj.weight])
+            qkv.append(fused * (layer.input_layernorm.weight * root_d))  # the norm's weight on the inputs
+            out.append(attn.o_proj.weight)
+            fused = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+            gate_up.append(fused * (layer.post_attention_layernorm.weight * root_d))
+            down.append(mlp.down_proj.weight)
+        head = lm.lm_head.weight * (lm.model.norm.weight * root_d)  # (V, D)
+        if layout == "packed":
+            qkv, out, gate_up, down = ([_pack(m, packed=True) for m in ms] for ms in (qkv, out, gate_up, down))
+            head = _pack(head, packed=False)
+        else:
+            in_order = [m for mats in zip(qkv, out, gate_up, down) for m in mats]  # as a step reads them
+            *layer_mats, head = _split_in_one_buffer(in_order + [head], layout)
+            qkv, out, gate_up, down = (layer_mats[i::4] for i in range(4))
         return DecodeWeights(
-            qkv=[pack(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
-                 for a in (layer.self_attn for layer in layers)],
-            out=[pack(layer.self_attn.o_proj.weight) for layer in layers],
-            gate_up=[pack(torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight])) for layer in layers],
-            down=[pack(layer.mlp.down_proj.weight) for layer in layers],
-            norms=[(layer.input_layernorm.weight.detach(), layer.input_layernorm.variance_epsilon,
-                    layer.post_attention_layernorm.weight.detach(), layer.post_attention_layernorm.variance_epsilon)
-                   for layer in layers],
-            final_norm=(lm.model.norm.weight.detach(), lm.model.norm.variance_epsilon),
-            head=_pack(lm.lm_head.weight, packed=False),
-            heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
-            scaling=layers[0].self_attn.scaling, packed=packed,
+            qkv=list(qkv), out=list(out), gate_up=list(gate_up), down=list(down),
+            eps=[(eps_d(layer.input_layernorm), eps_d(layer.post_attention_layernorm)) for layer in layers],
+            final_eps=eps_d(lm.model.norm), head=head, heads=cfg.num_attention_heads,
+            kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, packed=layout == "packed",
         )
 
 
+def _pair_rope_rows(weight: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """A q or k projection ``(heads * Dh, in)`` with each head's output rows reordered
+    ``0, Dh/2, 1, Dh/2 + 1, ...``: the two coordinates RoPE rotates together become neighbours,
+    a complex number's real and imaginary parts."""
+    half = head_dim // 2
+    order = torch.stack([torch.arange(half), torch.arange(half, head_dim)], 1).flatten()  # (Dh,)
+    return weight.unflatten(0, (-1, head_dim))[:, order].flatten(0, 1)
+
+
+def _split_in_one_buffer(weights: list[torch.Tensor], slabs: int) -> list[torch.Tensor]:
+    """``(out, in)`` weights as ``(slabs, in / slabs, out)`` stacks of slabs of their transposes,
+    laid one after another in one buffer (`_huge_empty`), each starting on a 64-byte line."""
+    sizes = [-(-w.numel() // 16) * 16 for w in weights]  # floats, rounded up to whole 64-byte lines
+    flat = _huge_empty(sum(sizes))
+    mats, offset = [], 0
+    for w, size in zip(weights, sizes):
+        n_out, n_in = w.shape
+        mat = flat[offset:offset + w.numel()].view(slabs, n_in // slabs, n_out)  # (S, in / S, out)
+        mats.append(mat.copy_(w.detach().t().reshape(slabs, n_in // slabs, n_out)))
+        offset += size
+    return mats
+
+
+def _huge_empty(numel: int) -> torch.Tensor:
+    """An uninitialised float32 tensor of ``numel`` elements, on memory Linux is asked to back
+    with transparent huge pages (``MADV_HUGEPAGE`` on a private anonymous mapping, aligned to
+    `HUGE_PAGE`; the pages are faulted in when first written, after the advice). Elsewhere, or
+    when the advice is refused, plain memory: only the speed differs."""
+    if numel * 4 < HUGE_PAGE or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.empty(numel)
+    try:
+        buffer = mmap.mmap(-1, numel * 4 + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        buffer.madvise(mmap.MADV_HUGEPAGE)
+    except (OSError, ValueError, AttributeError):
+        return torch.empty(numel)
+    raw = torch.frombuffer(buffer, dtype=torch.uint8)  # keeps the mapping alive
+    offset = (-raw.data_ptr()) % HUGE_PAGE
+    return raw[offset:offset + numel * 4].view(torch.float32)
+
+
+def _rms_scale(x: torch.Tensor, eps_d: torch.Tensor) -> torch.Tensor:
+    """``rsqrt(|x|^2 + D eps)`` per row ``(..., 1)``: times ``sqrt(D)`` (folded into the matrices)
+    it is RMSNorm's ``rsqrt(mean(x^2) + eps)``. ``eps_d``: ``D eps`` as a 0-dim tensor (a Python
+    number would be wrapped into one at every call)."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # (..., 1)
+    return torch.addcmul(eps_d, norm, norm).rsqrt_()
+
+
 def _pack(weight: torch.Tensor, packed: bool) -> torch.Tensor:
-    """A ``(out, in)`` weight in `DecodeWeights.mm`'s layout: oneDNN's packed one, or ``(in, out)`` dense."""
+    """A ``(out, in)`` weight in oneDNN's packed layout, or as ``(in, out)`` dense."""
     if packed:
-        return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS)
+        return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), PACK_ROWS)
     return weight.detach().t().contiguous()
 
 
@@ -159,17 +296,28 @@ def new_cache(model, batch_size: int, max_len: int, lean: bool = True) -> KVCach
     (see `decode_weights`); False runs the model's modules."""
     lm = _llama(model)
     cfg, param = lm.config, lm.lm_head.weight
-    shape = (batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim)
+    shape = (batch_size, 2 * cfg.num_key_value_heads, max_len, cfg.head_dim)
     table = torch.arange(max_len, device=param.device)[None]  # (1, S)
-    cos, sin = lm.model.rotary_emb(param, table)  # (1, S, Dh) each
+    cos, sin = (t[0].float() for t in lm.model.rotary_emb(param, table))  # (S, Dh) each
+    half = cfg.head_dim // 2
+    weights = decode_weights(model, batch_size) if lean else None
+    if weights is not None and not (torch.equal(cos[:, :half], cos[:, half:]) and torch.equal(sin[:, :half], sin[:, half:])):
+        weights = None  # a RoPE whose halves differ: not one rotation per pair, so the modules' forward runs
     return KVCache(
-        keys=[param.new_zeros(shape) for _ in range(cfg.num_hidden_layers)],
-        values=[param.new_zeros(shape) for _ in range(cfg.num_hidden_layers)],
+        kv=list(_cache_memory(param, (cfg.num_hidden_layers, *shape)).unbind(0)),
         valid=torch.zeros(batch_size, max_len, dtype=torch.bool, device=param.device),
-        cos=cos[0], sin=sin[0],
-        positions=torch.zeros(batch_size, dtype=torch.long, device=param.device),
-        weights=decode_weights(model) if lean else None,
+        cos=cos.to(param.dtype), sin=sin.to(param.dtype), turn=torch.complex(cos[:, :half], sin[:, :half]),
+        positions=torch.zeros(batch_size, dtype=torch.long, device=param.device), weights=weights,
     )
+
+
+def _cache_memory(param: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Room for every layer's keys and values: on CPU in float32 one buffer in huge pages
+    (`_huge_empty`; attention at batch 8 reads as many bytes of cache as of weights), left
+    uninitialised, as a slot is always written before attention reads it; elsewhere zeros."""
+    if param.device.type == "cpu" and param.dtype == torch.float32:
+        return _huge_empty(math.prod(shape)).view(shape)
+    return param.new_zeros(shape)
 
 
 def forward(model, cache: KVCache, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
@@ -184,26 +332,21 @@ def forward(model, cache: KVCache, ids: torch.Tensor, positions: torch.Tensor, m
     if stop > cache.capacity:
         raise UsageError(f"the cache holds {cache.capacity} tokens; cannot add {ids.shape[1]} after {start}")
     x = lm.model.embed_tokens(ids)  # (B, T, D)
-    cos, sin = cache.cos[positions], cache.sin[positions]  # (B, T, Dh) each
     w = cache.weights
-    for i, (layer, keys, values) in enumerate(zip(lm.model.layers, cache.keys, cache.values)):
-        if w is None:
-            x = _block(layer, x, cos, sin, keys, values, start, mask)  # (B, T, D)
-        else:
-            x = _lean_block(w, i, x, cos, sin, keys, values, start, mask)  # (B, T, D)
+    if w is None:
+        cos, sin = cache.cos[positions], cache.sin[positions]  # (B, T, Dh) each
+        for layer, kv in zip(lm.model.layers, cache.kv):
+            x = _block(layer, x, cos, sin, kv, start, mask)  # (B, T, D)
+    else:
+        turn = cache.turn[positions][:, None]  # (B, 1, T, Dh / 2) complex
+        for i, kv in enumerate(cache.kv):
+            x = _lean_block(w, i, x, turn, kv, start, mask)  # (B, T, D)
     cache.length = stop
     if last_only:
         x = x[:, -1:]  # (B, 1, D)
     if w is None:
         return lm.lm_head(lm.model.norm(x))  # (B, T, V)
-    h = F.rms_norm(x, (x.shape[-1],), *w.final_norm)  # (B, T, D)
-    vocab_size = w.head.shape[1]
-    if span is None or span[1] - span[0] >= vocab_size:
-        return h @ w.head  # (B, T, V)
-    lo, hi = span
-    logits = h.new_full((*h.shape[:-1], vocab_size), float("-inf"))  # (B, T, V)
-    logits[..., lo:hi] = h @ w.head[:, lo:hi]
-    return logits
+    return w.logits(x, span)  # (B, T, V)
 
 
 @torch.no_grad()
@@ -289,14 +432,14 @@ class TokenChooser:
         self.done = torch.zeros(batch_size, dtype=torch.bool, device=device)  # (B,)
         self._complete: set[int] = set()  # rows whose constraint has ended (known without a device sync)
         self._ranges_at: tuple[int, list] | None = None  # (step, each row's ranges): constraints run once a step
+        self._barred_masks: dict[tuple, torch.Tensor] = {}  # the rows' ranges -> (B, V) ids they may not draw
         self.progress: Callable[[int], object] | None = None  # called with 1 after each step
 
     def __call__(self, logits: torch.Tensor, step: int) -> torch.Tensor:
         """Tokens ``(R,)`` for every row of ``logits (R, V)`` at output position ``step``."""
         logits = self._guide(logits.float())  # (B, V)
         if self.constraints is not None:
-            allowed = self._allowed(step)  # (B, V)
-            logits = logits.masked_fill(~allowed, float("-inf"))
+            logits = logits.masked_fill(self._barred(step), float("-inf"))
         tokens = sample(logits, **self.sampling)  # (B,)
         tokens = tokens.masked_fill(self.done, self.pad_id)
         if self.stop_id is not None:
@@ -333,19 +476,23 @@ class TokenChooser:
             self._ranges_at = (step, rows)
         return self._ranges_at[1]
 
-    def _allowed(self, step: int) -> torch.Tensor:
+    def _barred(self, step: int) -> torch.Tensor:
+        """``(B, V)`` bool: the ids each row may not draw at ``step``; built once per distinct
+        combination of the rows' ranges (a video layout has one for all its positions)."""
         rows = []
         for b, ranges in enumerate(self._ranges(step)):
             if not ranges:  # the row is complete: anything may be drawn, and is replaced by pad
                 self._complete.add(b)
                 ranges = ((0, self.allowed.vocab_size),)
-            rows.append(self.allowed(ranges))
+            rows.append(ranges)
         if self._complete:
             self.done[list(self._complete)] = True
-        return torch.stack(rows)  # (B, V)
+        key = tuple(rows)
+        if key not in self._barred_masks:
+            self._barred_masks[key] = ~torch.stack([self.allowed(ranges) for ranges in rows])  # (B, V)
+        return self._barred_masks[key]
 
 
-@torch.no_grad()
 def generate(model, prompts: Prompts, max_new_tokens: int | None = None, *, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None,
              constraint: Constraint | Sequence[Constraint] | None = None, cfg_scale: float = 1.0,
@@ -363,6 +510,18 @@ def generate(model, prompts: Prompts, max_new_tokens: int | None = None, *, temp
     baseline; slow). ``progress`` is called with 1 after each drawn token (e.g. a progress bar's
     ``update``).
     """
+    with torch.inference_mode():  # no autograd bookkeeping at all: each small step op is cheaper than under no_grad
+        tokens = _generate(model, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                           constraint=constraint, cfg_scale=cfg_scale, uncond_prompts=uncond_prompts,
+                           stop_id=stop_id, pad_id=pad_id, generator=generator, use_cache=use_cache,
+                           progress=progress)
+    return tokens.clone()  # cloned outside inference mode: an ordinary tensor the caller may edit in place
+
+
+def _generate(model, prompts: Prompts, max_new_tokens: int | None, *, temperature: float, top_k: int | None,
+              top_p: float | None, constraint, cfg_scale: float, uncond_prompts: Prompts | None,
+              stop_id: int | None, pad_id: int, generator, use_cache: bool,
+              progress: Callable[[int], object] | None) -> torch.Tensor:
     lm = _llama(model)
     device, vocab_size = lm.lm_head.weight.device, lm.config.vocab_size
     prompts = _check_prompts(prompts, vocab_size, "prompts")
@@ -453,8 +612,8 @@ def _decode(extend: Callable[[torch.Tensor, tuple[int, int] | None], torch.Tenso
     return torch.stack(out, 1)  # (B, N)
 
 
-def _block(layer, x, cos, sin, keys, values, start: int, mask):
-    """One Llama decoder layer over the layer's own modules, with the static cache."""
+def _block(layer, x, cos, sin, kv, start: int, mask):
+    """One Llama decoder layer over the layer's own modules, with the static cache ``kv``."""
     attn = layer.self_attn
     b, t, _ = x.shape
     h = layer.input_layernorm(x)  # (B, T, D)
@@ -462,32 +621,34 @@ def _block(layer, x, cos, sin, keys, values, start: int, mask):
     k = attn.k_proj(h).view(b, t, -1, attn.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
     v = attn.v_proj(h).view(b, t, -1, attn.head_dim).transpose(1, 2)  # (B, Hkv, T, Dh)
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
-    stop = start + t
-    keys[:, :, start:stop] = k
-    values[:, :, start:stop] = v
-    o = F.scaled_dot_product_attention(q, keys[:, :, :stop], values[:, :, :stop], attn_mask=mask,
+    stop, kv_heads = start + t, k.shape[1]
+    kv[:, :kv_heads, start:stop] = k
+    kv[:, kv_heads:, start:stop] = v
+    o = F.scaled_dot_product_attention(q, kv[:, :kv_heads, :stop], kv[:, kv_heads:, :stop], attn_mask=mask,
                                        scale=attn.scaling, enable_gqa=attn.num_key_value_groups > 1)  # (B, H, T, Dh)
     x = x + attn.o_proj(o.transpose(1, 2).reshape(b, t, -1))  # (B, T, D)
     return x + layer.mlp(layer.post_attention_layernorm(x))  # (B, T, D)
 
 
-def _lean_block(w: DecodeWeights, i: int, x, cos, sin, keys, values, start: int, mask):
+def _lean_block(w: DecodeWeights, i: int, x, turn, kv, start: int, mask):
     """`_block` over `DecodeWeights`: the same computation, with fused matrices in their own layout
-    and torch's RMSNorm (equal to the modules' up to float rounding)."""
-    b, t, d = x.shape
-    heads, kv = w.heads, w.kv_heads
-    norm_in, eps_in, norm_post, eps_post = w.norms[i]
-    h = F.rms_norm(x, (d,), norm_in, eps_in)  # (B, T, D)
-    qkv = w.mm(h, w.qkv[i]).view(b, t, heads + 2 * kv, w.head_dim).transpose(1, 2)  # (B, H + 2 Hkv, T, Dh)
-    qk = qkv[:, :heads + kv]  # (B, H + Hkv, T, Dh): RoPE on queries and keys at once
-    qk = qk * cos[:, None] + rotate_half(qk) * sin[:, None]
+    and the norms' constants folded into them. The query and key rows of each head are stored
+    with RoPE's pairs ``(j, j + Dh / 2)`` side by side (`_pair_rope_rows`), so RoPE is one
+    in-place complex product by ``turn (B, 1, T, Dh / 2)``, and the rotated keys and the values
+    go into the cache in one copy. Attention scores are unchanged: queries and keys are permuted
+    alike (the cache holds keys in that order; only this forward reads them)."""
+    b, t, _ = x.shape
+    heads, kv_heads = w.heads, w.kv_heads
+    eps_in, eps_post = w.eps[i]
+    qkv = w.mm(x, w.qkv[i]) * _rms_scale(x, eps_in)  # (B, T, (H + 2 Hkv) Dh)
+    qkv = qkv.view(b, t, heads + 2 * kv_heads, w.head_dim).transpose(1, 2)  # (B, H + 2 Hkv, T, Dh)
+    torch.view_as_complex(qkv[:, :heads + kv_heads].unflatten(-1, (-1, 2))).mul_(turn)  # RoPE on q and k
     stop = start + t
-    keys[:, :, start:stop] = qk[:, heads:]
-    values[:, :, start:stop] = qkv[:, heads + kv:]
-    o = F.scaled_dot_product_attention(qk[:, :heads], keys[:, :, :stop], values[:, :, :stop], attn_mask=mask,
-                                       scale=w.scaling, enable_gqa=heads != kv)  # (B, H, T, Dh)
-    x = x + w.mm(o.transpose(1, 2).reshape(b, t, -1), w.out[i])  # (B, T, D)
-    gate, up = w.mm(F.rms_norm(x, (d,), norm_post, eps_post), w.gate_up[i]).chunk(2, -1)  # (B, T, F) each
+    kv[:, :, start:stop] = qkv[:, heads:]
+    o = F.scaled_dot_product_attention(qkv[:, :heads], kv[:, :kv_heads, :stop], kv[:, kv_heads:, :stop],
+                                       attn_mask=mask, scale=1.0, enable_gqa=heads != kv_heads)  # (B, H, T, Dh)
+    x = x + w.mm(o.transpose(1, 2).reshape(b, t, -1), w.out[i])  # (B, T, D); 1/sqrt(Dh) is in q
+    gate, up = (w.mm(x, w.gate_up[i]) * _rms_scale(x, eps_post)).chunk(2, -1)  # (B, T, F) each
     return x + w.mm(F.silu(gate) * up, w.down[i])  # (B, T, D)
 
 

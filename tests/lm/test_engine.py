@@ -3,6 +3,7 @@ import torch
 
 from videolm.lm import engine
 from videolm.lm.constraints import OutputLayout, audio_layout, video_layout
+from videolm.lm.model import VideoLM
 from videolm.tokenizers.errors import UsageError
 from videolm.tokenizers.vocab import Vocabulary
 
@@ -29,6 +30,62 @@ def test_cached_decoding_matches_a_full_forward_at_every_step(model):
             outputs = torch.cat([outputs, tokens[:, None]], 1)
             logits = engine.decode_one_token(model, cache, tokens)
     assert cache.length == 13 + 16
+
+
+@pytest.mark.parametrize("threads, rows", [(1, 1), (2, 1), (4, 1), (2, 3)])
+def test_each_weight_layout_decodes_as_a_full_forward(model, threads, rows):
+    """One row runs on the split layout (one slab of every matrix per thread), more rows on
+    oneDNN's packed one; either way the logits are the model's own, step after step."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        prompts = PROMPTS[:rows]
+        cache = engine.new_cache(model, rows, 13 + 8)
+        weights = cache.weights
+        assert weights is not None
+        if rows == 1:
+            assert not weights.packed and weights.qkv[0].shape[0] == threads  # debug: D 64, H Dh 64, F 128
+        with torch.no_grad():
+            logits = engine.prefill(model, cache, prompts)  # (B, V): every id's
+            outputs = torch.zeros(rows, 0, dtype=torch.long)
+            lo, hi = 0, logits.shape[-1]
+            for step in range(8):
+                reference = engine.full_logits(model, prompts, outputs)[:, -1]  # (B, V)
+                torch.testing.assert_close(logits[:, lo:hi], reference[:, lo:hi], rtol=1e-4, atol=1e-5)
+                assert torch.isneginf(logits[:, :lo]).all() and torch.isneginf(logits[:, hi:]).all()
+                tokens = engine.sample(logits, generator=torch.Generator().manual_seed(step))
+                outputs = torch.cat([outputs, tokens[:, None]], 1)
+                lo, hi = 10, 200  # from here on only these ids' logits are asked for (as a constraint does)
+                logits = engine.decode_one_token(model, cache, tokens, span=(lo, hi))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_engine_reuses_its_weights_and_follows_them_when_they_change():
+    torch.manual_seed(1)
+    fresh = VideoLM.from_lm_config("debug").eval()
+    assert engine.decode_weights(fresh) is engine.decode_weights(fresh)  # built once
+    before = engine.generate(fresh, PROMPTS, 8, temperature=0)
+    with torch.no_grad():
+        fresh.model.layers[0].mlp.down_proj.weight.mul_(4)  # in place: same tensor, new version
+    after = engine.generate(fresh, PROMPTS, 8, temperature=0)
+    assert not torch.equal(before, after)
+    assert torch.equal(after, engine.generate(fresh, PROMPTS, 8, temperature=0, use_cache=False))
+
+
+def test_generated_ids_are_an_ordinary_tensor(model):
+    out = engine.generate(model, PROMPTS, 4, temperature=0)  # generation runs in inference mode
+    assert not out.is_inference()
+    out[:, 0] = 7  # the caller may edit it in place
+
+
+def test_large_engine_buffers_start_on_a_huge_page_boundary():
+    buffer = engine._huge_empty(engine.HUGE_PAGE // 4 + 5)
+    assert buffer.numel() == engine.HUGE_PAGE // 4 + 5 and buffer.dtype == torch.float32
+    buffer.fill_(1.5)
+    assert buffer.sum().item() == 1.5 * buffer.numel()
+    if hasattr(__import__("mmap"), "MADV_HUGEPAGE"):
+        assert buffer.data_ptr() % engine.HUGE_PAGE == 0
 
 
 def test_greedy_generation_is_identical_with_and_without_the_cache(model):
