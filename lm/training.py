@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from transformers.utils import logging as hf_logging
 from videolm.lm.data import PackCollate, TaskBatch
-from videolm.lm.masks import IGNORE, attention_bias
+from videolm.lm.masks import IGNORE, PackedBatch, attention_bias
 from videolm.lm.model import VideoLM
 from videolm.tokenizers.errors import ConfigError
 from videolm.tokenizers.training import lr_factor  # the tokenizers' schedule, shared
@@ -97,21 +97,44 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
-def output_losses(model: VideoLM, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of every output token ``(N,)`` and the task of each ``(N,)``.
+def output_logits(model: VideoLM, rows: PackedBatch) -> torch.Tensor:
+    """Logits ``(N, V)`` at the positions that predict an output token, in row-major order (the
+    order of ``rows.labels[:, 1:]``'s kept entries).
 
-    The head runs on the positions that predict an output token only, so prefix tokens (often
-    most of a sequence: the input video of v2a) cost no vocabulary projection.
+    The head runs on those positions only, so prefix tokens (often most of a sequence: the input
+    video of v2a) cost no vocabulary projection.
     """
-    rows = batch.rows
     bias = attention_bias(rows.attention_mask(), model.dtype)  # (R, 1, L, L)
     hidden = model.model(input_ids=rows.ids, attention_mask=bias, position_ids=rows.positions,
                          use_cache=False).last_hidden_state  # (R, L, D)
-    labels = rows.labels[:, 1:]  # (R, L-1): the token each position predicts
-    keep = labels != IGNORE  # (R, L-1)
-    logits = model.lm_head(hidden[:, :-1][keep])  # (N, V)
-    nll = F.cross_entropy(logits.float(), labels[keep], reduction="none")  # (N,)
+    return model.lm_head(hidden[:, :-1][rows.labels[:, 1:] != IGNORE])  # (N, V)
+
+
+def output_losses(model: VideoLM, batch: TaskBatch, logits: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of every output token ``(N,)`` and the task of each ``(N,)`` (from
+    ``logits``, `output_logits`' result, when given)."""
+    rows = batch.rows
+    keep = rows.labels[:, 1:] != IGNORE  # (R, L-1): the positions that predict an output token
+    logits = output_logits(model, rows) if logits is None else logits  # (N, V)
+    nll = F.cross_entropy(logits.float(), rows.labels[:, 1:][keep], reduction="none")  # (N,)
     return nll, batch.tasks[rows.example[:, 1:][keep]]  # (N,), (N,)
+
+
+def distill_losses(teacher: VideoLM, rows: PackedBatch, logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) ``(S,)`` at the output positions where ``soft (N,)`` is true, from
+    the student's ``logits (N, V)`` (`output_logits`' order). The teacher, without gradient, reads
+    only the rows that hold such a position. Its distribution is the target in place of the true
+    token (distillation against forgetting: Li & Hoiem, "Learning without Forgetting", 2016)."""
+    keep = rows.labels[:, 1:] != IGNORE  # (R, L-1)
+    row_of = keep.nonzero()[:, 0]  # (N,): the row of each output position
+    need = torch.zeros(keep.shape[0], dtype=torch.bool, device=keep.device)  # (R,)
+    need[row_of[soft]] = True
+    part = PackedBatch(rows.ids[need], rows.example[need], rows.positions[need], rows.is_prefix[need])
+    with torch.no_grad():
+        target = output_logits(teacher, part)[soft[need[row_of]]].float().log_softmax(-1)  # (S, V)
+    log_p = logits[soft].float().log_softmax(-1)  # (S, V)
+    return (target.exp() * (target - log_p)).sum(-1)  # (S,)
 
 
 def held_out_batches(data: Dataset, cfg: LMTrainConfig, pad_id: int = 0, seed: int = 1234) -> list[TaskBatch]:
@@ -146,9 +169,19 @@ def held_out_losses(model: VideoLM, batches: list[TaskBatch], num_tasks: int) ->
 class LMModule(L.LightningModule):
     def __init__(self, model: VideoLM, cfg: LMTrainConfig, out: str | Path, task_names: Sequence[str],
                  vocab=None, sample: Callable[[VideoLM, int], None] | None = None, run_config: dict | None = None,
-                 export: Callable[[dict, Path], None] | None = None, held_out: list[TaskBatch] | None = None):
+                 export: Callable[[dict, Path], None] | None = None, held_out: list[TaskBatch] | None = None,
+                 teacher: VideoLM | None = None, distill: Sequence[str] = ()):
         super().__init__()
         self.model, self.cfg, self.out, self.export = model, cfg, Path(out), export
+        # the tasks whose output tokens learn the teacher's distribution instead of the true token;
+        # the teacher is kept out of the module tree (not trained, not in checkpoints)
+        if distill and teacher is None:
+            raise ConfigError(f"distilling {', '.join(distill)} needs a teacher model")
+        unknown = sorted(set(distill) - set(task_names))
+        if unknown:
+            raise ConfigError(f"distill: {', '.join(unknown)} not among the trained tasks ({', '.join(task_names)})")
+        self.distill = torch.tensor([name in distill for name in task_names])  # (K,) bool
+        object.__setattr__(self, "teacher", teacher.eval().requires_grad_(False) if distill else None)
         self.held_out = held_out or []  # given only with cfg.val_every set
         self.task_names, self.vocab, self.sample, self.run_config = list(task_names), vocab, sample, run_config
         self.elapsed = 0.0  # wall-clock seconds of training, kept in the checkpoint
@@ -156,6 +189,9 @@ class LMModule(L.LightningModule):
         self._reset_stats()
 
     def on_fit_start(self):
+        self.distill = self.distill.to(self.device)
+        if self.teacher is not None:
+            self.teacher.to(self.device)
         if self.trainer.is_global_zero and self.run_config is not None:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "run.json").write_text(json.dumps(self.run_config, indent=2) + "\n")
@@ -184,14 +220,21 @@ class LMModule(L.LightningModule):
             group["lr"] = self.cfg.lr * lr_factor(self.global_step, self.cfg, elapsed)
 
     def training_step(self, batch: TaskBatch, batch_idx):
-        nll, tasks = output_losses(self.model, batch)  # (N,), (N,)
-        k = len(self.task_names)
+        logits = output_logits(self.model, batch.rows)  # (N, V)
+        nll, tasks = output_losses(self.model, batch, logits)  # (N,), (N,)
+        k, loss = len(self.task_names), nll
+        soft = self.distill[tasks]  # (N,): the distilled tasks' positions
+        if self.teacher is not None and soft.any():
+            kl = distill_losses(self.teacher, batch.rows, logits, soft)  # (S,)
+            loss = nll.masked_scatter(soft, kl)  # (N,)
+            self._stats["kl"] += kl.detach().double().sum()
+            self._stats["kl_count"] += len(kl)
         with torch.no_grad():
             self._stats["loss"] += torch.bincount(tasks, weights=nll.detach().float(), minlength=k).double()
             self._stats["count"] += torch.bincount(tasks, minlength=k).double()
             self._stats["tokens"] += (batch.rows.example >= 0).sum().double()
             self._stats["slots"] += batch.rows.example.numel()
-        return nll.sum() / max(1, len(nll))
+        return loss.sum() / max(1, len(loss))
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         self.elapsed = self._elapsed_before + time.perf_counter() - self._run_start
@@ -219,7 +262,8 @@ class LMModule(L.LightningModule):
     def _reset_stats(self, device=None):
         """Sums over the steps since the last log: loss and output tokens per task, real tokens, slots."""
         k, zeros = len(self.task_names), lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)
-        self._stats = {"loss": zeros(k), "count": zeros(k), "tokens": zeros(), "slots": zeros()}
+        self._stats = {"loss": zeros(k), "count": zeros(k), "tokens": zeros(), "slots": zeros(), "kl": zeros(),
+                       "kl_count": zeros()}
         self._interval_start = time.perf_counter()
 
     def _log(self, step: int):
@@ -232,6 +276,8 @@ class LMModule(L.LightningModule):
                "tokens_per_s": round(float(stats["tokens"]) / max(time.perf_counter() - self._interval_start, 1e-9), 1),
                "padding": round(1 - float(stats["tokens"] / stats["slots"].clamp(min=1)), 4)}
         row.update({f"loss_{name}": float(loss[k] / count[k]) for k, name in enumerate(self.task_names) if count[k]})
+        if float(stats["kl_count"]):  # the distilled tasks' KL to the teacher (their loss_<task> stays the true token's)
+            row["kl_to_teacher"] = float(stats["kl"] / stats["kl_count"])
         self._reset_stats(self.device)
         self._append_metrics(row)
 
@@ -317,12 +363,13 @@ def export_model(config, state: dict, folder: Path, vocab=None) -> Path:
 def fit(model: VideoLM, cfg: LMTrainConfig, train_data: Dataset, out: str | Path, task_names: Sequence[str],
         vocab=None, pad_id: int = 0, sample: Callable[[VideoLM, int], None] | None = None,
         run_config: dict | None = None, export: Callable[[dict, Path], None] | None = None,
-        held_out: Dataset | None = None) -> Path | None:
+        held_out: Dataset | None = None, teacher: VideoLM | None = None, distill: Sequence[str] = ()) -> Path | None:
     """Train on ``train_data`` (items: `videolm.lm.data.TaskExample`), resuming from
     OUT/checkpoints/last.ckpt if present. Returns OUT/model on the main process, None on the others.
     ``export(state, OUT/model)`` replaces the default export of the trained weights (e.g. to save
     a LoRA adapter). ``held_out`` (items like ``train_data``'s, from clips not trained on) is
-    scored every ``cfg.val_every`` steps."""
+    scored every ``cfg.val_every`` steps. The output tokens of the tasks named in ``distill`` learn
+    ``teacher``'s distribution (KL) instead of the true token (`distill_losses`)."""
     out = Path(out)
     if len(train_data) < cfg.batch_size:
         raise ConfigError(f"train.batch_size={cfg.batch_size} is more than the {len(train_data)} training clips "
@@ -335,7 +382,7 @@ def fit(model: VideoLM, cfg: LMTrainConfig, train_data: Dataset, out: str | Path
     batches = held_out_batches(held_out, cfg, pad_id) if held_out is not None and cfg.val_every else None
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = LMModule(model, cfg, out, task_names, vocab=vocab, sample=sample, run_config=run_config, export=export,
-                      held_out=batches)
+                      held_out=batches, teacher=teacher, distill=distill)
     loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
                         collate_fn=PackCollate(cfg.row_len, pad_id, cfg.packing), drop_last=True,
                         persistent_workers=cfg.workers > 0)
@@ -373,5 +420,5 @@ def _quiet():
         warnings.filterwarnings("ignore", message=noise)
 
 
-__all__ = ["LMModule", "LMTrainConfig", "export_model", "fit", "lr_factor", "output_losses", "resolve_precision",
-           "weights_fingerprint"]
+__all__ = ["LMModule", "LMTrainConfig", "distill_losses", "export_model", "fit", "lr_factor", "output_logits",
+           "output_losses", "resolve_precision", "weights_fingerprint"]

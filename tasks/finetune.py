@@ -23,6 +23,7 @@ Run folder (``out``)::
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import shutil
@@ -63,6 +64,9 @@ class FinetuneData:
     seed: int = 0
     weight: float = 1.0  # the new task's weight in the mixture
     mix: dict[str, float] = field(default_factory=dict)  # old tasks mixed in, with their weights
+    # what the mixed-in old tasks learn: the true tokens (rehearsal), or the base model's own
+    # distribution at each of their output tokens (distillation: the base's behaviour is the target)
+    mix_targets: Literal["truth", "base"] = "truth"
     text_dropout: float = 0.1
     batch_size: int = 16  # held-out clips tokenized at once (training clips are tokenized as they are drawn)
 
@@ -98,6 +102,8 @@ class FinetuneConfig:
             raise ConfigError("task: name the new task (module:Class)")
         if self.freeze_layers < 0 or (self.freeze_layers and self.method != "full"):
             raise ConfigError(f"freeze_layers={self.freeze_layers}: a count >= 0, and only with method: full")
+        if self.data.mix_targets not in ("truth", "base"):
+            raise ConfigError(f"data.mix_targets={self.data.mix_targets!r}: choose truth or base")
         if self.eval.metric not in ("psnr", "shape", "color", "size", "direction"):
             raise ConfigError(f"eval.metric={self.eval.metric!r}: choose psnr, shape, color, size or direction")
 
@@ -247,6 +253,9 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
     data = TaskSequences(samples, [new, *mixed], [cfg.data.weight, *cfg.data.mix.values()], cfg.data.text_dropout,
                          cfg.train.row_len)
     new.training = True
+    # the base as it stands (the new token's rows included, so the vocabularies match): the target
+    # of the mixed-in old tasks with mix_targets: base
+    teacher = copy.deepcopy(pipe.model).float() if cfg.data.mix_targets == "base" and cfg.data.mix else None
     model = pipe.model.train()
     peft_model = None
     if cfg.freeze_layers:
@@ -257,7 +266,9 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
     held_out = TaskSequences(eval_samples, [new, *mixed], [cfg.data.weight, *cfg.data.mix.values()], 0.0,
                              cfg.train.row_len)  # the held-out clips: their loss every train.val_every steps
     fit(model, cfg.train, data, out, [t.name for t in (new, *mixed)], vocab=pipe.vocab, pad_id=pipe.vocab["<pad>"],
-        run_config={"entry": "finetune", **to_dict(cfg)}, export=lambda state, folder: None, held_out=held_out)
+        run_config={"entry": "finetune", **to_dict(cfg)}, export=lambda state, folder: None, held_out=held_out,
+        teacher=teacher, distill=list(cfg.data.mix) if teacher is not None else ())
+    del teacher
     new.training = False
     model.eval()
     minutes["training"] = time.perf_counter() - started - minutes["before"]

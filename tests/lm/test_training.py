@@ -16,8 +16,9 @@ import yaml
 from videolm.lm.data import PackCollate, ShardWriter, TaskExample
 from videolm.lm.masks import token_losses
 from videolm.lm.model import VideoLM
-from videolm.lm.training import LMTrainConfig, fit, lr_factor, output_losses
+from videolm.lm.training import LMTrainConfig, distill_losses, fit, lr_factor, output_logits, output_losses
 from videolm.tasks.cli import main
+from videolm.tokenizers.errors import ConfigError
 from videolm.tokenizers.vocab import Vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,6 +139,64 @@ def test_output_losses_equal_the_full_forward_losses():
     assert torch.allclose(nll, full[labelled], atol=1e-5)
     assert tasks.tolist() == batch.tasks[rows.example[labelled]].tolist()
     assert len(nll) == (30 - 9) + (12 - 4)  # output tokens only (the third example is all prefix)
+
+
+def test_distill_losses_are_the_kl_to_the_teacher_at_the_chosen_positions_only():
+    torch.manual_seed(0)
+    student, teacher = VideoLM.from_lm_config("debug").eval(), VideoLM.from_lm_config("debug").eval()
+    items = [TaskExample(torch.randint(3, 256, (n,)), p, task) for n, p, task in [(30, 9, 0), (25, 5, 1), (12, 4, 1)]]
+    batch = PackCollate(row_len=40)(items)
+    rows = batch.rows
+    assert rows.ids.shape[0] == 2 and set(batch.tasks[rows.example[0][rows.example[0] >= 0]].tolist()) == {0}
+    logits = output_logits(student, rows)  # (N, V)
+    nll, tasks = output_losses(student, batch, logits)
+    assert torch.allclose(nll, output_losses(student, batch)[0])
+    soft = tasks == 1  # task 1 is distilled: only the second row holds it, so the teacher reads that row alone
+    kl = distill_losses(teacher, rows, logits, soft)  # (S,)
+    labelled = rows.labels[:, 1:] != -100  # (R, L-1)
+    mask, positions = rows.attention_mask(), rows.positions
+    with torch.no_grad():
+        t = teacher.logits(rows.ids, mask, positions)[:, :-1][labelled][soft].log_softmax(-1)  # (S, V)
+        s = student.logits(rows.ids, mask, positions)[:, :-1][labelled][soft].log_softmax(-1)
+    assert len(kl) == int(soft.sum()) == (25 - 5) + (12 - 4)
+    assert torch.allclose(kl, (t.exp() * (t - s)).sum(-1), atol=1e-5) and (kl > 0).all()
+    assert torch.allclose(distill_losses(student, rows, logits, soft), torch.zeros(len(kl)), atol=1e-5)  # itself
+    logits = logits.detach().requires_grad_(True)
+    distill_losses(teacher, rows, logits, soft).sum().backward()
+    assert logits.grad[~soft].abs().max() == 0 and logits.grad[soft].abs().max() > 0
+
+
+def test_distilled_tasks_log_their_kl_and_train_toward_the_teacher(shards, tmp_path):
+    """A student trained with v2a distilled from itself (a copy taken before training) stays
+    closer to where it was on v2a than one trained on v2a's true tokens (t2v, trained on its
+    true tokens either way, moves the shared weights in both)."""
+    from videolm.lm.data import TaskSequences, TokenShards
+    from videolm.tasks.base import build_tasks
+
+    data = TokenShards(shards)
+    vocab = data.vocab()
+    cfg = LMTrainConfig(steps=6, batch_size=4, row_len=128, lr=1e-2, warmup_steps=1, log_every=6, accelerator="cpu")
+    probe = PackCollate(128)([TaskSequences(data, build_tasks(["v2a"], vocab), max_len=128)[i] for i in (1, 2, 3, 5)])  # clips with audio
+    drift = {}
+    for targets in ("truth", "teacher"):
+        torch.manual_seed(0)
+        model = VideoLM.from_lm_config("debug", vocab_size=192)
+        teacher = VideoLM.from_lm_config("debug", vocab_size=192)
+        teacher.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            start = output_logits(model.eval(), probe.rows).log_softmax(-1)
+        fit(model.train(), cfg, TaskSequences(data, build_tasks(["t2v", "v2a"], vocab), max_len=128),
+            tmp_path / targets, ["t2v", "v2a"], vocab=vocab,
+            teacher=teacher if targets == "teacher" else None, distill=["v2a"] if targets == "teacher" else ())
+        with torch.no_grad():
+            end = output_logits(model.eval(), probe.rows).log_softmax(-1)
+        drift[targets] = float((start.exp() * (start - end)).sum(-1).mean())
+        logged = _rows(tmp_path / targets)[-1]
+        assert ("kl_to_teacher" in logged) == (targets == "teacher") and "loss_v2a" in logged
+    assert drift["teacher"] < 0.7 * drift["truth"]  # 0.58 here (0.15-0.58 over five seeds)
+    with pytest.raises(ConfigError, match="distill: a2v not among the trained tasks"):
+        fit(model, cfg, TaskSequences(data, build_tasks(["t2v"], vocab), max_len=128), tmp_path / "bad", ["t2v"],
+            teacher=teacher, distill=["a2v"])
 
 
 def test_learning_rate_warms_up_then_follows_the_cosine_to_its_floor():
