@@ -54,6 +54,7 @@ class EvalConfig:
     top_k: int | None = None
     refine: bool = False  # score the frames after the model folder's refiner (what `generate` gives)
     split: str = "eval"  # held-out clips; "train": the training seeds, to set their loss beside the held-out one
+    per_clip: bool = False  # also keep each clip's [hits, count] per figure (for paired comparisons of two models)
 
 
 def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = None) -> dict:
@@ -98,7 +99,10 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
             if progress:
                 progress(name, len(batch))
         if name in BUILTIN:
-            report[name] = score(name, made, clips, samples, probe, real_features)
+            per_clip = [{} for _ in clips]
+            report[name] = score(name, made, clips, samples, probe, real_features, per_clip)
+            if cfg.per_clip:
+                report[name]["per_clip"] = per_clip
         else:  # a fine-tuned task, scored as `videolm finetune` scores it (against its truth where it has one)
             from videolm.tasks.finetune import score_task
 
@@ -109,11 +113,13 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
             "tasks": report, "seconds": round(time.perf_counter() - start, 1)}
 
 
-def score(name: str, made: list, clips: list[dict], samples: list[dict], probe, real_features: np.ndarray) -> dict:
-    """The metrics block of one task."""
+def score(name: str, made: list, clips: list[dict], samples: list[dict], probe, real_features: np.ndarray,
+          per_clip: list[dict] | None = None) -> dict:
+    """The metrics block of one task. ``per_clip``, one dict per clip, receives each clip's
+    ``[hits, count]`` for every accuracy figure of the block."""
     out: dict = {}
     if name == "v2a":
-        return _audio_scores(made, clips)
+        return _audio_scores(made, clips, per_clip)
     videos = np.stack([m.video for m in made])  # (N, T, H, W, 3)
     attributes = STILL_ATTRIBUTES if name in ("t2i", "loop") else ALL_ATTRIBUTES
     if name in ("stylize", "uncond"):
@@ -122,11 +128,11 @@ def score(name: str, made: list, clips: list[dict], samples: list[dict], probe, 
         attributes = ("shape",)  # all the audio tells: which tones hum (size only through loudness)
     wanted = [c["meta"]["objects"] for c in clips]
     if attributes:
-        out.update(attribute_accuracy(probe.predict(videos), wanted, attributes))
+        out.update(attribute_accuracy(probe.predict(videos), wanted, attributes, per_clip))
     if name != "t2i":
         out["fd_probe"] = round(_frechet(probe.features(videos).detach().numpy(), real_features), 3)
     truth = np.stack([c["video"] for c in clips])
-    extra = _truth_scores(name, videos, truth, samples, clips)
+    extra = _truth_scores(name, videos, truth, samples, clips, per_clip)
     out.update(extra)
     return out
 
@@ -153,12 +159,15 @@ def truth_loss(model, task, samples: list[dict], pad_id: int, batch_size: int = 
     return float(loss.sum() / count.sum().clamp(min=1))
 
 
-def attribute_accuracy(predicted: list[dict], wanted: list[list[dict]], attributes) -> dict:
+def attribute_accuracy(predicted: list[dict], wanted: list[list[dict]], attributes,
+                       per_clip: list[dict] | None = None) -> dict:
     totals = {a: [0, 0] for a in attributes}
-    for pred, want in zip(predicted, wanted):
+    for i, (pred, want) in enumerate(zip(predicted, wanted)):
         for a, (hit, n) in M.match_objects(want, pred["objects"], attributes).items():
             totals[a][0] += hit
             totals[a][1] += n
+            if per_clip is not None:
+                per_clip[i][a] = [int(hit), int(n)]
     return {a: round(hit / n, 4) for a, (hit, n) in totals.items()}
 
 
@@ -175,7 +184,8 @@ def _psnr_ssim(made: np.ndarray, truth: np.ndarray, mask=None) -> tuple[float, f
     return round(psnr, 2), (None if ssim is None else round(ssim, 4))
 
 
-def _truth_scores(name: str, videos: np.ndarray, truth: np.ndarray, samples: list[dict], clips) -> dict:
+def _truth_scores(name: str, videos: np.ndarray, truth: np.ndarray, samples: list[dict], clips,
+                  per_clip: list[dict] | None = None) -> dict:
     """PSNR/SSIM against the ground truth and the task's copy baseline, where the task has one."""
     t = samples[0]["video"].shape[0]
     ctx = frames_of(context_latents(t))  # 9: extend's context, extend_back's given clip
@@ -209,11 +219,14 @@ def _truth_scores(name: str, videos: np.ndarray, truth: np.ndarray, samples: lis
         structures = [c["structure"] for c in clips]
         iou = np.mean([M.silhouette_iou(v, s) for v, s in zip(videos, structures)])
         hit = total = 0
-        for v, s, c in zip(videos, structures, clips):
+        for i, (v, s, c) in enumerate(zip(videos, structures, clips)):
             colors = M.silhouette_colors(v, s)
             want = [o["color"] for o in c["meta"]["objects"]]
-            hit += sum(a == b for a, b in zip(colors, want))
+            hits = sum(a == b for a, b in zip(colors, want))
+            hit += hits
             total += len(want)
+            if per_clip is not None:
+                per_clip[i]["color"] = [int(hits), len(want)]
         return {"silhouette_iou": round(float(iou), 4), "color": round(hit / total, 4)}
     return {}
 
@@ -235,11 +248,13 @@ def _compare(made: np.ndarray, truth: np.ndarray, baseline: np.ndarray) -> dict:
             "baseline_psnr_pooled": base_pooled, "pooled_over_baseline": round(pooled - base_pooled, 2)}
 
 
-def _audio_scores(made: list, clips: list[dict]) -> dict:
+def _audio_scores(made: list, clips: list[dict], per_clip: list[dict] | None = None) -> dict:
     tones, errors = [], []
-    for m, c in zip(made, clips):
+    for i, (m, c) in enumerate(zip(made, clips)):
         objects = c["meta"]["objects"]
         tones.append(bool(M.tone_accuracy(m.audio, objects)))
+        if per_clip is not None:
+            per_clip[i]["tone"] = [int(tones[-1]), 1]
         bounces = sorted(b for o in objects for b in o["bounces"])
         err = M.bounce_timing_error(m.audio, bounces)
         if err is not None:
@@ -250,6 +265,50 @@ def _audio_scores(made: list, clips: list[dict]) -> dict:
     return out
 
 
+def paired_changes(base: dict, report: dict) -> dict:
+    """How ``report``'s model differs from ``base``'s on the same clips and sampling seeds, per
+    accuracy figure, in points: both figures, the change and its standard error. Both reports
+    need ``per_clip`` records (``EvalConfig(per_clip=True)``).
+
+    The error is paired over clips: each clip's hits under one model minus its hits under the
+    other, so what the clip itself makes easy or hard cancels, and the shared sampling seeds make
+    the two models' draws alike wherever their distributions are. ``loss_change`` (the
+    teacher-forced loss of the true outputs) has no sampling noise at all."""
+    for key in ("num", "seed", "split", "sample_seed", "cfg_scale", "temperature", "refined"):
+        if key in base and base.get(key) != report.get(key):
+            raise UsageError(f"--against: its {key} is {base.get(key)!r}, this evaluation's is {report.get(key)!r}; "
+                             "compare evaluations of the same clips with the same settings")
+    tasks, changes = {}, []
+    for name, block in report["tasks"].items():
+        other = base["tasks"].get(name)
+        if other is None or "per_clip" not in block or "per_clip" not in other:
+            continue
+        rows = {}
+        for figure in block["per_clip"][0] if block["per_clip"] else ():
+            mine = np.array([c[figure] for c in block["per_clip"]], dtype=np.float64)  # (N, 2): hits, count
+            theirs = np.array([c[figure] for c in other["per_clip"]], dtype=np.float64)
+            total = mine[:, 1].sum()
+            if total == 0:
+                continue
+            change = (mine[:, 0].sum() - theirs[:, 0].sum()) / total
+            d = mine[:, 0] - theirs[:, 0] - change * mine[:, 1]
+            n = len(d)
+            se = float(np.sqrt(n / max(n - 1, 1) * (d ** 2).sum()) / total)
+            rows[figure] = {"base": round(100 * theirs[:, 0].sum() / total, 2), "model": round(100 * mine[:, 0].sum() / total, 2),
+                            "change": round(100 * change, 2), "se": round(100 * se, 2)}
+            changes.append((f"{name}/{figure}", 100 * change, 100 * se))
+        if "loss" in block and "loss" in other:
+            rows["loss_change"] = round(block["loss"] - other["loss"], 4)
+        tasks[name] = rows
+    summary = {"figures": len(changes)}
+    if changes:
+        summary["mean_change"] = round(float(np.mean([c for _, c, _ in changes])), 2)
+        # a fall the sampling noise cannot explain: the change is more than two standard errors below zero
+        summary["clearly_lower"] = [f for f, c, se in changes if c + 2 * se < 0]
+        summary["clearly_lower_by_more_than_1"] = [f for f, c, se in changes if c + 2 * se < -1]
+    return {"model": base.get("model"), "tasks": tasks, "summary": summary}
+
+
 def chance_levels() -> dict:
     """What guessing scores, for reading the attribute accuracies: one over the number of classes."""
     from videolm.tasks.shapes import BACKGROUNDS, DIRECTIONS, PALETTE, SHAPES, SIZES
@@ -258,4 +317,4 @@ def chance_levels() -> dict:
             "direction": 1 / len(DIRECTIONS), "background": 1 / len(BACKGROUNDS)}
 
 
-__all__ = ["EvalConfig", "attribute_accuracy", "chance_levels", "evaluate", "score"]
+__all__ = ["EvalConfig", "attribute_accuracy", "chance_levels", "evaluate", "paired_changes", "score"]

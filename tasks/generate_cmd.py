@@ -172,12 +172,20 @@ def add_eval(sub) -> None:
     p.add_argument("--top-k", type=int)
     p.add_argument("--refine", action="store_true",
                    help="score the frames after the model's refiner, as `generate` makes them (default: the decode)")
+    p.add_argument("--against", metavar="MODEL_OR_JSON",
+                   help="also score this model (or read this earlier `eval --per-clip` JSON) on the same clips with "
+                        "the same sampling seeds, and add 'against': each accuracy figure's change in points with its "
+                        "paired standard error, and each task's loss change (how much a fine-tune cost old tasks)")
+    p.add_argument("--per-clip", action="store_true",
+                   help="keep each clip's [hits, count] per figure in the JSON (what --against reads)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--out", help="also write the JSON to this file")
     p.set_defaults(run=run_eval)
 
 
 def run_eval(args) -> int:
+    from dataclasses import replace
+
     import torch
     from tqdm import tqdm
 
@@ -188,11 +196,26 @@ def run_eval(args) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size} must be >= 1")
     names = () if args.tasks == "all" else tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    paired = args.per_clip or bool(args.against)
     cfg = EvalConfig(model=args.model, tasks=names, num=args.num, seed=args.seed, sample_seed=args.sample_seed,
                      batch_size=args.batch_size, cfg_scale=args.cfg_scale, temperature=args.temperature,
-                     top_k=args.top_k, refine=args.refine, split=args.split)
+                     top_k=args.top_k, refine=args.refine, split=args.split, per_clip=paired)
+    base = _against(args.against, cfg) if args.against and Path(args.against).suffix == ".json" else None
     with tqdm(desc="eval", unit="clip", delay=1.0, file=sys.stderr, leave=False) as bar:
-        report = evaluate(cfg, progress=lambda name, n: (bar.set_description(f"eval {name}"), bar.update(n)))
+        def run(c):
+            return evaluate(c, progress=lambda name, n: (bar.set_description(f"eval {name}"), bar.update(n)))
+
+        report = run(cfg)
+        if args.against and base is None:
+            bar.reset()
+            base = run(replace(cfg, model=args.against, tasks=tuple(report["tasks"])))
+    if base is not None:
+        from videolm.tasks.evaluate import paired_changes
+
+        report["against"] = paired_changes(base, report)
+    if not args.per_clip:
+        for block in report["tasks"].values():
+            block.pop("per_clip", None)
     text = json.dumps(report)
     if args.out:
         out = Path(args.out)
@@ -202,6 +225,21 @@ def run_eval(args) -> int:
         tmp.replace(out)
     print(text)
     return 0
+
+
+def _against(path: str, cfg) -> dict:
+    """An earlier evaluation read back for --against, checked to hold what the comparison needs."""
+    try:
+        base = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"--against {path}: cannot read it as an evaluation JSON ({e})") from None
+    if not isinstance(base, dict) or not isinstance(base.get("tasks"), dict):
+        raise UsageError(f"--against {path}: not the JSON `videolm eval` writes")
+    missing = [n for n in (cfg.tasks or ()) if "per_clip" not in base["tasks"].get(n, {})]
+    if missing or not any("per_clip" in b for b in base["tasks"].values()):
+        raise UsageError(f"--against {path}: no per-clip records for {', '.join(missing) or 'any task'}; "
+                         "write it with `videolm eval --per-clip --out FILE`")
+    return base
 
 
 def add_probe(sub) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from videolm.tasks.base import BUILTIN, Media, build_tasks
 from videolm.tasks.cli import main
-from videolm.tasks.evaluate import attribute_accuracy, chance_levels, score
+from videolm.tasks.evaluate import attribute_accuracy, chance_levels, paired_changes, score
 from videolm.tasks.probe import load_probe
 from videolm.tasks.shapes_data import ShapesDataset
 from videolm.tasks.token_shards import ClipTokenizer
@@ -117,3 +117,47 @@ def test_build_tasks_has_every_builtin(held_out):
     tok = ClipTokenizer("shapes-64")
     tok.vocab.add_resolution(64, 64)
     assert all(t.accepts(samples[0]) for t in build_tasks(list(BUILTIN), tok.vocab))
+
+
+def test_paired_changes_against_a_hand_count():
+    def report(model, hits):
+        return {"model": model, "num": 4, "seed": 0, "sample_seed": 0, "tasks": {"t2v": {
+            "loss": 0.5 if model == "base" else 0.75,
+            "per_clip": [{"shape": [h, n]} for h, n in hits]}}}
+
+    base = report("base", [(1, 2), (1, 1), (0, 1), (2, 2)])  # 4 of 6
+    tuned = report("tuned", [(2, 2), (1, 1), (0, 1), (0, 2)])  # 3 of 6: +1, 0, 0, -2 per clip
+    out = paired_changes(base, tuned)
+    row = out["tasks"]["t2v"]["shape"]
+    assert row["base"] == pytest.approx(66.67) and row["model"] == pytest.approx(50.0)
+    assert row["change"] == pytest.approx(-16.67)
+    # residuals d_i - change * n_i = 1 + 1/3, 1/6, 1/6, -2 + 1/3 around the change -1/6 per object
+    d = np.array([1 + 2 / 6, 1 / 6, 1 / 6, -2 + 2 / 6])
+    assert row["se"] == pytest.approx(100 * np.sqrt(4 / 3 * (d ** 2).sum()) / 6, abs=0.01)
+    assert out["tasks"]["t2v"]["loss_change"] == pytest.approx(0.25)
+    assert out["summary"]["mean_change"] == pytest.approx(-16.67)
+    assert out["summary"]["clearly_lower"] == []  # four clips cannot tell 17 points from chance
+    with pytest.raises(Exception, match="num"):
+        paired_changes({**base, "num": 8}, tuned)
+
+
+def test_eval_against_the_same_model_changes_nothing(debug_model_dir, capsys, tmp_path):
+    args = ["eval", "--model", str(debug_model_dir), "--tasks", "t2v,v2a", "--num", "2"]
+    assert main([*args, "--per-clip", "--out", str(tmp_path / "base.json")]) == 0
+    saved = json.loads(capsys.readouterr().out)
+    assert [list(c) for c in saved["tasks"]["t2v"]["per_clip"]] == [["shape", "color", "size", "direction"]] * 2
+    assert [c["tone"][1] for c in saved["tasks"]["v2a"]["per_clip"]] == [1, 1]
+    for against in (str(debug_model_dir), str(tmp_path / "base.json")):  # a model run again, or the saved JSON
+        assert main([*args, "--against", against]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert "per_clip" not in report["tasks"]["t2v"]
+        rows = report["against"]["tasks"]
+        assert rows["t2v"]["color"]["change"] == 0 and rows["t2v"]["color"]["se"] == 0
+        assert rows["t2v"]["color"]["base"] == 100 * saved["tasks"]["t2v"]["color"]
+        assert rows["v2a"]["loss_change"] == 0 and "tone" in rows["v2a"]
+        assert report["against"]["summary"]["figures"] == 5
+    assert main([*args, "--against", str(tmp_path / "base.json"), "--sample-seed", "3"]) == 2
+    assert "sample_seed" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{}")
+    assert main([*args, "--against", str(tmp_path / "bad.json")]) == 2
+    assert "not the JSON" in capsys.readouterr().err
