@@ -294,9 +294,10 @@ def paired_changes(base: dict, report: dict) -> dict:
             d = mine[:, 0] - theirs[:, 0] - change * mine[:, 1]
             n = len(d)
             se = float(np.sqrt(n / max(n - 1, 1) * (d ** 2).sum()) / total)
-            rows[figure] = {"base": round(100 * theirs[:, 0].sum() / total, 2), "model": round(100 * mine[:, 0].sum() / total, 2),
-                            "change": round(100 * change, 2), "se": round(100 * se, 2)}
-            changes.append((f"{name}/{figure}", 100 * change, 100 * se))
+            rows[figure] = {"base": round(float(100 * theirs[:, 0].sum() / total), 2),
+                            "model": round(float(100 * mine[:, 0].sum() / total), 2),
+                            "change": round(float(100 * change), 2), "se": round(100 * se, 2)}
+            changes.append((f"{name}/{figure}", float(100 * change), 100 * se))
         if "loss" in block and "loss" in other:
             rows["loss_change"] = round(block["loss"] - other["loss"], 4)
         tasks[name] = rows
