@@ -108,7 +108,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
 
             report[name] = score_task(task, made, clips, samples, probe, real_features, pipe.tokenizer)
         report[name]["loss"] = round(truth_loss(pipe.model, task, samples, pipe.vocab["<pad>"], cfg.batch_size), 4)
-    return {"model": str(pipe.folder), "num": cfg.num, "split": cfg.split, "sample_seed": sample_seed,
+    return {"model": str(pipe.folder), "num": cfg.num, "seed": cfg.seed, "split": cfg.split, "sample_seed": sample_seed,
             "cfg_scale": cfg.cfg_scale, "temperature": cfg.temperature, "refined": cfg.refine,
             "tasks": report, "seconds": round(time.perf_counter() - start, 1)}
 
@@ -265,6 +265,17 @@ def _audio_scores(made: list, clips: list[dict], per_clip: list[dict] | None = N
     return out
 
 
+PAIRED_SETTINGS = ("num", "seed", "split", "sample_seed", "cfg_scale", "temperature", "refined")
+
+
+def check_same_settings(base: dict, settings: dict) -> None:
+    """Refuse to pair evaluations that did not score the same clips the same way."""
+    for key in PAIRED_SETTINGS:
+        if key in base and base.get(key) != settings.get(key):
+            raise UsageError(f"--against: its {key} is {base.get(key)!r}, this evaluation's is "
+                             f"{settings.get(key)!r}; compare evaluations of the same clips with the same settings")
+
+
 def paired_changes(base: dict, report: dict) -> dict:
     """How ``report``'s model differs from ``base``'s on the same clips and sampling seeds, per
     accuracy figure, in points: both figures, the change and its standard error. Both reports
@@ -274,10 +285,7 @@ def paired_changes(base: dict, report: dict) -> dict:
     other, so what the clip itself makes easy or hard cancels, and the shared sampling seeds make
     the two models' draws alike wherever their distributions are. ``loss_change`` (the
     teacher-forced loss of the true outputs) has no sampling noise at all."""
-    for key in ("num", "seed", "split", "sample_seed", "cfg_scale", "temperature", "refined"):
-        if key in base and base.get(key) != report.get(key):
-            raise UsageError(f"--against: its {key} is {base.get(key)!r}, this evaluation's is {report.get(key)!r}; "
-                             "compare evaluations of the same clips with the same settings")
+    check_same_settings(base, report)
     tasks, changes = {}, []
     for name, block in report["tasks"].items():
         other = base["tasks"].get(name)
@@ -318,4 +326,4 @@ def chance_levels() -> dict:
             "direction": 1 / len(DIRECTIONS), "background": 1 / len(BACKGROUNDS)}
 
 
-__all__ = ["EvalConfig", "attribute_accuracy", "chance_levels", "evaluate", "paired_changes", "score"]
+__all__ = ["EvalConfig", "attribute_accuracy", "chance_levels", "check_same_settings", "evaluate", "paired_changes", "score"]

@@ -239,6 +239,12 @@ def _against(path: str, cfg) -> dict:
     if missing or not any("per_clip" in b for b in base["tasks"].values()):
         raise UsageError(f"--against {path}: no per-clip records for {', '.join(missing) or 'any task'}; "
                          "write it with `videolm eval --per-clip --out FILE`")
+    from videolm.tasks.evaluate import check_same_settings
+
+    # before the evaluation runs, not after it: the settings this one will record
+    check_same_settings(base, {"num": cfg.num, "seed": cfg.seed, "split": cfg.split, "refined": cfg.refine,
+                               "sample_seed": cfg.seed if cfg.sample_seed is None else cfg.sample_seed,
+                               "cfg_scale": cfg.cfg_scale, "temperature": cfg.temperature})
     return base
 
 
