@@ -166,12 +166,36 @@ def held_out_losses(model: VideoLM, batches: list[TaskBatch], num_tasks: int) ->
     return loss, count
 
 
+def _scale_row_steps(optimizer, weight: torch.Tensor, rows: Sequence[int], scale: float) -> None:
+    """Make each of ``optimizer``'s steps move ``weight[rows]`` ``scale`` times as far as it
+    would: for AdamW (its update, decoupled decay included, is proportional to the learning rate)
+    that is a learning rate ``scale`` times larger for those rows alone, without splitting the
+    matrix into parameters of its own."""
+    if not weight.requires_grad:
+        return
+    index = torch.tensor(list(rows), device=weight.device)
+    before = {}
+
+    def pre(opt, args, kwargs):
+        before["rows"] = weight.detach()[index].clone()
+
+    def post(opt, args, kwargs):
+        with torch.no_grad():
+            weight[index] = before["rows"] + scale * (weight[index] - before["rows"])
+
+    optimizer.register_step_pre_hook(pre)
+    optimizer.register_step_post_hook(post)
+
+
 class LMModule(L.LightningModule):
     def __init__(self, model: VideoLM, cfg: LMTrainConfig, out: str | Path, task_names: Sequence[str],
                  vocab=None, sample: Callable[[VideoLM, int], None] | None = None, run_config: dict | None = None,
                  export: Callable[[dict, Path], None] | None = None, held_out: list[TaskBatch] | None = None,
-                 teacher: VideoLM | None = None, distill: Sequence[str] = ()):
+                 teacher: VideoLM | None = None, distill: Sequence[str] = (),
+                 fast_rows: Sequence[int] = (), fast_rows_scale: float = 1.0):
         super().__init__()
+        # input-embedding rows (a new task token's) that learn fast_rows_scale times the learning rate
+        self.fast_rows, self.fast_rows_scale = list(fast_rows), float(fast_rows_scale)
         self.model, self.cfg, self.out, self.export = model, cfg, Path(out), export
         # the tasks whose output tokens learn the teacher's distribution instead of the true token;
         # the teacher is kept out of the module tree (not trained, not in checkpoints)
@@ -202,7 +226,10 @@ class LMModule(L.LightningModule):
         decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
         other = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=tuple(self.cfg.betas))
+        optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr, betas=tuple(self.cfg.betas))
+        if self.fast_rows and self.fast_rows_scale != 1.0:
+            _scale_row_steps(optimizer, self.model.get_input_embeddings().weight, self.fast_rows, self.fast_rows_scale)
+        return optimizer
 
     def on_train_start(self):
         self._reset_stats(self.device)
@@ -363,13 +390,15 @@ def export_model(config, state: dict, folder: Path, vocab=None) -> Path:
 def fit(model: VideoLM, cfg: LMTrainConfig, train_data: Dataset, out: str | Path, task_names: Sequence[str],
         vocab=None, pad_id: int = 0, sample: Callable[[VideoLM, int], None] | None = None,
         run_config: dict | None = None, export: Callable[[dict, Path], None] | None = None,
-        held_out: Dataset | None = None, teacher: VideoLM | None = None, distill: Sequence[str] = ()) -> Path | None:
+        held_out: Dataset | None = None, teacher: VideoLM | None = None, distill: Sequence[str] = (),
+        fast_rows: Sequence[int] = (), fast_rows_scale: float = 1.0) -> Path | None:
     """Train on ``train_data`` (items: `videolm.lm.data.TaskExample`), resuming from
     OUT/checkpoints/last.ckpt if present. Returns OUT/model on the main process, None on the others.
     ``export(state, OUT/model)`` replaces the default export of the trained weights (e.g. to save
     a LoRA adapter). ``held_out`` (items like ``train_data``'s, from clips not trained on) is
     scored every ``cfg.val_every`` steps. The output tokens of the tasks named in ``distill`` learn
-    ``teacher``'s distribution (KL) instead of the true token (`distill_losses`)."""
+    ``teacher``'s distribution (KL) instead of the true token (`distill_losses`). The input
+    embedding's ``fast_rows`` learn at ``fast_rows_scale`` times the learning rate."""
     out = Path(out)
     if len(train_data) < cfg.batch_size:
         raise ConfigError(f"train.batch_size={cfg.batch_size} is more than the {len(train_data)} training clips "
@@ -382,7 +411,8 @@ def fit(model: VideoLM, cfg: LMTrainConfig, train_data: Dataset, out: str | Path
     batches = held_out_batches(held_out, cfg, pad_id) if held_out is not None and cfg.val_every else None
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = LMModule(model, cfg, out, task_names, vocab=vocab, sample=sample, run_config=run_config, export=export,
-                      held_out=batches, teacher=teacher, distill=distill)
+                      held_out=batches, teacher=teacher, distill=distill, fast_rows=fast_rows,
+                      fast_rows_scale=fast_rows_scale)
     loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
                         collate_fn=PackCollate(cfg.row_len, pad_id, cfg.packing), drop_last=True,
                         persistent_workers=cfg.workers > 0)

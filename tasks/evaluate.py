@@ -98,15 +98,15 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
             made += media
             if progress:
                 progress(name, len(batch))
+        per_clip = [{} for _ in clips]
         if name in BUILTIN:
-            per_clip = [{} for _ in clips]
             report[name] = score(name, made, clips, samples, probe, real_features, per_clip)
-            if cfg.per_clip:
-                report[name]["per_clip"] = per_clip
         else:  # a fine-tuned task, scored as `videolm finetune` scores it (against its truth where it has one)
             from videolm.tasks.finetune import score_task
 
-            report[name] = score_task(task, made, clips, samples, probe, real_features, pipe.tokenizer)
+            report[name] = score_task(task, made, clips, samples, probe, real_features, pipe.tokenizer, per_clip)
+        if cfg.per_clip:
+            report[name]["per_clip"] = per_clip
         report[name]["loss"] = round(truth_loss(pipe.model, task, samples, pipe.vocab["<pad>"], cfg.batch_size), 4)
     return {"model": str(pipe.folder), "num": cfg.num, "seed": cfg.seed, "split": cfg.split, "sample_seed": sample_seed,
             "cfg_scale": cfg.cfg_scale, "temperature": cfg.temperature, "refined": cfg.refine,

@@ -90,6 +90,7 @@ class FinetuneConfig:
     method: Literal["full", "lora"] = "lora"
     freeze_layers: int = 0  # full: keep the embeddings and the first N decoder layers as they are (faster steps)
     token_init: str = "mean"  # the new task token's first rows: the task tokens' mean, one task's (a name), or orthogonal
+    token_lr_scale: float = 1.0  # full: the new task token's embedding row learns at this multiple of train.lr
     lora: LoRASettings = field(default_factory=LoRASettings)
     data: FinetuneData = field(default_factory=FinetuneData)
     train: LMTrainConfig = field(default_factory=lambda: LMTrainConfig(steps=200, batch_size=8, row_len=1104, lr=3e-4,
@@ -102,6 +103,9 @@ class FinetuneConfig:
             raise ConfigError("task: name the new task (module:Class)")
         if self.freeze_layers < 0 or (self.freeze_layers and self.method != "full"):
             raise ConfigError(f"freeze_layers={self.freeze_layers}: a count >= 0, and only with method: full")
+        if not self.token_lr_scale > 0 or (self.token_lr_scale != 1 and (self.method != "full" or self.freeze_layers)):
+            raise ConfigError(f"token_lr_scale={self.token_lr_scale}: a positive multiple, and other than 1 only with "
+                              "method: full and no freeze_layers")
         if self.data.mix_targets not in ("truth", "base"):
             raise ConfigError(f"data.mix_targets={self.data.mix_targets!r}: choose truth or base")
         if self.eval.metric not in ("psnr", "shape", "color", "size", "direction"):
@@ -150,28 +154,30 @@ def _orthogonal_row(known: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------- scoring
 
 
-def score_task(task: Task, made: list, clips: list[dict], samples: list[dict], probe, real_features, tokenizer) -> dict:
+def score_task(task: Task, made: list, clips: list[dict], samples: list[dict], probe, real_features, tokenizer,
+               per_clip: list[dict] | None = None) -> dict:
     """A block of metrics: built-in tasks as `videolm eval` scores them; a task with ``truth(clip)``
     (and optionally ``baseline(clip)``) by PSNR and probe attributes against the truth, beside the
     ceiling (the truth's own codes decoded: the best the LM can emit) and the copy baseline. The
     attributes wanted are the clip's objects, or ``truth_objects(clip)`` where the task changes
-    them (``reverse`` turns every direction around)."""
+    them (``reverse`` turns every direction around). ``per_clip`` (one dict per clip) receives
+    each clip's ``[hits, count]`` per attribute of the model's own outputs, as `score` does."""
     from videolm.tasks.base import BUILTIN
     from videolm.tasks.evaluate import ALL_ATTRIBUTES, attribute_accuracy, score
 
     if task.name in BUILTIN or not hasattr(task, "truth"):
-        return score(task.name, made, clips, samples, probe, real_features)
+        return score(task.name, made, clips, samples, probe, real_features, per_clip)
     from videolm.tasks.metrics import region_psnr
 
     truth = [task.truth(c) for c in clips]
     wanted = [task.truth_objects(c) if hasattr(task, "truth_objects") else c["meta"]["objects"] for c in clips]
 
-    def block(videos) -> dict:
-        out = attribute_accuracy(probe.predict(np.stack(videos)), wanted, ALL_ATTRIBUTES)
+    def block(videos, per_clip=None) -> dict:
+        out = attribute_accuracy(probe.predict(np.stack(videos)), wanted, ALL_ATTRIBUTES, per_clip)
         out["psnr"] = round(float(np.mean([region_psnr(v, t) for v, t in zip(videos, truth)])), 2)
         return out
 
-    result = block([m.video for m in made])
+    result = block([m.video for m in made], per_clip)
     result["ceiling"] = block([task.to_media(task.target_codes(s), s, tokenizer).video for s in samples])
     if hasattr(task, "baseline"):
         result["baseline"] = block([task.baseline(c) for c in clips])
@@ -267,7 +273,8 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
                              cfg.train.row_len)  # the held-out clips: their loss every train.val_every steps
     fit(model, cfg.train, data, out, [t.name for t in (new, *mixed)], vocab=pipe.vocab, pad_id=pipe.vocab["<pad>"],
         run_config={"entry": "finetune", **to_dict(cfg)}, export=lambda state, folder: None, held_out=held_out,
-        teacher=teacher, distill=list(cfg.data.mix) if teacher is not None else ())
+        teacher=teacher, distill=list(cfg.data.mix) if teacher is not None else (),
+        fast_rows=[pipe.vocab.task_id(cls.name)], fast_rows_scale=cfg.token_lr_scale)
     del teacher
     new.training = False
     model.eval()

@@ -16,7 +16,8 @@ import yaml
 from videolm.lm.data import PackCollate, ShardWriter, TaskExample
 from videolm.lm.masks import token_losses
 from videolm.lm.model import VideoLM
-from videolm.lm.training import LMTrainConfig, distill_losses, fit, lr_factor, output_logits, output_losses
+from videolm.lm.training import (LMTrainConfig, _scale_row_steps, distill_losses, fit, lr_factor, output_logits,
+                                 output_losses)
 from videolm.tasks.cli import main
 from videolm.tokenizers.errors import ConfigError
 from videolm.tokenizers.vocab import Vocabulary
@@ -197,6 +198,32 @@ def test_distilled_tasks_log_their_kl_and_train_toward_the_teacher(shards, tmp_p
     with pytest.raises(ConfigError, match="distill: a2v not among the trained tasks"):
         fit(model, cfg, TaskSequences(data, build_tasks(["t2v"], vocab), max_len=128), tmp_path / "bad", ["t2v"],
             teacher=teacher, distill=["a2v"])
+
+
+def test_fast_rows_take_scaled_adamw_steps_and_the_other_rows_take_the_same_steps():
+    """A learning rate k times larger for some rows of a matrix: after several AdamW steps (decay
+    included) those rows are where a run at k times the rate puts them, the other rows where the
+    plain run puts them, bit for bit. (The loss is separable, so each element's gradients, and so
+    AdamW's moments, depend on that element alone.)"""
+    torch.manual_seed(0)
+    start = torch.randn(6, 4)
+
+    def run(lr, scale=None):
+        w = torch.nn.Parameter(start.clone())
+        opt = torch.optim.AdamW([w], lr=lr, weight_decay=0.1)
+        if scale:
+            _scale_row_steps(opt, w, [1, 4], scale)
+        for step in range(5):
+            opt.zero_grad()
+            ((w - step) ** 2 * torch.arange(1.0, 5.0)).sum().backward()
+            opt.step()
+        return w.detach()
+
+    plain, fast, fast_everywhere = run(1e-2), run(1e-2, scale=20.0), run(2e-1)
+    others = [0, 2, 3, 5]
+    assert torch.equal(fast[others], plain[others])
+    assert torch.allclose(fast[[1, 4]], fast_everywhere[[1, 4]], atol=1e-5)
+    assert not torch.allclose(fast[[1, 4]], plain[[1, 4]], atol=1e-2)
 
 
 def test_learning_rate_warms_up_then_follows_the_cosine_to_its_floor():

@@ -142,6 +142,16 @@ def test_full_finetune_with_frozen_lower_layers(debug_model_dir, tmp_path, capsy
     sys.modules.pop("reverse", None)
 
 
+def test_token_lr_scale_is_a_positive_multiple_for_full_fine_tuning_only():
+    from videolm.tasks.finetune import FinetuneConfig
+
+    assert FinetuneConfig(task="m:T", method="full", token_lr_scale=20.0).token_lr_scale == 20.0
+    for bad in ({"method": "lora", "token_lr_scale": 5.0}, {"method": "full", "token_lr_scale": 0.0},
+                {"method": "full", "freeze_layers": 2, "token_lr_scale": 5.0}):
+        with pytest.raises(ConfigError, match="token_lr_scale="):
+            FinetuneConfig(task="m:T", **bad)
+
+
 def test_a_task_the_base_knows_is_refused(debug_model_dir, tmp_path, capsys):
     cfg = yaml.safe_load(_config(tmp_path, debug_model_dir).read_text())
     cfg["task"] = "t2v"
@@ -166,6 +176,15 @@ def test_eval_scores_a_finetuned_task_as_finetune_does(debug_model_dir, tmp_path
     tasks = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tasks"]
     assert {"color", "psnr", "ceiling", "baseline"} <= set(tasks["colorize"])
     assert "ceiling" not in tasks["t2v"] and "fd_probe" in tasks["t2v"]
+    # two fine-tuned models compared on their new task too, paired over clips: here a model with itself
+    args = ["eval", "--model", str(tmp_path / "run" / "model"), "--tasks", "colorize", "--num", "2"]
+    assert main([*args, "--per-clip", "--out", str(tmp_path / "ft.json")]) == 0
+    saved = json.loads((tmp_path / "ft.json").read_text())["tasks"]["colorize"]
+    assert len(saved["per_clip"]) == 2 and {"shape", "color", "size"} <= set(saved["per_clip"][0])
+    capsys.readouterr()
+    assert main([*args, "--against", str(tmp_path / "ft.json")]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["against"]["tasks"]["colorize"]
+    assert rows["color"]["change"] == 0 and rows["color"]["se"] == 0 and rows["loss_change"] == 0
     sys.modules.pop("colorize", None)
 
 
