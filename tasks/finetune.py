@@ -91,6 +91,9 @@ class FinetuneConfig:
     freeze_layers: int = 0  # full: keep the embeddings and the first N decoder layers as they are (faster steps)
     token_init: str = "mean"  # the new task token's first rows: the task tokens' mean, one task's (a name), or orthogonal
     token_lr_scale: float = 1.0  # full: the new task token's embedding row learns at this multiple of train.lr
+    # the saved weights: base + blend * (fine-tuned - base), the new task token's rows as trained (1: the
+    # fine-tuned weights; below 1, WiSE-FT's weight-space ensemble, which gives back some of the old tasks)
+    blend: float = 1.0
     lora: LoRASettings = field(default_factory=LoRASettings)
     data: FinetuneData = field(default_factory=FinetuneData)
     train: LMTrainConfig = field(default_factory=lambda: LMTrainConfig(steps=200, batch_size=8, row_len=1104, lr=3e-4,
@@ -106,6 +109,8 @@ class FinetuneConfig:
         if not self.token_lr_scale > 0 or (self.token_lr_scale != 1 and (self.method != "full" or self.freeze_layers)):
             raise ConfigError(f"token_lr_scale={self.token_lr_scale}: a positive multiple, and other than 1 only with "
                               "method: full and no freeze_layers")
+        if not 0 < self.blend <= 1:
+            raise ConfigError(f"blend={self.blend}: the fine-tune's share of the saved weights, in (0, 1]")
         if self.data.mix_targets not in ("truth", "base"):
             raise ConfigError(f"data.mix_targets={self.data.mix_targets!r}: choose truth or base")
         if self.eval.metric not in ("psnr", "shape", "color", "size", "direction"):
@@ -262,6 +267,7 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
     # the base as it stands (the new token's rows included, so the vocabularies match): the target
     # of the mixed-in old tasks with mix_targets: base
     teacher = copy.deepcopy(pipe.model).float() if cfg.data.mix_targets == "base" and cfg.data.mix else None
+    start = {k: v.detach().clone() for k, v in pipe.model.state_dict().items()} if cfg.blend < 1 else None
     model = pipe.model.train()
     peft_model = None
     if cfg.freeze_layers:
@@ -292,6 +298,9 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
             torch.equal(disabled_ids[t.name], before_ids[t.name]) for t in old)
         model = peft_model.merge_and_unload()
         pipe.model = model
+    if start is not None:
+        blend_weights(model, start, cfg.blend, keep=[pipe.vocab.task_id(cls.name)])
+        del start
     save_model_folder(model, pipe, out / "model", tasks=(cls,))
     pipe.model = model.float().eval()
     after, _ = evaluate_tasks(pipe, [new, *old], eval_clips, eval_samples, probe, cfg.eval)
@@ -302,6 +311,23 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
     report["summary"]["minutes_by_stage"] = {k: round(v / 60, 2) for k, v in minutes.items()}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def blend_weights(model, start: dict[str, torch.Tensor], share: float, keep: list[int] = ()) -> None:
+    """Move ``model``'s weights back toward ``start`` (a state dict of the same model before
+    fine-tuning): each becomes ``start + share * (weight - start)``, the weight-space ensemble of
+    WiSE-FT (Wortsman et al., 2022, "Robust fine-tuning of zero-shot models"). The rows ``keep`` of
+    the vocabulary-sized matrices (the new task token's, which the base never trained) stay as
+    fine-tuned."""
+    with torch.no_grad():
+        for name, w in model.state_dict().items():
+            if not w.is_floating_point():
+                continue
+            before = start[name].to(w.dtype)
+            trained = w[keep].clone() if keep and name.endswith(("embed_tokens.weight", "lm_head.weight")) else None
+            w.copy_(before + share * (w - before))
+            if trained is not None:
+                w[keep] = trained
 
 
 def _freeze(model, num_layers: int) -> None:
@@ -376,5 +402,5 @@ def _summary(name: str, metric: str, before: dict, after: dict, old: list[str]) 
     return summary
 
 
-__all__ = ["FinetuneConfig", "FinetuneData", "FinetuneEval", "LoRASettings", "evaluate_tasks", "grow_vocab",
-           "load_adapter", "run_finetune", "save_model_folder", "score_task"]
+__all__ = ["FinetuneConfig", "FinetuneData", "FinetuneEval", "LoRASettings", "blend_weights", "evaluate_tasks",
+           "grow_vocab", "load_adapter", "run_finetune", "save_model_folder", "score_task"]

@@ -13,7 +13,7 @@ import yaml
 
 from videolm.lm.model import VideoLM
 from videolm.tasks.cli import main
-from videolm.tasks.finetune import grow_vocab, load_adapter
+from videolm.tasks.finetune import blend_weights, grow_vocab, load_adapter
 from videolm.tasks.pipeline import Pipeline
 from videolm.tasks.shapes import make_clip
 from videolm.tokenizers.errors import ConfigError
@@ -96,7 +96,9 @@ def test_lora_finetune_from_a_user_module(debug_model_dir, tmp_path, capsys):
 
 
 def test_full_finetune_and_cli_generate(debug_model_dir, tmp_path):
-    assert main(["finetune", "--config", str(_config(tmp_path, debug_model_dir, method="full"))]) == 0
+    path = _config(tmp_path, debug_model_dir, method="full")
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "blend": 0.5}))  # saved halfway to the base
+    assert main(["finetune", "--config", str(path)]) == 0
     run = tmp_path / "run"
     assert not (run / "adapter").exists() and (run / "model" / "lm" / "model.safetensors").is_file()
     clip = make_clip(6)
@@ -150,6 +152,57 @@ def test_token_lr_scale_is_a_positive_multiple_for_full_fine_tuning_only():
                 {"method": "full", "freeze_layers": 2, "token_lr_scale": 5.0}):
         with pytest.raises(ConfigError, match="token_lr_scale="):
             FinetuneConfig(task="m:T", **bad)
+
+
+def test_blend_moves_weights_back_toward_the_base_but_not_the_new_token():
+    from videolm.tasks.finetune import FinetuneConfig
+
+    vocab = Vocabulary(text_size=16, video_codes=32, audio_levels=2, audio_codes=8, tasks=["t2v", "v2a"], task_slots=2)
+    model = VideoLM.from_lm_config("debug", vocab_size=len(vocab))
+    new = grow_vocab(model, vocab, "reverse", like="orthogonal")
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(0)
+    with torch.no_grad():  # "fine-tuning": every weight moves, the new token's rows too
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    tuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    blend_weights(model, start, 1.0, keep=[new])
+    assert all(torch.equal(v, tuned[k]) for k, v in model.state_dict().items())
+    blend_weights(model, start, 0.25, keep=[new])
+    old = [i for i in range(model.get_input_embeddings().weight.shape[0]) if i != new]
+    for name, w in model.state_dict().items():
+        expected = start[name] + 0.25 * (tuned[name] - start[name])
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            assert torch.equal(w[new], tuned[name][new])  # the base never had this token: kept as trained
+            assert torch.allclose(w[old], expected[old], atol=1e-6)
+        else:
+            assert torch.allclose(w, expected, atol=1e-6)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match=f"blend={bad}"):
+            FinetuneConfig(task="m:T", blend=bad)
+
+
+def test_lora_blend_scales_the_merged_adapter(debug_model_dir, tmp_path):
+    path = _config(tmp_path, debug_model_dir)
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "blend": 0.5}))
+    assert main(["finetune", "--config", str(path)]) == 0
+    run = tmp_path / "run"
+    merged, vocab = load_adapter(debug_model_dir, run / "adapter", merge=True)  # the adapter's full change
+    base = VideoLM.from_pretrained(debug_model_dir / "lm").float()
+    saved = VideoLM.from_pretrained(run / "model" / "lm").float()
+    new = vocab.task_id("colorize")
+    moved = 0
+    for name, w in saved.state_dict().items():
+        full, start = merged.state_dict()[name].float(), base.state_dict()[name]
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            assert torch.allclose(w[new], full[new], atol=2e-3)  # the new token's rows as trained
+            keep = torch.ones(w.shape[0], dtype=torch.bool)
+            keep[new] = False
+            w, full, start = w[keep], full[keep], start[keep]
+        assert torch.allclose(w, start + 0.5 * (full - start), atol=2e-3)  # float16 storage
+        moved += int(not torch.allclose(full, start, atol=1e-3))
+    assert moved  # the adapter changed some weights, and the saved ones sit halfway
+    sys.modules.pop("colorize", None)
 
 
 def test_a_task_the_base_knows_is_refused(debug_model_dir, tmp_path, capsys):
