@@ -319,15 +319,15 @@ def blend_weights(model, start: dict[str, torch.Tensor], share: float, keep: lis
     WiSE-FT (Wortsman et al., 2022, "Robust fine-tuning of zero-shot models"). The rows ``keep`` of
     the vocabulary-sized matrices (the new task token's, which the base never trained) stay as
     fine-tuned."""
+    layers = {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings())}.values()
     with torch.no_grad():
+        keep = list(keep)  # (an empty tuple would index the whole matrix)
+        trained = [layer.weight[keep].clone() for layer in layers]
         for name, w in model.state_dict().items():
-            if not w.is_floating_point():
-                continue
-            before = start[name].to(w.dtype)
-            trained = w[keep].clone() if keep and name.endswith(("embed_tokens.weight", "lm_head.weight")) else None
-            w.copy_(before + share * (w - before))
-            if trained is not None:
-                w[keep] = trained
+            if w.is_floating_point():
+                w.lerp_(start[name].to(w.dtype), 1 - share)  # start + share * (w - start)
+        for layer, rows in zip(layers, trained):
+            layer.weight[keep] = rows
 
 
 def _freeze(model, num_layers: int) -> None:
