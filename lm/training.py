@@ -137,6 +137,45 @@ def distill_losses(teacher: VideoLM, rows: PackedBatch, logits: torch.Tensor, so
     return (target.exp() * (target - log_p)).sum(-1)  # (S,)
 
 
+def project_conflict(grads: Sequence[torch.Tensor | None], protected: Sequence[torch.Tensor | None],
+                     per_tensor: bool = False) -> tuple[list, float]:
+    """The step's gradient when the ``protected`` tasks' gradient must not be opposed: ``grads``
+    (the other tasks', one tensor or None per parameter) loses its component along ``protected``
+    when the two point against each other (negative dot product), and ``protected`` is added.
+
+    This is A-GEM (Chaudhry et al., 2019, "Efficient Lifelong Learning with A-GEM"), with the
+    mixed-in old tasks of the same batch as the episodic memory: to first order the step then
+    raises none of their loss. ``per_tensor`` tests and projects each parameter on its own (as
+    PCGrad's surgery, Yu et al. 2020, but layer by layer), which also catches a conflict inside one
+    matrix that agreement elsewhere outweighs. Returns the gradient per parameter and the share
+    of the tested pairs that were projected."""
+    pairs = [(g, m) for g, m in zip(grads, protected) if g is not None and m is not None]
+    if per_tensor:
+        scales = [_conflict_scale([(g, m)]) for g, m in pairs]
+    else:
+        scales = [_conflict_scale(pairs)] * len(pairs)
+    scales = iter(scales)
+    out, projected = [], 0
+    for g, m in zip(grads, protected):
+        if g is None or m is None:
+            out.append(m.clone() if g is None and m is not None else g)
+            continue
+        scale = next(scales)  # dot / |m|^2 where they conflict (negative), else 0
+        projected += scale < 0
+        out.append(g + (1 - scale) * m)
+    share = projected / len(pairs) if pairs else 0.0
+    return out, share if per_tensor else float(share > 0)
+
+
+def _conflict_scale(pairs) -> float:
+    """dot(g, m) / |m|^2 over ``pairs`` of tensors where that dot product is negative, else 0."""
+    if not pairs:
+        return 0.0
+    dot = sum(float((g.double() * m.double()).sum()) for g, m in pairs)
+    norm = sum(float((m.double() ** 2).sum()) for _, m in pairs)
+    return dot / norm if dot < 0 and norm > 0 else 0.0
+
+
 def held_out_batches(data: Dataset, cfg: LMTrainConfig, pad_id: int = 0, seed: int = 1234) -> list[TaskBatch]:
     """A fixed draw of ``cfg.val_sequences`` examples from held-out ``data`` (its first items; the
     tasks drawn with their own seed, so training's random stream is untouched), packed as training
@@ -192,7 +231,8 @@ class LMModule(L.LightningModule):
                  vocab=None, sample: Callable[[VideoLM, int], None] | None = None, run_config: dict | None = None,
                  export: Callable[[dict, Path], None] | None = None, held_out: list[TaskBatch] | None = None,
                  teacher: VideoLM | None = None, distill: Sequence[str] = (),
-                 fast_rows: Sequence[int] = (), fast_rows_scale: float = 1.0):
+                 fast_rows: Sequence[int] = (), fast_rows_scale: float = 1.0, protect: Sequence[str] = (),
+                 protect_per_tensor: bool = False):
         super().__init__()
         # input-embedding rows (a new task token's) that learn fast_rows_scale times the learning rate
         self.fast_rows, self.fast_rows_scale = list(fast_rows), float(fast_rows_scale)
@@ -205,6 +245,15 @@ class LMModule(L.LightningModule):
         if unknown:
             raise ConfigError(f"distill: {', '.join(unknown)} not among the trained tasks ({', '.join(task_names)})")
         self.distill = torch.tensor([name in distill for name in task_names])  # (K,) bool
+        # the tasks whose gradient the others' may not oppose (A-GEM's projection, `project_conflict`)
+        unknown = sorted(set(protect) - set(task_names))
+        if unknown:
+            raise ConfigError(f"protect: {', '.join(unknown)} not among the trained tasks ({', '.join(task_names)})")
+        if protect and len(set(protect)) == len(set(task_names)):
+            raise ConfigError("protect: at least one trained task must be left unprotected (its gradient is projected)")
+        self.protect = torch.tensor([name in protect for name in task_names])  # (K,) bool
+        self._protected_grads = None  # the protected tasks' gradient of the current step
+        self.protect_per_tensor = protect_per_tensor
         object.__setattr__(self, "teacher", teacher.eval().requires_grad_(False) if distill else None)
         self.held_out = held_out or []  # given only with cfg.val_every set
         self.task_names, self.vocab, self.sample, self.run_config = list(task_names), vocab, sample, run_config
@@ -214,6 +263,10 @@ class LMModule(L.LightningModule):
 
     def on_fit_start(self):
         self.distill = self.distill.to(self.device)
+        self.protect = self.protect.to(self.device)
+        if self.protect.any() and self.trainer.world_size > 1:
+            raise ConfigError("protect (gradient projection) runs on one process: its second gradient pass "
+                              "bypasses DDP's gradient averaging")
         if self.teacher is not None:
             self.teacher.to(self.device)
         if self.trainer.is_global_zero and self.run_config is not None:
@@ -256,12 +309,32 @@ class LMModule(L.LightningModule):
             loss = nll.masked_scatter(soft, kl)  # (N,)
             self._stats["kl"] += kl.detach().double().sum()
             self._stats["kl_count"] += len(kl)
+        if self.protect.any():
+            mine = self.protect[tasks]  # (N,): the protected tasks' positions
+            if mine.any() and not mine.all():
+                # their gradient now (kept for on_before_optimizer_step); the others' goes through backward
+                params = [p for p in self.model.parameters() if p.requires_grad]
+                kept = loss.masked_fill(~mine, 0).sum() / len(loss)
+                self._protected_grads = (params, torch.autograd.grad(kept, params, retain_graph=True,
+                                                                     allow_unused=True))
+                loss = loss.masked_fill(mine, 0)
         with torch.no_grad():
             self._stats["loss"] += torch.bincount(tasks, weights=nll.detach().float(), minlength=k).double()
             self._stats["count"] += torch.bincount(tasks, minlength=k).double()
             self._stats["tokens"] += (batch.rows.example >= 0).sum().double()
             self._stats["slots"] += batch.rows.example.numel()
         return loss.sum() / max(1, len(loss))
+
+    def on_before_optimizer_step(self, optimizer):
+        if self._protected_grads is None:
+            return
+        params, protected = self._protected_grads
+        self._protected_grads = None
+        projected, share = project_conflict([p.grad for p in params], protected, self.protect_per_tensor)
+        for p, g in zip(params, projected):
+            p.grad = g
+        self._stats["projected"] += share
+        self._stats["projectable"] += 1
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         self.elapsed = self._elapsed_before + time.perf_counter() - self._run_start
@@ -290,7 +363,7 @@ class LMModule(L.LightningModule):
         """Sums over the steps since the last log: loss and output tokens per task, real tokens, slots."""
         k, zeros = len(self.task_names), lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)
         self._stats = {"loss": zeros(k), "count": zeros(k), "tokens": zeros(), "slots": zeros(), "kl": zeros(),
-                       "kl_count": zeros()}
+                       "kl_count": zeros(), "projected": zeros(), "projectable": zeros()}
         self._interval_start = time.perf_counter()
 
     def _log(self, step: int):
@@ -305,6 +378,8 @@ class LMModule(L.LightningModule):
         row.update({f"loss_{name}": float(loss[k] / count[k]) for k, name in enumerate(self.task_names) if count[k]})
         if float(stats["kl_count"]):  # the distilled tasks' KL to the teacher (their loss_<task> stays the true token's)
             row["kl_to_teacher"] = float(stats["kl"] / stats["kl_count"])
+        if float(stats["projectable"]):  # the share of steps (or of tensors) where the gradient was projected
+            row["projected"] = round(float(stats["projected"] / stats["projectable"]), 3)
         self._reset_stats(self.device)
         self._append_metrics(row)
 
@@ -391,14 +466,17 @@ def fit(model: VideoLM, cfg: LMTrainConfig, train_data: Dataset, out: str | Path
         vocab=None, pad_id: int = 0, sample: Callable[[VideoLM, int], None] | None = None,
         run_config: dict | None = None, export: Callable[[dict, Path], None] | None = None,
         held_out: Dataset | None = None, teacher: VideoLM | None = None, distill: Sequence[str] = (),
-        fast_rows: Sequence[int] = (), fast_rows_scale: float = 1.0) -> Path | None:
+        fast_rows: Sequence[int] = (), fast_rows_scale: float = 1.0, protect: Sequence[str] = (),
+        protect_per_tensor: bool = False) -> Path | None:
     """Train on ``train_data`` (items: `videolm.lm.data.TaskExample`), resuming from
     OUT/checkpoints/last.ckpt if present. Returns OUT/model on the main process, None on the others.
     ``export(state, OUT/model)`` replaces the default export of the trained weights (e.g. to save
     a LoRA adapter). ``held_out`` (items like ``train_data``'s, from clips not trained on) is
     scored every ``cfg.val_every`` steps. The output tokens of the tasks named in ``distill`` learn
     ``teacher``'s distribution (KL) instead of the true token (`distill_losses`). The input
-    embedding's ``fast_rows`` learn at ``fast_rows_scale`` times the learning rate."""
+    embedding's ``fast_rows`` learn at ``fast_rows_scale`` times the learning rate. The other tasks'
+    gradient never opposes that of the tasks named in ``protect`` (`project_conflict`: A-GEM; each
+    parameter on its own with ``protect_per_tensor``)."""
     out = Path(out)
     if len(train_data) < cfg.batch_size:
         raise ConfigError(f"train.batch_size={cfg.batch_size} is more than the {len(train_data)} training clips "
@@ -412,7 +490,7 @@ def fit(model: VideoLM, cfg: LMTrainConfig, train_data: Dataset, out: str | Path
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = LMModule(model, cfg, out, task_names, vocab=vocab, sample=sample, run_config=run_config, export=export,
                       held_out=batches, teacher=teacher, distill=distill, fast_rows=fast_rows,
-                      fast_rows_scale=fast_rows_scale)
+                      fast_rows_scale=fast_rows_scale, protect=protect, protect_per_tensor=protect_per_tensor)
     loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
                         collate_fn=PackCollate(cfg.row_len, pad_id, cfg.packing), drop_last=True,
                         persistent_workers=cfg.workers > 0)

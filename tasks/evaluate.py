@@ -278,8 +278,10 @@ def check_same_settings(base: dict, settings: dict) -> None:
 
 def paired_changes(base: dict, report: dict) -> dict:
     """How ``report``'s model differs from ``base``'s on the same clips and sampling seeds, per
-    accuracy figure, in points: both figures, the change and its standard error. Both reports
-    need ``per_clip`` records (``EvalConfig(per_clip=True)``).
+    accuracy figure, in points: both figures, the change and its standard error; and for a task
+    with several figures, its ``accuracy``, every reading of every figure pooled (a clip's hits
+    and counts summed over its figures), paired the same way. Both reports need ``per_clip``
+    records (``EvalConfig(per_clip=True)``).
 
     The error is paired over clips: each clip's hits under one model minus its hits under the
     other, so what the clip itself makes easy or hard cancels, and the shared sampling seeds make
@@ -291,21 +293,17 @@ def paired_changes(base: dict, report: dict) -> dict:
         other = base["tasks"].get(name)
         if other is None or "per_clip" not in block or "per_clip" not in other:
             continue
-        rows = {}
+        rows, pooled = {}, []
         for figure in block["per_clip"][0] if block["per_clip"] else ():
             mine = np.array([c[figure] for c in block["per_clip"]], dtype=np.float64)  # (N, 2): hits, count
             theirs = np.array([c[figure] for c in other["per_clip"]], dtype=np.float64)
-            total = mine[:, 1].sum()
-            if total == 0:
+            if mine[:, 1].sum() == 0:
                 continue
-            change = (mine[:, 0].sum() - theirs[:, 0].sum()) / total
-            d = mine[:, 0] - theirs[:, 0] - change * mine[:, 1]
-            n = len(d)
-            se = float(np.sqrt(n / max(n - 1, 1) * (d ** 2).sum()) / total)
-            rows[figure] = {"base": round(float(100 * theirs[:, 0].sum() / total), 2),
-                            "model": round(float(100 * mine[:, 0].sum() / total), 2),
-                            "change": round(float(100 * change), 2), "se": round(100 * se, 2)}
-            changes.append((f"{name}/{figure}", float(100 * change), 100 * se))
+            rows[figure] = _paired_row(mine, theirs)
+            changes.append((f"{name}/{figure}", rows[figure]["change"], rows[figure]["se"]))
+            pooled.append((mine, theirs))
+        if len(pooled) > 1:  # the task's accuracy: every reading of every figure pooled, paired the same way
+            rows["accuracy"] = _paired_row(sum(m for m, _ in pooled), sum(t for _, t in pooled))
         if "loss" in block and "loss" in other:
             rows["loss_change"] = round(block["loss"] - other["loss"], 4)
         tasks[name] = rows
@@ -316,6 +314,18 @@ def paired_changes(base: dict, report: dict) -> dict:
         summary["clearly_lower"] = [f for f, c, se in changes if c + 2 * se < 0]
         summary["clearly_lower_by_more_than_1"] = [f for f, c, se in changes if c + 2 * se < -1]
     return {"model": base.get("model"), "tasks": tasks, "summary": summary}
+
+
+def _paired_row(mine: np.ndarray, theirs: np.ndarray) -> dict:
+    """One figure of ``paired_changes``: (N, 2) arrays of [hits, count] per clip under the model
+    and under the base -> both accuracies, the change and its standard error, in points."""
+    total = mine[:, 1].sum()
+    change = (mine[:, 0].sum() - theirs[:, 0].sum()) / total
+    d = mine[:, 0] - theirs[:, 0] - change * mine[:, 1]
+    n = len(d)
+    se = float(np.sqrt(n / max(n - 1, 1) * (d ** 2).sum()) / total)
+    return {"base": round(float(100 * theirs[:, 0].sum() / total), 2), "model": round(float(100 * mine[:, 0].sum() / total), 2),
+            "change": round(float(100 * change), 2), "se": round(100 * se, 2)}
 
 
 def chance_levels() -> dict:

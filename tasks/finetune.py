@@ -67,6 +67,10 @@ class FinetuneData:
     # what the mixed-in old tasks learn: the true tokens (rehearsal), or the base model's own
     # distribution at each of their output tokens (distillation: the base's behaviour is the target)
     mix_targets: Literal["truth", "base"] = "truth"
+    # project the new task's gradient off the mixed-in old tasks' whenever the two conflict, so that no
+    # step raises their loss to first order (A-GEM, the old tasks of the batch as its memory; one more
+    # gradient pass a step): none; model (one test over all the weights); tensor (each weight on its own)
+    project: Literal["none", "model", "tensor"] = "none"
     text_dropout: float = 0.1
     batch_size: int = 16  # held-out clips tokenized at once (training clips are tokenized as they are drawn)
 
@@ -111,6 +115,10 @@ class FinetuneConfig:
                               "method: full and no freeze_layers")
         if not 0 < self.blend <= 1:
             raise ConfigError(f"blend={self.blend}: the fine-tune's share of the saved weights, in (0, 1]")
+        if self.data.project not in ("none", "model", "tensor"):
+            raise ConfigError(f"data.project={self.data.project!r}: choose none, model or tensor")
+        if self.data.project != "none" and not self.data.mix:
+            raise ConfigError("data.project: projecting onto the old tasks' gradient needs old tasks in data.mix")
         if self.data.mix_targets not in ("truth", "base"):
             raise ConfigError(f"data.mix_targets={self.data.mix_targets!r}: choose truth or base")
         if self.eval.metric not in ("psnr", "shape", "color", "size", "direction"):
@@ -280,7 +288,8 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
     fit(model, cfg.train, data, out, [t.name for t in (new, *mixed)], vocab=pipe.vocab, pad_id=pipe.vocab["<pad>"],
         run_config={"entry": "finetune", **to_dict(cfg)}, export=lambda state, folder: None, held_out=held_out,
         teacher=teacher, distill=list(cfg.data.mix) if teacher is not None else (),
-        fast_rows=[pipe.vocab.task_id(cls.name)], fast_rows_scale=cfg.token_lr_scale)
+        fast_rows=[pipe.vocab.task_id(cls.name)], fast_rows_scale=cfg.token_lr_scale,
+        protect=list(cfg.data.mix) if cfg.data.project != "none" else (), protect_per_tensor=cfg.data.project == "tensor")
     del teacher
     new.training = False
     model.eval()

@@ -16,8 +16,8 @@ import yaml
 from videolm.lm.data import PackCollate, ShardWriter, TaskExample
 from videolm.lm.masks import token_losses
 from videolm.lm.model import VideoLM
-from videolm.lm.training import (LMTrainConfig, _scale_row_steps, distill_losses, fit, lr_factor, output_logits,
-                                 output_losses)
+from videolm.lm.training import (LMModule, LMTrainConfig, _scale_row_steps, distill_losses, fit, lr_factor,
+                                 output_logits, output_losses, project_conflict)
 from videolm.tasks.cli import main
 from videolm.tokenizers.errors import ConfigError
 from videolm.tokenizers.vocab import Vocabulary
@@ -198,6 +198,57 @@ def test_distilled_tasks_log_their_kl_and_train_toward_the_teacher(shards, tmp_p
     with pytest.raises(ConfigError, match="distill: a2v not among the trained tasks"):
         fit(model, cfg, TaskSequences(data, build_tasks(["t2v"], vocab), max_len=128), tmp_path / "bad", ["t2v"],
             teacher=teacher, distill=["a2v"])
+
+
+def test_project_conflict_drops_only_the_opposing_component():
+    g, m = [torch.tensor([1.0, 2.0]), None, torch.tensor([3.0])], [torch.tensor([-1.0, 0.0]), torch.tensor([5.0]), torch.tensor([-2.0])]
+    out, conflict = project_conflict(g, m)  # g.m = -1 - 6 = -7 over |m|^2 = 1 + 4 (the None pair left out)
+    assert conflict
+    flat = lambda ts: torch.cat([t for t in ts])
+    projected = flat(out) - flat(m)  # the new task's part after the projection
+    assert torch.allclose(projected[[0, 1, 3]] @ flat(m)[[0, 1, 3]], torch.tensor(0.0), atol=1e-6)
+    # g + (1 + 7/5) m where both exist; m alone where g is None
+    assert torch.allclose(flat(out), torch.tensor([1 - 12 / 5, 2.0, 5.0, 3 - 2 * 12 / 5]))
+    same, conflict = project_conflict([torch.tensor([1.0])], [torch.tensor([2.0])])  # agreeing: the plain sum
+    assert not conflict and same[0].item() == 3.0
+    assert project_conflict([None], [None])[0] == [None]
+    # agreement over the whole model hides a conflict inside one tensor; per tensor it is projected
+    g, m = [torch.tensor([1.0, 0.0]), torch.tensor([3.0])], [torch.tensor([-1.0, 0.0]), torch.tensor([2.0])]
+    whole, share = project_conflict(g, m)  # dot -1 + 6 > 0: the plain sum
+    assert share == 0 and torch.equal(flat(whole), torch.tensor([0.0, 0.0, 5.0]))
+    each, share = project_conflict(g, m, per_tensor=True)  # the first pair projected (g + 2m), the second summed
+    assert share == 0.5 and torch.equal(flat(each), torch.tensor([-1.0, 0.0, 5.0]))
+
+
+def test_protected_tasks_get_the_a_gem_gradient():
+    """One step by hand: after backward and on_before_optimizer_step the gradient is the
+    unprotected task's, projected when it opposes the protected task's, plus the protected one."""
+    torch.manual_seed(0)
+    model = VideoLM.from_lm_config("debug")
+    items = [TaskExample(torch.randint(3, 256, (n,)), p, task) for n, p, task in [(30, 9, 0), (25, 5, 1), (12, 4, 1)]]
+    batch = PackCollate(row_len=40)(items)
+    params = [p for p in model.parameters() if p.requires_grad]
+    nll, tasks = output_losses(model, batch)
+    g_new = torch.autograd.grad(nll.masked_fill(tasks == 1, 0).sum() / len(nll), params, retain_graph=True)
+    g_old = torch.autograd.grad(nll.masked_fill(tasks == 0, 0).sum() / len(nll), params)
+    want, conflict = project_conflict(list(g_new), list(g_old))
+    module = LMModule(model, LMTrainConfig(accelerator="cpu"), "unused", ["t2v", "v2a"], protect=["v2a"])
+    module.training_step(batch, 0).backward()
+    module.on_before_optimizer_step(None)
+    for p, w in zip(params, want):
+        assert torch.allclose(p.grad, w, atol=1e-6)
+    total = torch.cat([p.grad.flatten() for p in params])
+    old = torch.cat([g.flatten() for g in g_old])
+    plain = torch.cat([(a + b).flatten() for a, b in zip(g_new, g_old)])
+    if conflict:  # the new task's part is orthogonal to the old tasks' gradient
+        assert torch.allclose((total - old) @ old, torch.tensor(0.0), atol=1e-6 * float(old @ old))
+    else:
+        assert torch.allclose(total, plain, atol=1e-6)
+    assert int(module._stats["projectable"]) == 1 and int(module._stats["projected"]) == int(conflict)
+    with pytest.raises(ConfigError, match="at least one trained task must be left unprotected"):
+        LMModule(model, LMTrainConfig(), "unused", ["t2v", "v2a"], protect=["v2a", "t2v"])
+    with pytest.raises(ConfigError, match="protect: a2v not among the trained tasks"):
+        LMModule(model, LMTrainConfig(), "unused", ["t2v", "v2a"], protect=["a2v"])
 
 
 def test_fast_rows_take_scaled_adamw_steps_and_the_other_rows_take_the_same_steps():

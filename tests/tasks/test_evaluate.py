@@ -137,8 +137,23 @@ def test_paired_changes_against_a_hand_count():
     assert out["tasks"]["t2v"]["loss_change"] == pytest.approx(0.25)
     assert out["summary"]["mean_change"] == pytest.approx(-16.67)
     assert out["summary"]["clearly_lower"] == []  # four clips cannot tell 17 points from chance
+    assert "accuracy" not in out["tasks"]["t2v"]  # one figure: nothing to pool
     with pytest.raises(Exception, match="num"):
         paired_changes({**base, "num": 8}, tuned)
+
+
+def test_paired_changes_pools_a_tasks_figures_into_its_accuracy():
+    def report(shape, color):
+        return {"num": 2, "tasks": {"t2v": {"per_clip": [{"shape": s, "color": c} for s, c in zip(shape, color)]}}}
+
+    base = report([[1, 1], [1, 2]], [[1, 1], [2, 2]])  # 5 of 6 readings right
+    tuned = report([[1, 1], [0, 2]], [[0, 1], [2, 2]])  # 3 of 6: one hit fewer in each clip (2 and 4 readings)
+    row = paired_changes(base, tuned)["tasks"]["t2v"]["accuracy"]
+    assert (row["base"], row["model"], row["change"]) == pytest.approx((83.33, 50.0, -33.33))
+    # residuals per clip: -1 + 2/3 and -1 + 4/3, so se = sqrt(2 * (1/9 + 1/9)) / 6
+    assert row["se"] == pytest.approx(100 * np.sqrt(4 / 9) / 6, abs=0.01)
+    shape = paired_changes(base, tuned)["tasks"]["t2v"]["shape"]  # clip 1: 0 of -1/3, clip 2: -1 of -2/3
+    assert shape["change"] == pytest.approx(-33.33) and shape["se"] > 0
 
 
 def test_eval_against_the_same_model_changes_nothing(debug_model_dir, capsys, tmp_path):

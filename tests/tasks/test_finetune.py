@@ -154,6 +154,16 @@ def test_token_lr_scale_is_a_positive_multiple_for_full_fine_tuning_only():
             FinetuneConfig(task="m:T", **bad)
 
 
+def test_project_needs_old_tasks_and_a_known_granularity():
+    from videolm.tasks.finetune import FinetuneConfig, FinetuneData
+
+    assert FinetuneConfig(task="m:T", data=FinetuneData(mix={"t2v": 0.1}, project="model")).data.project == "model"
+    with pytest.raises(ConfigError, match="data.project: projecting onto the old tasks' gradient needs old tasks"):
+        FinetuneConfig(task="m:T", data=FinetuneData(project="tensor"))
+    with pytest.raises(ConfigError, match="data.project='layer': choose none, model or tensor"):
+        FinetuneConfig(task="m:T", data=FinetuneData(mix={"t2v": 0.1}, project="layer"))
+
+
 def test_blend_moves_weights_back_toward_the_base_but_not_the_new_token():
     from videolm.tasks.finetune import FinetuneConfig
 
@@ -259,8 +269,14 @@ def test_colorize_example_grays_and_keeps_sizes():
 
 
 def test_reverse_example_end_to_end(debug_model_dir, tmp_path, capsys):
-    assert main(["finetune", "--config", str(_config(tmp_path, debug_model_dir, example="reverse"))]) == 0
+    path = _config(tmp_path, debug_model_dir, example="reverse")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["data"]["project"] = "tensor"  # A-GEM's projection against the mixed-in t2v, weight by weight
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["finetune", "--config", str(path)]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(0 <= row.get("projected", -1) <= 1 for row in logged)
     assert {"reverse_direction_before", "reverse_direction_after", "reverse_direction_ceiling",
             "reverse_direction_copy_baseline"} <= set(summary)
     stages = summary["minutes_by_stage"]
