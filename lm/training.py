@@ -149,31 +149,21 @@ def project_conflict(grads: Sequence[torch.Tensor | None], protected: Sequence[t
     PCGrad's surgery, Yu et al. 2020, but layer by layer), which also catches a conflict inside one
     matrix that agreement elsewhere outweighs. Returns the gradient per parameter and the share
     of the tested pairs that were projected."""
-    pairs = [(g, m) for g, m in zip(grads, protected) if g is not None and m is not None]
-    if per_tensor:
-        scales = [_conflict_scale([(g, m)]) for g, m in pairs]
-    else:
-        scales = [_conflict_scale(pairs)] * len(pairs)
-    scales = iter(scales)
-    out, projected = [], 0
+    both = [(g, m) for g, m in zip(grads, protected) if g is not None and m is not None]
+    none = torch.zeros(0, dtype=torch.float64)
+    dots = torch.stack([(g * m).sum(dtype=torch.float64) for g, m in both]) if both else none  # (P,)
+    norms = torch.stack([(m * m).sum(dtype=torch.float64) for _, m in both]) if both else none
+    if not per_tensor:  # one test over the whole model
+        dots, norms = dots.sum(0, keepdim=True), norms.sum(0, keepdim=True)
+    conflict = (dots < 0) & (norms > 0)
+    scales = iter(torch.where(conflict, dots / norms.clamp(min=1e-30), 0.0).expand(len(both)).tolist())
+    out = []
     for g, m in zip(grads, protected):
-        if g is None or m is None:
-            out.append(m.clone() if g is None and m is not None else g)
-            continue
-        scale = next(scales)  # dot / |m|^2 where they conflict (negative), else 0
-        projected += scale < 0
-        out.append(g + (1 - scale) * m)
-    share = projected / len(pairs) if pairs else 0.0
-    return out, share if per_tensor else float(share > 0)
-
-
-def _conflict_scale(pairs) -> float:
-    """dot(g, m) / |m|^2 over ``pairs`` of tensors where that dot product is negative, else 0."""
-    if not pairs:
-        return 0.0
-    dot = sum(float((g.double() * m.double()).sum()) for g, m in pairs)
-    norm = sum(float((m.double() ** 2).sum()) for _, m in pairs)
-    return dot / norm if dot < 0 and norm > 0 else 0.0
+        if g is not None and m is not None:
+            out.append(g + (1 - next(scales)) * m)
+        else:  # one side has no gradient for this parameter: the other as it is
+            out.append(g if m is None else m.clone())
+    return out, float(conflict.sum()) / max(1, conflict.numel())
 
 
 def held_out_batches(data: Dataset, cfg: LMTrainConfig, pad_id: int = 0, seed: int = 1234) -> list[TaskBatch]:
@@ -330,7 +320,7 @@ class LMModule(L.LightningModule):
             return
         params, protected = self._protected_grads
         self._protected_grads = None
-        projected, share = project_conflict([p.grad for p in params], protected, self.protect_per_tensor)
+        projected, share = project_conflict([p.grad for p in params], protected, per_tensor=self.protect_per_tensor)
         for p, g in zip(params, projected):
             p.grad = g
         self._stats["projected"] += share

@@ -324,8 +324,8 @@ def _paired_row(mine: np.ndarray, theirs: np.ndarray) -> dict:
     d = mine[:, 0] - theirs[:, 0] - change * mine[:, 1]
     n = len(d)
     se = float(np.sqrt(n / max(n - 1, 1) * (d ** 2).sum()) / total)
-    return {"base": round(float(100 * theirs[:, 0].sum() / total), 2), "model": round(float(100 * mine[:, 0].sum() / total), 2),
-            "change": round(float(100 * change), 2), "se": round(100 * se, 2)}
+    return {"base": round(float(100 * theirs[:, 0].sum() / total), 2),
+            "model": round(float(100 * mine[:, 0].sum() / total), 2), "change": round(float(100 * change), 2), "se": round(100 * se, 2)}
 
 
 def chance_levels() -> dict:

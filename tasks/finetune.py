@@ -289,7 +289,8 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
         run_config={"entry": "finetune", **to_dict(cfg)}, export=lambda state, folder: None, held_out=held_out,
         teacher=teacher, distill=list(cfg.data.mix) if teacher is not None else (),
         fast_rows=[pipe.vocab.task_id(cls.name)], fast_rows_scale=cfg.token_lr_scale,
-        protect=list(cfg.data.mix) if cfg.data.project != "none" else (), protect_per_tensor=cfg.data.project == "tensor")
+        protect=list(cfg.data.mix) if cfg.data.project != "none" else (),
+        protect_per_tensor=cfg.data.project == "tensor")
     del teacher
     new.training = False
     model.eval()
