@@ -37,7 +37,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
-from videolm.lm.masks import IGNORE, PackedBatch, pack, pad
+from videolm.lm.masks import PackedBatch, pack, pad
 from videolm.tokenizers.errors import ConfigError, DataError, UsageError
 
 INDEX_NAME = "index.json"
@@ -194,9 +194,6 @@ class TaskExample:
     ids: torch.Tensor
     prefix_len: int
     task: int  # index into the mixture's tasks
-    # unlikelihood training: at each output position, an id to push down (IGNORE where none), aligned
-    # with ``ids``: the answer of a task this one could be mistaken for, where it differs from the truth
-    negative: torch.Tensor | None = None
 
 
 class TaskSequences(Dataset):
@@ -206,15 +203,10 @@ class TaskSequences(Dataset):
     weight; the text is dropped (emptied) with probability ``text_dropout``, for classifier-free
     guidance. Draws use torch's global generator, so they differ per epoch and follow the seed
     (DataLoader workers are seeded by torch).
-
-    ``negatives`` maps a task's index ``k`` to another's ``j``: each sequence of task ``k`` then
-    also carries, at each output position, the id task ``j``'s output for the same clip has there
-    (``tasks[k].confused_ids(sample, tasks[j])``) where it differs from the true one, for
-    unlikelihood training against answering ``k`` as ``j`` would.
     """
 
     def __init__(self, samples: Dataset, tasks: Sequence[SequenceTask], weights: Sequence[float] | None = None,
-                 text_dropout: float = 0.1, max_len: int | None = None, negatives: dict[int, int] | None = None):
+                 text_dropout: float = 0.1, max_len: int | None = None):
         weights = [1.0] * len(tasks) if weights is None else list(weights)
         if not tasks or len(weights) != len(tasks):
             raise ConfigError(f"a task mixture needs at least one task and one weight per task "
@@ -225,9 +217,6 @@ class TaskSequences(Dataset):
             raise ConfigError(f"text_dropout={text_dropout} must be in [0, 1]")
         self.samples, self.tasks, self.text_dropout, self.max_len = samples, list(tasks), text_dropout, max_len
         self.weights = torch.tensor(weights, dtype=torch.float64)  # (K,)
-        self.negatives = dict(negatives or {})
-        if any(not (0 <= k < len(tasks) and 0 <= j < len(tasks)) or k == j for k, j in self.negatives.items()):
-            raise ConfigError(f"negatives {self.negatives}: pairs of two different task indices below {len(tasks)}")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -243,9 +232,7 @@ class TaskSequences(Dataset):
         drawn = [self.draw_task(sample, i) for sample, i in zip(samples, indices)]
         prefetch = getattr(self.samples, "prefetch", None)
         if prefetch is not None:
-            prefetch(samples, [(*getattr(self.tasks[k], "fields", ()),
-                                *(getattr(self.tasks[self.negatives[k]], "fields", ()) if k in self.negatives else ()))
-                               for k in drawn])
+            prefetch(samples, [getattr(self.tasks[k], "fields", ()) for k in drawn])
         return [self._example(i, sample, k) for i, sample, k in zip(indices, samples, drawn)]
 
     def _example(self, i: int, sample: Sample, k: int) -> TaskExample:
@@ -255,14 +242,7 @@ class TaskSequences(Dataset):
         if self.max_len is not None and len(ids) > self.max_len:
             raise DataError(f"clip {i}: its {self.tasks[k].name} sequence has {len(ids)} tokens, more than a "
                             f"row holds ({self.max_len}); raise train.row_len")
-        if k not in self.negatives:
-            return TaskExample(ids, len(prefix), k)
-        target = torch.as_tensor(target)
-        wrong = self.tasks[k].confused_ids(sample, self.tasks[self.negatives[k]])  # (M,) as long as target
-        if torch.equal(wrong, target):  # the other task's answer is this one's (a still clip reversed)
-            return TaskExample(ids, len(prefix), k)
-        negative = torch.cat([torch.full((len(prefix),), IGNORE), torch.where(wrong != target, wrong, IGNORE)])
-        return TaskExample(ids, len(prefix), k, negative.long())
+        return TaskExample(ids, len(prefix), k)
 
     def draw_task(self, sample: Sample, i: int) -> int:
         fits = torch.tensor([task.accepts(sample) for task in self.tasks])  # (K,)
@@ -282,12 +262,9 @@ class TaskBatch:
 
     rows: PackedBatch  # (R, L) fields; ``rows.example`` indexes ``tasks``
     tasks: torch.Tensor  # (E,) long: task index of each example
-    # (R, L) long, laid out as ``rows``: the examples' `TaskExample.negative` ids, IGNORE elsewhere
-    negative: torch.Tensor | None = None
 
     def to(self, device) -> TaskBatch:
-        negative = None if self.negative is None else self.negative.to(device)
-        return TaskBatch(self.rows.to(device), self.tasks.to(device), negative)
+        return TaskBatch(self.rows.to(device), self.tasks.to(device))
 
     @property
     def num_tokens(self) -> int:
@@ -310,15 +287,7 @@ class PackCollate:
             rows = pack(examples, self.row_len, pad_id=self.pad_id)
         else:
             rows = pad(examples, max(len(it.ids) for it in items), pad_id=self.pad_id)
-        tasks = torch.tensor([it.task for it in items], dtype=torch.long)
-        if all(it.negative is None for it in items):
-            return TaskBatch(rows, tasks)
-        negative = torch.full_like(rows.ids, IGNORE)  # (R, L)
-        for e, it in enumerate(items):
-            if it.negative is not None:
-                where = rows.example == e  # (R, L): the example's tokens, at positions 0, 1, ... of it
-                negative[where] = it.negative[rows.positions[where]]
-        return TaskBatch(rows, tasks, negative)
+        return TaskBatch(rows, torch.tensor([it.task for it in items], dtype=torch.long))
 
 
 __all__ = ["CODE_FIELDS", "INDEX_NAME", "PackCollate", "Sample", "SequenceTask", "ShardWriter", "TaskBatch",

@@ -137,16 +137,6 @@ def distill_losses(teacher: VideoLM, rows: PackedBatch, logits: torch.Tensor, so
     return (target.exp() * (target - log_p)).sum(-1)  # (S,)
 
 
-def unlikelihood_losses(logits: torch.Tensor, negative: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``-log(1 - p)`` ``(U,)`` of each ``negative (U,)`` id under ``logits (U, V)``, and its
-    probability ``p (U,)``: token-level unlikelihood (Welleck et al., 2020, "Neural Text Generation
-    with Unlikelihood Training"). It lowers the probability of an answer the model must not give,
-    in the true answer's context, and leaves the rest of the distribution to the true token's loss;
-    its gradient is small where ``p`` already is."""
-    p = logits.float().log_softmax(-1).gather(1, negative[:, None])[:, 0].exp()  # (U,)
-    return -torch.log1p(-p.clamp(max=1 - 1e-6)), p
-
-
 def project_conflict(grads: Sequence[torch.Tensor | None], protected: Sequence[torch.Tensor | None],
                      per_tensor: bool = False) -> tuple[list, float]:
     """The step's gradient when the ``protected`` tasks' gradient must not be opposed: ``grads``
@@ -232,11 +222,8 @@ class LMModule(L.LightningModule):
                  export: Callable[[dict, Path], None] | None = None, held_out: list[TaskBatch] | None = None,
                  teacher: VideoLM | None = None, distill: Sequence[str] = (),
                  fast_rows: Sequence[int] = (), fast_rows_scale: float = 1.0, protect: Sequence[str] = (),
-                 protect_per_tensor: bool = False, unlikelihood: float = 0.0):
+                 protect_per_tensor: bool = False):
         super().__init__()
-        if unlikelihood < 0:
-            raise ConfigError(f"unlikelihood={unlikelihood}: the weight of the negatives' loss, >= 0")
-        self.unlikelihood = float(unlikelihood)  # the weight of `unlikelihood_losses` on the batches' negatives
         # input-embedding rows (a new task token's) that learn fast_rows_scale times the learning rate
         self.fast_rows, self.fast_rows_scale = list(fast_rows), float(fast_rows_scale)
         self.model, self.cfg, self.out, self.export = model, cfg, Path(out), export
@@ -321,20 +308,12 @@ class LMModule(L.LightningModule):
                 self._protected_grads = (params, torch.autograd.grad(kept, params, retain_graph=True,
                                                                      allow_unused=True))
                 loss = loss.masked_fill(mine, 0)
-        total = loss.sum()
-        if batch.negative is not None and self.unlikelihood > 0:
-            negative = batch.negative[:, 1:][batch.rows.labels[:, 1:] != IGNORE]  # (N,): output_logits' order
-            marked = negative != IGNORE  # (N,)
-            pushed, p = unlikelihood_losses(logits[marked], negative[marked])  # (U,), (U,)
-            total = total + self.unlikelihood * pushed.sum()
-            self._stats["unlike_p"] += p.detach().double().sum()
-            self._stats["unlike_count"] += len(p)
         with torch.no_grad():
             self._stats["loss"] += torch.bincount(tasks, weights=nll.detach().float(), minlength=k).double()
             self._stats["count"] += torch.bincount(tasks, minlength=k).double()
             self._stats["tokens"] += (batch.rows.example >= 0).sum().double()
             self._stats["slots"] += batch.rows.example.numel()
-        return total / max(1, len(loss))
+        return loss.sum() / max(1, len(loss))
 
     def on_before_optimizer_step(self, optimizer):
         if self._protected_grads is None:
@@ -374,8 +353,7 @@ class LMModule(L.LightningModule):
         """Sums over the steps since the last log: loss and output tokens per task, real tokens, slots."""
         k, zeros = len(self.task_names), lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)
         self._stats = {"loss": zeros(k), "count": zeros(k), "tokens": zeros(), "slots": zeros(), "kl": zeros(),
-                       "kl_count": zeros(), "projected": zeros(), "projectable": zeros(), "unlike_p": zeros(),
-                       "unlike_count": zeros()}
+                       "kl_count": zeros(), "projected": zeros(), "projectable": zeros()}
         self._interval_start = time.perf_counter()
 
     def _log(self, step: int):
@@ -392,8 +370,6 @@ class LMModule(L.LightningModule):
             row["kl_to_teacher"] = float(stats["kl"] / stats["kl_count"])
         if float(stats["projectable"]):  # the share of steps (or of tensors) where the gradient was projected
             row["projected"] = round(float(stats["projected"] / stats["projectable"]), 3)
-        if float(stats["unlike_count"]):  # the mean probability the model gave the negatives' pushed tokens
-            row["negative_p"] = round(float(stats["unlike_p"] / stats["unlike_count"]), 5)
         self._reset_stats(self.device)
         self._append_metrics(row)
 
@@ -481,7 +457,7 @@ def fit(model: VideoLM, cfg: LMTrainConfig, train_data: Dataset, out: str | Path
         run_config: dict | None = None, export: Callable[[dict, Path], None] | None = None,
         held_out: Dataset | None = None, teacher: VideoLM | None = None, distill: Sequence[str] = (),
         fast_rows: Sequence[int] = (), fast_rows_scale: float = 1.0, protect: Sequence[str] = (),
-        protect_per_tensor: bool = False, unlikelihood: float = 0.0) -> Path | None:
+        protect_per_tensor: bool = False) -> Path | None:
     """Train on ``train_data`` (items: `videolm.lm.data.TaskExample`), resuming from
     OUT/checkpoints/last.ckpt if present. Returns OUT/model on the main process, None on the others.
     ``export(state, OUT/model)`` replaces the default export of the trained weights (e.g. to save
@@ -490,8 +466,7 @@ def fit(model: VideoLM, cfg: LMTrainConfig, train_data: Dataset, out: str | Path
     ``teacher``'s distribution (KL) instead of the true token (`distill_losses`). The input
     embedding's ``fast_rows`` learn at ``fast_rows_scale`` times the learning rate. The other tasks'
     gradient never opposes that of the tasks named in ``protect`` (`project_conflict`: A-GEM; each
-    parameter on its own with ``protect_per_tensor``). Batches that carry negatives add
-    ``unlikelihood`` times `unlikelihood_losses` to the loss."""
+    parameter on its own with ``protect_per_tensor``)."""
     out = Path(out)
     if len(train_data) < cfg.batch_size:
         raise ConfigError(f"train.batch_size={cfg.batch_size} is more than the {len(train_data)} training clips "
@@ -505,8 +480,7 @@ def fit(model: VideoLM, cfg: LMTrainConfig, train_data: Dataset, out: str | Path
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = LMModule(model, cfg, out, task_names, vocab=vocab, sample=sample, run_config=run_config, export=export,
                       held_out=batches, teacher=teacher, distill=distill, fast_rows=fast_rows,
-                      fast_rows_scale=fast_rows_scale, protect=protect, protect_per_tensor=protect_per_tensor,
-                      unlikelihood=unlikelihood)
+                      fast_rows_scale=fast_rows_scale, protect=protect, protect_per_tensor=protect_per_tensor)
     loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
                         collate_fn=PackCollate(cfg.row_len, pad_id, cfg.packing), drop_last=True,
                         persistent_workers=cfg.workers > 0)
@@ -545,4 +519,4 @@ def _quiet():
 
 
 __all__ = ["LMModule", "LMTrainConfig", "distill_losses", "export_model", "fit", "lr_factor", "output_logits",
-           "output_losses", "resolve_precision", "unlikelihood_losses", "weights_fingerprint"]
+           "output_losses", "resolve_precision", "weights_fingerprint"]

@@ -164,19 +164,6 @@ class Task(ABC):
     def build(self, sample: dict, drop_text: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return self.prefix(sample, drop_text), self.target_ids(sample)
 
-    def confused_ids(self, sample: dict, other: Task) -> torch.Tensor:
-        """``(N,)`` ids laid out as `target_ids` (same length), holding ``other``'s output for
-        the same sample, cut to this task's number of latent frames: the answer this task's prefix
-        would get from a model that mistook it for ``other``. Unlikelihood training pushes its ids
-        down where they differ from the truth (`videolm.lm.data.TaskSequences`' ``negatives``)."""
-        mine, theirs = self.target_codes(sample), other.target_codes(sample)
-        if other.output != self.output or theirs.shape[1:] != mine.shape[1:] or len(theirs) < len(mine):
-            raise ConfigError(f"{other.name}'s output (codes {tuple(theirs.shape)}) cannot stand in for "
-                              f"{self.name}'s (codes {tuple(mine.shape)}) as a negative")
-        target = self.target_ids(sample)  # (N,)
-        body = self.output_ids(theirs[:len(mine)])  # (N - 2,)
-        return torch.cat([body, target[len(body):]]).long()
-
     # -- generation
 
     def layout(self, shape: tuple[int, int]) -> OutputLayout:

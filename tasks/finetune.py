@@ -71,12 +71,6 @@ class FinetuneData:
     # step raises their loss to first order (A-GEM, the old tasks of the batch as its memory; one more
     # gradient pass a step): none; model (one test over all the weights); tensor (each weight on its own)
     project: Literal["none", "model", "tensor"] = "none"
-    # mixed-in old tasks whose sequences also carry a negative: the new task's output for the same clip
-    # (cut to theirs), whose ids are pushed down by token-level unlikelihood (at this weight) at every
-    # output position where they differ from the truth, so that learning the new task does not teach
-    # the model to answer the old ones with it
-    negatives: list[str] = field(default_factory=list)
-    unlikelihood: float = 1.0
     text_dropout: float = 0.1
     batch_size: int = 16  # held-out clips tokenized at once (training clips are tokenized as they are drawn)
 
@@ -125,11 +119,6 @@ class FinetuneConfig:
             raise ConfigError(f"data.project={self.data.project!r}: choose none, model or tensor")
         if self.data.project != "none" and not self.data.mix:
             raise ConfigError("data.project: projecting onto the old tasks' gradient needs old tasks in data.mix")
-        unknown = sorted(set(self.data.negatives) - set(self.data.mix))
-        if unknown:
-            raise ConfigError(f"data.negatives: {', '.join(unknown)} not among the mixed-in old tasks (data.mix)")
-        if not self.data.unlikelihood >= 0:
-            raise ConfigError(f"data.unlikelihood={self.data.unlikelihood}: the negatives' loss weight, >= 0")
         if self.data.mix_targets not in ("truth", "base"):
             raise ConfigError(f"data.mix_targets={self.data.mix_targets!r}: choose truth or base")
         if self.eval.metric not in ("psnr", "shape", "color", "size", "direction"):
@@ -280,13 +269,8 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
     # tokenized as the training draws them: each sequence reads one or two of a clip's fields
     samples = LazySamples(ShapesDataset(cfg.data.num, seed=cfg.data.seed), pipe.tokenizer, extra=new.views)
     mixed = [task_class(n)(pipe.vocab) for n in cfg.data.mix]
-    for task in mixed:
-        if task.name in cfg.data.negatives and task.output != new.output:
-            raise ConfigError(f"data.negatives: {task.name} answers with {task.output}, {cls.name} with {new.output}; "
-                              "a negative is the new task's answer in the old task's place")
     data = TaskSequences(samples, [new, *mixed], [cfg.data.weight, *cfg.data.mix.values()], cfg.data.text_dropout,
-                         cfg.train.row_len, negatives={1 + i: 0 for i, t in enumerate(mixed)
-                                                      if t.name in cfg.data.negatives})
+                         cfg.train.row_len)
     new.training = True
     # the base as it stands (the new token's rows included, so the vocabularies match): the target
     # of the mixed-in old tasks with mix_targets: base
@@ -306,7 +290,7 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
         teacher=teacher, distill=list(cfg.data.mix) if teacher is not None else (),
         fast_rows=[pipe.vocab.task_id(cls.name)], fast_rows_scale=cfg.token_lr_scale,
         protect=list(cfg.data.mix) if cfg.data.project != "none" else (),
-        protect_per_tensor=cfg.data.project == "tensor", unlikelihood=cfg.data.unlikelihood)
+        protect_per_tensor=cfg.data.project == "tensor")
     del teacher
     new.training = False
     model.eval()

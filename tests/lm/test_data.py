@@ -7,7 +7,7 @@ import torch
 
 from videolm.lm.data import PackCollate, ShardWriter, TaskExample, TaskSequences, TokenShards
 from videolm.lm.masks import IGNORE
-from videolm.tasks.base import Task, build_tasks
+from videolm.tasks.base import build_tasks
 from videolm.tokenizers.errors import ConfigError, DataError
 from videolm.tokenizers.vocab import Vocabulary
 
@@ -127,51 +127,6 @@ def examples(clips: int) -> list[TaskExample]:
             prefix, target = task.build(sample(s))
             items.append(TaskExample(torch.cat([prefix, target]), len(prefix), task=k))
     return items
-
-
-class Backwards(Task):
-    """A test task: the clip's codes, latent frames in reverse order (``sample["backwards"]``)."""
-
-    name, inputs, target = "backwards", ("video",), "backwards"
-
-    def condition(self, sample, drop_text):
-        return [self.resolution(sample), self.video(sample["video"])]
-
-    def encode_inputs(self, inputs, tokenizer, geometry):
-        raise NotImplementedError
-
-
-def test_negatives_mark_the_other_tasks_answer_where_it_differs_and_pack_with_their_example():
-    v = vocab()
-    t2v, v2a = build_tasks(["t2v", "v2a"], v)
-    v.add_task("backwards")
-    backwards = Backwards(v)
-    clips = [sample(s) for s in range(3)]
-    for c in clips[:2]:
-        c["backwards"] = c["video"].flip(0)
-    clips[2]["backwards"] = clips[2]["video"].clone()  # the same answer: nothing to push down
-    data = TaskSequences(clips, [t2v, backwards], [1.0, 0.0], text_dropout=0.0, negatives={0: 1})
-    items = [data[i] for i in range(3)]
-    for c, item in zip(clips[:2], items):
-        prefix, target = t2v.build(c)
-        wrong = v.video_to_ids(c["backwards"]).flatten()  # (8,) and then <eov_o> <eos>, as t2v's answer
-        assert torch.equal(item.ids, torch.cat([prefix, target]))
-        want = torch.full_like(item.ids, IGNORE)
-        body = slice(len(prefix), len(prefix) + len(wrong))
-        want[body] = torch.where(wrong != target[:len(wrong)], wrong, IGNORE)
-        assert torch.equal(item.negative, want) and (want != IGNORE).any()
-    assert items[2].negative is None
-    batch = PackCollate(row_len=64)(items)
-    for e, item in enumerate(items):
-        where = batch.rows.example == e
-        got = batch.negative[where]
-        assert torch.equal(got, item.negative) if item.negative is not None else (got == IGNORE).all()
-    assert (batch.negative[batch.rows.example < 0] == IGNORE).all()
-    assert PackCollate(row_len=64)(items[2:]).negative is None
-    with pytest.raises(ConfigError, match="backwards's output .* cannot stand in for v2a's"):
-        v2a.confused_ids(clips[0], backwards)
-    with pytest.raises(ConfigError, match="negatives"):
-        TaskSequences(clips, [t2v, backwards], negatives={0: 0})
 
 
 # -- packing ----------------------------------------------------------------------------------------------

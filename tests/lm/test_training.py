@@ -14,11 +14,10 @@ import torch
 import yaml
 
 from videolm.lm.data import PackCollate, ShardWriter, TaskExample
-from videolm.lm.masks import IGNORE, token_losses
+from videolm.lm.masks import token_losses
 from videolm.lm.model import VideoLM
 from videolm.lm.training import (LMModule, LMTrainConfig, _scale_row_steps, distill_losses, fit, lr_factor,
-                                 output_logits, output_losses, project_conflict,
-                                 unlikelihood_losses)
+                                 output_logits, output_losses, project_conflict)
 from videolm.tasks.cli import main
 from videolm.tokenizers.errors import ConfigError
 from videolm.tokenizers.vocab import Vocabulary
@@ -250,31 +249,6 @@ def test_protected_tasks_get_the_a_gem_gradient():
         LMModule(model, LMTrainConfig(), "unused", ["t2v", "v2a"], protect=["v2a", "t2v"])
     with pytest.raises(ConfigError, match="protect: a2v not among the trained tasks"):
         LMModule(model, LMTrainConfig(), "unused", ["t2v", "v2a"], protect=["a2v"])
-
-
-def test_unlikelihood_adds_minus_log_one_minus_p_of_each_negative_id_to_the_step_loss():
-    loss, p = unlikelihood_losses(torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]]), torch.tensor([1, 0]))
-    assert torch.allclose(p, torch.tensor([0.75, 0.5])) and torch.allclose(loss, torch.tensor([math.log(4), math.log(2)]))
-    torch.manual_seed(0)
-    model = VideoLM.from_lm_config("debug")
-    items = [TaskExample(torch.randint(3, 256, (n,)), q, 0) for n, q in [(30, 9), (25, 5)]]
-    negative = torch.full((25,), IGNORE)
-    negative[[7, 12, 20]] = torch.tensor([5, 6, 7])  # output positions of the second example
-    items[1].negative = negative
-    batch = PackCollate(row_len=64)(items)
-    logits = output_logits(model, batch.rows)  # (N, V)
-    nll, _ = output_losses(model, batch, logits)
-    # the second example alone: its logits predict its tokens 5, 6, ..., 24 (the output)
-    alone = output_logits(model, PackCollate(row_len=64)([TaskExample(items[1].ids, 5, 0)]).rows)  # (20, V)
-    want = -torch.log1p(-torch.stack([alone[i - 5].softmax(-1)[t] for i, t in [(7, 5), (12, 6), (20, 7)]]))
-    plain = LMModule(model, LMTrainConfig(accelerator="cpu"), "unused", ["t2v"])
-    pushed = LMModule(model, LMTrainConfig(accelerator="cpu"), "unused", ["t2v"], unlikelihood=2.0)
-    base, total = plain.training_step(batch, 0), pushed.training_step(batch, 0)
-    assert torch.allclose(base, nll.mean(), atol=1e-6)
-    assert torch.allclose(total - base, 2.0 * want.sum() / len(nll), rtol=1e-4, atol=1e-7)
-    assert int(pushed._stats["unlike_count"]) == 3 and int(plain._stats["unlike_count"]) == 0
-    with pytest.raises(ConfigError, match="unlikelihood=-1.0"):
-        LMModule(model, LMTrainConfig(), "unused", ["t2v"], unlikelihood=-1.0)
 
 
 def test_fast_rows_take_scaled_adamw_steps_and_the_other_rows_take_the_same_steps():
