@@ -9,7 +9,9 @@ eval`` takes them), the probe reads the clean clip, the raw decode and the refin
   between raw and clean, refined and clean, refined and raw, for the refiner's default steps and 1;
 - the same agreement with the raw decode after *capped* refinements: each pixel moved the way the
   refiner moves it but by at most ``d``/255, and after random noise of the same order; each with
-  the PSNR gain of its error pooled over all clips.
+  the PSNR gain of its error pooled over all clips;
+- the refiner with its uncertainty gate (`videolm.diffusion.refiner.gate`) at several thresholds,
+  read against the raw decode and against the clean clip.
 
 If nudging pixels a few levels toward the refined clip already flips readings that noise does not
 flip, those readings sit on the probe's decision boundary, and no refiner that moves toward the
@@ -31,6 +33,7 @@ from videolm.tasks.probe import load_probe
 
 CAPS = (4, 8, 16, 32)  # of 255
 NOISE = (2, 4, 8)  # sigma, of 255
+GATES = (8, 16, 24, 32, 48)  # tau, of 255
 
 
 def pooled_gain(clean: np.ndarray, raw: np.ndarray, out: np.ndarray) -> float:
@@ -54,10 +57,16 @@ def main() -> None:
     rows = [("raw decode", "clean clip", probe_agreement(raw_read, clean_read)["all"], None)]
     refined = {}
     for steps in sorted({model.config.steps, 1}, reverse=True):
-        refined[steps] = out = refine(model, decoded, steps)
+        refined[steps] = out = refine(model, decoded, steps, gate_tau=0)
         got = read(out)
         rows += [(f"refined, {steps} steps", "clean clip", probe_agreement(got, clean_read)["all"], None),
                  (f"refined, {steps} steps", "raw decode", probe_agreement(got, raw_read)["all"],
+                  pooled_gain(clean, decoded, out))]
+    for tau in GATES:
+        out = refine(model, decoded, gate_tau=tau)
+        got = read(out)
+        rows += [(f"refined, gated at tau {tau}/255", "clean clip", probe_agreement(got, clean_read)["all"], None),
+                 (f"refined, gated at tau {tau}/255", "raw decode", probe_agreement(got, raw_read)["all"],
                   pooled_gain(clean, decoded, out))]
     raw_f, move = decoded.astype(np.float32), refined[model.config.steps].astype(np.float32) - decoded
     rng = np.random.default_rng(0)

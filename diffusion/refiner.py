@@ -46,6 +46,13 @@ class RefinerConfig:
     # learned distribution; lower values follow the flow from nearer the prior's mode, trading
     # variety (which a refiner does not want) for fidelity to the condition.
     noise_scale: float = 1.0
+    # Uncertainty gate (see `gate`). None: off. tau, in levels of 255: where the refined clip and a
+    # second draw at noise scale ``gate_noise`` differ by tau or more (channel mean, max over a
+    # ``gate_kernel`` x ``gate_kernel`` window of each frame), the decoded pixels are kept; below
+    # tau the refinement is blended in linearly. Doubles the refiner's cost.
+    gate_tau: float | None = None
+    gate_noise: float = 0.5
+    gate_kernel: int = 9
 
     def __post_init__(self):
         if not self.channels or len(self.channels) != len(self.blocks):
@@ -54,6 +61,11 @@ class RefinerConfig:
             raise UsageError("refiner: patch and steps must be >= 1, channels >= 4")
         if not 0.0 <= self.noise_scale <= 1.0:
             raise UsageError(f"refiner: noise_scale={self.noise_scale} must be in [0, 1]")
+        if self.gate_tau is not None and self.gate_tau < 0:
+            raise UsageError(f"refiner: gate_tau={self.gate_tau} must be >= 0 (0 or null: no gate)")
+        if not 0.0 < self.gate_noise <= 1.0 or self.gate_kernel < 1 or self.gate_kernel % 2 == 0:
+            raise UsageError(f"refiner: gate_noise={self.gate_noise} must be in (0, 1], "
+                             f"gate_kernel={self.gate_kernel} an odd number >= 1")
 
     @property
     def multiple(self) -> int:
@@ -170,13 +182,32 @@ def start_point(config: RefinerConfig, cond: torch.Tensor, noise: torch.Tensor) 
     return noise if config.bridge is None else cond + config.bridge * noise
 
 
+GATE_SEED = 1_000_003  # the gate's second draw for clip i is seeded seed + i + GATE_SEED
+
+
+def gate(cond: torch.Tensor, refined: torch.Tensor, other: torch.Tensor, tau: float, kernel: int) -> torch.Tensor:
+    """Keep the decoded pixels where the refiner is unsure of its answer.
+
+    ``refined`` and ``other`` are two of the refiner's draws for the condition ``cond`` (B, 3, T, H, W),
+    all in [-1, 1]. Where they differ by ``tau`` levels of 255 or more (mean over colour channels, then
+    the maximum over a ``kernel`` x ``kernel`` window of the frame) the result is ``cond``; where they
+    agree it is ``refined``; in between, the linear blend. Draws that disagree mark an object whose
+    shape the decode leaves open: the refiner would pick one, and the pick is not what the decode
+    shows (docs/diffusion.md, "The uncertainty gate")."""
+    spread = (refined - other).abs().mean(1) * 127.5  # (B, T, H, W), in levels of 255
+    spread = F.max_pool3d(spread[:, None], (1, kernel, kernel), 1, (0, kernel // 2, kernel // 2))  # (B, 1, T, H, W)
+    keep = (1 - spread / tau).clamp(0, 1)
+    return cond + keep * (refined - cond)
+
+
 @torch.no_grad()
 def refine(model: Refiner, frames, steps: int | None = None, seed: int = 0, batch_size: int = 8,
-           noise_scale: float | None = None):
+           noise_scale: float | None = None, gate_tau: float | None = None):
     """Refine decoded clips. ``frames``: uint8 (B, T, H, W, 3) (numpy or torch) or float
     (B, 3, T, H, W) in [-1, 1]; returns the same kind. Clip i uses noise seeded ``seed + i``,
     scaled by ``noise_scale`` (default: the config's): deterministic, and the same whatever
-    ``batch_size``."""
+    ``batch_size``. ``gate_tau`` (default: the config's; 0 turns it off) applies `gate` with a
+    second draw per clip, made in the same batch."""
     is_frames = not torch.is_tensor(frames) or frames.dtype == torch.uint8
     if is_frames:
         arr = frames.cpu().numpy() if torch.is_tensor(frames) else np.asarray(frames)
@@ -190,15 +221,25 @@ def refine(model: Refiner, frames, steps: int | None = None, seed: int = 0, batc
     scale = model.config.noise_scale if noise_scale is None else noise_scale
     if not 0.0 <= scale <= 1.0:
         raise UsageError(f"refiner: noise scale {scale} must be in [0, 1]")
+    tau = model.config.gate_tau if gate_tau is None else gate_tau
+    if tau is not None and tau < 0:
+        raise UsageError(f"refiner: gate tau {tau} must be >= 0 (0: no gate)")
     process = FlowMatching(shift=model.config.shift)
     param = next(model.parameters())
     outs = []
     for start in range(0, x.shape[0], batch_size):
         cond = x[start : start + batch_size].to(param.device, param.dtype)  # (b, 3, T, H, W)
-        seeds = range(seed + start, seed + start + len(cond))  # clip i: seed + i, whatever the batch
-        noise = scale * seeded_noise(seeds, tuple(cond.shape[1:])).to(param.device, param.dtype)
-        noise = start_point(model.config, cond, noise)
-        outs.append(process.sample(model, noise, cond, steps=steps).clamp(-1, 1).float().cpu())
+        seeds = list(range(seed + start, seed + start + len(cond)))  # clip i: seed + i, whatever the batch
+        noise = scale * seeded_noise(seeds, tuple(cond.shape[1:]))
+        if tau:  # the gate's draws ride in the same batch
+            other = model.config.gate_noise * seeded_noise([s + GATE_SEED for s in seeds], tuple(cond.shape[1:]))
+            noise, cond = torch.cat([noise, other]), torch.cat([cond, cond])
+        noise = start_point(model.config, cond, noise.to(param.device, param.dtype))
+        out = process.sample(model, noise, cond, steps=steps).clamp(-1, 1)
+        if tau:
+            half = len(out) // 2
+            out = gate(cond[:half], out[:half], out[half:], tau, model.config.gate_kernel)
+        outs.append(out.float().cpu())
     out = torch.cat(outs)  # (B, 3, T, H, W)
     if not is_frames:
         return out.to(frames.device, frames.dtype)
@@ -210,4 +251,4 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["PRESETS", "Refiner", "RefinerConfig", "num_parameters", "refine", "start_point", "time_embedding"]
+__all__ = ["PRESETS", "Refiner", "RefinerConfig", "gate", "num_parameters", "refine", "start_point", "time_embedding"]

@@ -45,7 +45,7 @@ def run_eval_cmd(args) -> int:
     _threads(args.threads)
     with _progress(args.num, "refine") as bar:
         print_json(evaluate_refiner(args.model, num=args.num, seed=args.seed, steps=args.steps,
-                                    noise_scale=args.noise_scale,
+                                    noise_scale=args.noise_scale, gate_tau=args.gate_tau,
                                     tokenizer=args.tokenizer, batch_size=args.batch_size, progress=bar.update))
     return 0
 
@@ -90,6 +90,8 @@ def add_refiner(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="offset among the held-out seeds, and the noise seed")
     p.add_argument("--steps", type=int, help="Euler steps (default: the refiner's)")
     p.add_argument("--noise-scale", type=float, help="sampling temperature in [0, 1] (default: the refiner's)")
+    p.add_argument("--gate-tau", type=float, help="uncertainty gate threshold in levels of 255; 0 turns the gate "
+                   "off (default: the refiner's)")
     p.add_argument("--batch-size", type=int, default=8, help="clips refined at once (default 8)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.set_defaults(run=run_eval_cmd)

@@ -328,10 +328,12 @@ def probe_agreement(a: list[dict], b: list[dict]) -> dict:
 
 def evaluate_refiner(model_dir: str | Path = "shapes-64", num: int = 256, seed: int = 0, steps: int | None = None,
                      tokenizer: str = "shapes-64", batch_size: int = 8, probe: str | None = "shapes-64",
-                     progress: Callable[[int], object] | None = None, noise_scale: float | None = None) -> dict:
+                     progress: Callable[[int], object] | None = None, noise_scale: float | None = None,
+                     gate_tau: float | None = None) -> dict:
     """The refiner on held-out Shapes clips (eval seeds from 1,000,000 + seed): PSNR and SSIM against
     the clean clip before and after refining, probe agreement of the refined with the unrefined
-    decode, and the refiner's seconds per clip at the current torch thread count."""
+    decode, and the refiner's seconds per clip at the current torch thread count. ``noise_scale``
+    and ``gate_tau`` (0: no gate) override the refiner's own settings."""
     from videolm.tasks.probe import load_probe
     from videolm.tokenizers.training import psnr_per_clip, ssim_per_clip
 
@@ -345,18 +347,20 @@ def evaluate_refiner(model_dir: str | Path = "shapes-64", num: int = 256, seed: 
     for start in range(0, num, batch_size):
         t0 = time.perf_counter()
         refined.append(refine(model, decoded[start : start + batch_size].numpy(), steps, seed=seed + start,
-                              batch_size=batch_size, noise_scale=noise_scale))
+                              batch_size=batch_size, noise_scale=noise_scale, gate_tau=gate_tau))
         seconds += time.perf_counter() - t0
         if progress:
             progress(len(refined[-1]))
     refined = np.concatenate(refined)  # (N, T, H, W, 3) uint8
     x, raw, ref = to_tensor(clean.numpy()), to_tensor(decoded.numpy()), to_tensor(refined)  # (N, 3, T, H, W)
     result = {
-        "clips": num, "steps": steps, "network_evaluations": FlowMatching.evaluations(steps),
+        "clips": num, "steps": steps,
         "noise_scale": model.config.noise_scale if noise_scale is None else noise_scale,
+        "gate_tau": (model.config.gate_tau if gate_tau is None else gate_tau) or None,
         "psnr_raw": float(psnr_per_clip(raw, x).mean()), "psnr_refined": float(psnr_per_clip(ref, x).mean()),
         "ssim_raw": float(ssim_per_clip(raw, x).mean()), "ssim_refined": float(ssim_per_clip(ref, x).mean()),
     }
+    result["network_evaluations"] = FlowMatching.evaluations(steps) * (2 if result["gate_tau"] else 1)
     result["psnr_gain"] = result["psnr_refined"] - result["psnr_raw"]
     for name, y in (("raw", raw), ("refined", ref)):  # PSNR of the mean squared error over all clips
         result[f"psnr_pooled_{name}"] = float(10 * torch.log10(4 / (y - x).pow(2).mean()))

@@ -9,7 +9,7 @@ import torch
 import yaml
 from torch import nn
 
-from videolm.diffusion.refiner import Refiner, RefinerConfig, refine
+from videolm.diffusion.refiner import GATE_SEED, Refiner, RefinerConfig, gate, refine
 from videolm.diffusion.refiner_runs import PairCrops, probe_agreement, probe_divergence, refiner_loss
 from videolm.tasks.cli import main
 from videolm.tasks.shapes_data import ShapesDataset
@@ -78,6 +78,39 @@ def test_noise_scale_is_a_temperature_zero_is_seed_free():
     np.testing.assert_array_equal(refine(trained_looking(noise_scale=0.0), frames, seed=9), cold)  # config default
     with pytest.raises(UsageError, match="noise scale"):
         refine(model, frames, noise_scale=1.5)
+
+
+def test_gate_keeps_the_decode_where_the_draws_disagree():
+    cond = torch.zeros(1, 3, 2, 12, 12)
+    refined = torch.full_like(cond, 0.5)
+    other = refined.clone()
+    other[0, :, 1, 2, 2] = 0.5 + 20 / 127.5  # 20 levels apart at one pixel of frame 1
+    out = gate(cond, refined, other, tau=40, kernel=3)
+    torch.testing.assert_close(out[0, :, 0], refined[0, :, 0])  # frame 0: the draws agree
+    torch.testing.assert_close(out[0, :, 1, 1:4, 1:4], torch.full((3, 3, 3), 0.25))  # half way, over the 3x3 window
+    torch.testing.assert_close(out[0, :, 1, 5:], refined[0, :, 1, 5:])  # outside the window: refined
+    torch.testing.assert_close(gate(cond, refined, other, tau=10, kernel=1)[0, :, 1, 2, 2], torch.zeros(3))  # all decode
+
+
+def test_refine_with_the_gate_is_the_gate_of_two_draws():
+    model, frames = trained_looking(noise_scale=0.0, gate_noise=0.5, gate_kernel=3), clips(3)
+    x = torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (B, 3, T, H, W)
+    plain = refine(model, x, seed=3)
+    other = refine(model, x, seed=3 + GATE_SEED, noise_scale=0.5)
+    assert not torch.allclose(plain, other)  # the second draw differs from the first
+    want = gate(x, plain, other, tau=30, kernel=3)
+    torch.testing.assert_close(refine(model, x, seed=3, gate_tau=30), want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(refine(model, x, seed=3, gate_tau=30, batch_size=1), want, atol=1e-5, rtol=0)
+    gated = trained_looking(noise_scale=0.0, gate_noise=0.5, gate_kernel=3, gate_tau=30)  # the config's default
+    torch.testing.assert_close(refine(gated, x, seed=3), want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(refine(gated, x, seed=3, gate_tau=0), plain, atol=0, rtol=0)  # 0 turns it off
+    moved = lambda y: float((y - x).abs().mean())  # noqa: E731
+    assert moved(want) < moved(plain)  # it only ever pulls back toward the decode
+    with pytest.raises(UsageError, match="gate tau"):
+        refine(model, x, gate_tau=-1)
+    for bad in ({"gate_tau": -1.0}, {"gate_noise": 0.0}, {"gate_kernel": 4}):
+        with pytest.raises(UsageError, match="gate"):
+            RefinerConfig.from_name("debug", **bad)
 
 
 def test_refine_rejects_sizes_it_cannot_tile():

@@ -80,7 +80,10 @@ def test_shipped_refiner_cleans_held_out_decodes():
     def pooled_psnr(frames) -> float:
         return float(10 * np.log10(255**2 / np.mean((frames.astype(float) - clips) ** 2)))
 
-    assert pooled_psnr(refine(refiner, decoded)) > pooled_psnr(decoded) + 0.5
+    assert refiner.config.gate_tau  # shipped with its uncertainty gate on
+    gated, ungated = refine(refiner, decoded), refine(refiner, decoded, gate_tau=0)
+    assert pooled_psnr(ungated) > pooled_psnr(gated) > pooled_psnr(decoded) + 0.5
+    assert np.abs(gated.astype(int) - decoded).mean() < np.abs(ungated.astype(int) - decoded).mean()
 
 
 def test_shipped_dit_baseline_draws_the_asked_colors():
