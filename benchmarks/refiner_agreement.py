@@ -34,7 +34,7 @@ from videolm.tokenizers.video import to_frames, to_tensor
 
 CAPS = (4, 8, 16, 32)  # of 255
 NOISE = (2, 4, 8)  # sigma, of 255
-GATES = (8, 16, 24, 32, 48)  # tau, of 255
+GATES = (8, 16, 24, 32, 40, 48)  # tau, of 255
 
 
 def pooled_gain(clean: np.ndarray, raw: np.ndarray, out: np.ndarray) -> float:
