@@ -208,7 +208,9 @@ def refine(model: Refiner, frames, steps: int | None = None, seed: int = 0, batc
     (B, 3, T, H, W) in [-1, 1]; returns the same kind. Clip i uses noise seeded ``seed + i``,
     scaled by ``noise_scale`` (default: the config's): deterministic, and the same whatever
     ``batch_size``. ``gate_tau`` (default: the config's; 0 turns it off) applies `gate` with a
-    second draw per clip, made in the same batch."""
+    second draw per clip, made in the same batch. ``batch_size`` counts the network's rows, so
+    with the gate each batch holds half as many clips (at least one): memory stays where the
+    caller set it, and on a CPU a batch of 16 rows costs more per row than one of 8."""
     is_frames = not torch.is_tensor(frames) or frames.dtype == torch.uint8
     if is_frames:
         arr = frames.cpu().numpy() if torch.is_tensor(frames) else np.asarray(frames)
@@ -228,8 +230,9 @@ def refine(model: Refiner, frames, steps: int | None = None, seed: int = 0, batc
     process = FlowMatching(shift=model.config.shift)
     param = next(model.parameters())
     outs = []
-    for start in range(0, x.shape[0], batch_size):
-        cond = x[start : start + batch_size].to(param.device, param.dtype)  # (b, 3, T, H, W)
+    clips = max(1, batch_size // 2) if tau else batch_size  # clips per batch: the gate's draws take two rows each
+    for start in range(0, x.shape[0], clips):
+        cond = x[start : start + clips].to(param.device, param.dtype)  # (b, 3, T, H, W)
         seeds = list(range(seed + start, seed + start + len(cond)))  # clip i: seed + i, whatever the batch
         noise = scale * seeded_noise(seeds, tuple(cond.shape[1:]))
         if tau:  # the gate's draws ride in the same batch

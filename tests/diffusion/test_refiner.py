@@ -101,6 +101,11 @@ def test_refine_with_the_gate_is_the_gate_of_two_draws():
     want = gate(x, plain, other, tau=30, kernel=3)
     torch.testing.assert_close(refine(model, x, seed=3, gate_tau=30), want, atol=1e-5, rtol=0)
     torch.testing.assert_close(refine(model, x, seed=3, gate_tau=30, batch_size=1), want, atol=1e-5, rtol=0)
+    rows = []  # batch_size counts the network's rows: with the gate, 2 clips and their 2 second draws
+    hook = model.register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
+    torch.testing.assert_close(refine(model, x, seed=3, gate_tau=30, batch_size=4), want, atol=1e-5, rtol=0)
+    hook.remove()
+    assert rows and max(rows) == 4 and sum(rows) == 2 * 3 * model.config.steps
     gated = trained_looking(noise_scale=0.0, gate_noise=0.5, gate_kernel=3, gate_tau=30)  # the config's default
     torch.testing.assert_close(refine(gated, x, seed=3), want, atol=1e-5, rtol=0)
     torch.testing.assert_close(refine(gated, x, seed=3, gate_tau=0), plain, atol=0, rtol=0)  # 0 turns it off
