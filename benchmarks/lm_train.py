@@ -34,7 +34,8 @@ import torch
 
 from videolm.lm.data import PackCollate, TaskSequences, TokenShards
 from videolm.lm.model import LMConfig, VideoLM
-from videolm.lm.training import LMModule, cpu_has_native_bf16, output_losses
+from videolm.core.training import cpu_has_native_bf16
+from videolm.lm.training import LMModule, output_losses
 from videolm.tasks.base import build_tasks
 from videolm.tasks.config import load_config
 from videolm.tasks.models import resolve_model

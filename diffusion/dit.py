@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videolm.tokenizers.errors import ConfigError
+from videolm.core.errors import ConfigError
 from videolm.tokenizers.pretrained import Pretrained
 
 

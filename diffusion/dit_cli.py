@@ -6,14 +6,11 @@ from __future__ import annotations
 
 def _dit_fit(args) -> int:
     from videolm.diffusion.dit_runs import run_fit
-    from videolm.tasks.cli import _progress, apply_fit_flags
-    from videolm.tasks.config import load_config
+    from videolm.tasks.cli import fit_config
+    from videolm.tasks.cli_args import progress
 
-    cfg = load_config(args.config, expect_entry="dit fit")[1]
-    apply_fit_flags(cfg.train, args)
-    if args.out:
-        cfg.out = args.out
-    bar = _progress(cfg.data.num, "encode")
+    cfg = fit_config(args, "dit fit")
+    bar = progress(cfg.data.num, "encode")
 
     def encoded(n: int) -> None:  # the bar goes once the clips are encoded; training has its own
         bar.update(n)

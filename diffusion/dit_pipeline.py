@@ -24,7 +24,7 @@ from videolm.diffusion.dit import DiT, null_text, text_batch
 from videolm.diffusion.latents import encode_latents, latents_to_codes
 from videolm.diffusion.process import FlowMatching, seeded_noise
 from videolm.tasks.views import context_latents, frames_of
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 from videolm.tokenizers.text import TextTokenizer
 from videolm.tokenizers.video import SPACE_DOWN, VideoTokenizer, to_frames, to_tensor
 

@@ -33,8 +33,8 @@ from videolm.diffusion.latents import encode_latents
 from videolm.diffusion.process import FlowMatching
 from videolm.diffusion.training import DiffusionTrainConfig, fit
 from videolm.tasks.views import context_latents
-from videolm.tokenizers.errors import ConfigError, UsageError
-from videolm.tokenizers.schema import to_dict
+from videolm.core.errors import ConfigError, UsageError
+from videolm.tokenizers.schema import check_range, to_dict
 
 TASKS = ("t2v", "extend")
 TRAINING_JSON = "training.json"
@@ -57,6 +57,8 @@ class DiTDataConfig:
                               + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
         if self.num < 1:
             raise ConfigError(f"data.num={self.num} must be >= 1")
+        check_range(self, 0, None, "seed")
+        check_range(self, 1, None, "encode_batch")
         for name in ("text_dropout", "extend_text_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"data.{name}={getattr(self, name)} must be in [0, 1]")
@@ -248,7 +250,7 @@ def run_fit(cfg: DiTFitConfig, progress=None) -> Path:
         (folder / TRAINING_JSON).write_text(json.dumps(training_record(cfg, out, trained, encode_seconds / 60), indent=2) + "\n")
 
     return fit(model, dit_loss(cfg.process, cfg.data), LatentClips(tensors), cfg.train, out, export,
-               run_config={"entry": "dit fit", **to_dict(cfg)})
+               run_config={"entry": "dit fit", **to_dict(cfg)}, command="dit fit")
 
 
 __all__ = ["DiTDataConfig", "DiTFitConfig", "LatentClips", "build_model", "dit_loss", "latent_cache",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from vector_quantize_pytorch import FSQ
 
-from videolm.tokenizers.errors import ConfigError
+from videolm.core.errors import ConfigError
 from videolm.tokenizers.video import VideoTokenizer
 
 

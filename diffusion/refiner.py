@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from videolm.diffusion.process import FlowMatching, seeded_noise
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 from videolm.tokenizers.pretrained import Pretrained
 from videolm.tokenizers.video import frames_2d, frames_3d, to_frames, to_tensor
 

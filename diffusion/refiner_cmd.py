@@ -6,8 +6,10 @@ module imports Lightning, which takes seconds); each command imports it when it 
 
 from __future__ import annotations
 
+from videolm.core.errors import UsageError
+from videolm.tasks.cli_args import (BATCH, COUNT, SEED, STEPS, THREADS, input_folder, media_input, progress, real,
+                                    size)
 from videolm.tasks.models import DEFAULT_MODEL
-from videolm.tokenizers.errors import UsageError
 
 
 def _threads(n: int | None) -> None:
@@ -21,16 +23,14 @@ def _threads(n: int | None) -> None:
 
 def run_fit_cmd(args) -> int:
     from videolm.diffusion.refiner_runs import run_fit
-    from videolm.tasks.cli import _progress, apply_fit_flags
-    from videolm.tasks.config import load_config
+    from videolm.tasks.cli import fit_config
 
-    cfg = load_config(args.config, expect_entry="refiner fit")[1]
-    apply_fit_flags(cfg.train, args)
-    if args.out:
-        cfg.out = args.out
+    if args.data and args.data != "shapes":
+        input_folder(args.data, "--data")
+    cfg = fit_config(args, "refiner fit")
     if args.data:
         cfg.data.source = args.data
-    with _progress(cfg.data.num, "pairs") as bar:
+    with progress(cfg.data.num, "pairs") as bar:
         model_dir = run_fit(cfg, progress=bar.update)
     print(f"trained refiner saved to {model_dir}/ (run folder {cfg.out}/)")
     return 0
@@ -38,12 +38,10 @@ def run_fit_cmd(args) -> int:
 
 def run_eval_cmd(args) -> int:
     from videolm.diffusion.refiner_runs import evaluate_refiner
-    from videolm.tasks.cli import _progress, print_json
+    from videolm.tasks.cli import print_json
 
-    if args.num < 1 or args.batch_size < 1:
-        raise UsageError("--num and --batch-size must be >= 1")
     _threads(args.threads)
-    with _progress(args.num, "refine") as bar:
+    with progress(args.num, "refine") as bar:
         print_json(evaluate_refiner(args.model, num=args.num, seed=args.seed, steps=args.steps,
                                     noise_scale=args.noise_scale, gate_tau=args.gate_tau,
                                     tokenizer=args.tokenizer, batch_size=args.batch_size, progress=bar.update))
@@ -51,16 +49,19 @@ def run_eval_cmd(args) -> int:
 
 
 def run_apply_cmd(args) -> int:
+    from videolm.core.outputs import check_output_file
     from videolm.diffusion.refiner_runs import refine_file
     from videolm.tasks.cli import print_json
 
+    media_input(args.video, "--video")
+    check_output_file(args.out, args.overwrite, inputs=(args.video,))
     _threads(args.threads)
     print_json(refine_file(args.video, args.out, model=args.model, steps=args.steps, seed=args.seed, size=args.size))
     return 0
 
 
 def add_refiner(sub) -> None:
-    from videolm.tasks.cli import _fit_args, _size
+    from videolm.tasks.cli import _fit_args
 
     ref = sub.add_parser("refiner", help="train, evaluate and apply the diffusion refiner",
                          description="Train, evaluate and apply the diffusion refiner, which cleans decoded frames.")
@@ -86,14 +87,14 @@ def add_refiner(sub) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"a refiner folder, a model folder or a shipped name "
                    f"(default {DEFAULT_MODEL})")
     p.add_argument("--tokenizer", default=DEFAULT_MODEL, help="the video tokenizer whose decodes are refined")
-    p.add_argument("--num", type=int, default=256, help="held-out clips (default 256)")
-    p.add_argument("--seed", type=int, default=0, help="offset among the held-out seeds, and the noise seed")
-    p.add_argument("--steps", type=int, help="Euler steps (default: the refiner's)")
-    p.add_argument("--noise-scale", type=float, help="sampling temperature in [0, 1] (default: the refiner's)")
-    p.add_argument("--gate-tau", type=float, help="uncertainty gate threshold in levels of 255; 0 turns the gate "
-                   "off (default: the refiner's)")
-    p.add_argument("--batch-size", type=int, default=8, help="clips refined at once (default 8)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--num", type=COUNT, default=256, help="held-out clips (default 256)")
+    p.add_argument("--seed", type=SEED, default=0, help="offset among the held-out seeds, and the noise seed")
+    p.add_argument("--steps", type=STEPS, help="Euler steps (default: the refiner's)")
+    p.add_argument("--noise-scale", type=real(0, 1), help="sampling temperature in [0, 1] (default: the refiner's)")
+    p.add_argument("--gate-tau", type=real(0, 255), help="uncertainty gate threshold in levels of 255; 0 turns the "
+                   "gate off (default: the refiner's)")
+    p.add_argument("--batch-size", type=BATCH, default=8, help="clips refined at once (default 8)")
+    p.add_argument("--threads", type=THREADS, help="CPU threads for torch")
     p.set_defaults(run=run_eval_cmd)
 
     p = ref_sub.add_parser(
@@ -104,8 +105,9 @@ def add_refiner(sub) -> None:
     p.add_argument("--video", required=True, help="the video to refine")
     p.add_argument("--out", required=True, help="the output video")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"a refiner folder or a model folder (default {DEFAULT_MODEL})")
-    p.add_argument("--steps", type=int, help="Euler steps (default: the refiner's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=_size, help="resize frames to N or HxW first")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--steps", type=STEPS, help="Euler steps (default: the refiner's)")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--size", type=size, help="resize frames to N or HxW first")
+    p.add_argument("--threads", type=THREADS, help="CPU threads for torch")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=run_apply_cmd)

@@ -30,9 +30,9 @@ from videolm.diffusion.refiner import (
     start_point,
 )
 from videolm.diffusion.training import DiffusionTrainConfig, fit
-from videolm.tokenizers.errors import ConfigError, DataError, UsageError
+from videolm.core.errors import ConfigError, DataError, UsageError
 from videolm.tokenizers.pretrained import CONFIG_NAME
-from videolm.tokenizers.schema import to_dict
+from videolm.tokenizers.schema import check_clip_numbers, check_range, to_dict
 from videolm.tokenizers.video import to_frames, to_tensor
 
 PAIRS_NAME = "pairs.safetensors"
@@ -53,6 +53,12 @@ class RefinerDataConfig:
     crop_size: int | None = 32
     focus: float = 0.5  # fraction of crops centred on a pixel the tokenizer got wrong
     encode_batch: int = 16  # clips per tokenizer call when building the pairs
+
+    def __post_init__(self):
+        check_clip_numbers(self)
+        check_range(self, 0, None, "seed")
+        check_range(self, 1, None, "encode_batch", "crop_frames", "crop_size")
+        check_range(self, 0, 1, "focus")
 
     def clips(self, split: str = "train") -> Dataset:
         if self.source == "shapes":

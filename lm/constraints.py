@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 
 Ranges = tuple[tuple[int, int], ...]
 Constraint = Callable[[int], Sequence[tuple[int, int]]]

@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from videolm.lm.masks import PackedBatch, pack, pad
-from videolm.tokenizers.errors import ConfigError, DataError, UsageError
+from videolm.core.errors import ConfigError, DataError, UsageError
 
 INDEX_NAME = "index.json"
 KIND = "token_shards"
@@ -201,9 +201,13 @@ class TaskSequences(Dataset):
 
     The task is drawn among those that accept the clip, with probability proportional to its
     weight; the text is dropped (emptied) with probability ``text_dropout``, for classifier-free
-    guidance. Draws use torch's global generator, so they differ per epoch and follow the seed
-    (DataLoader workers are seeded by torch).
+    guidance. Items may be asked for by key ``(i, seed)`` (`videolm.core.training.ResumableSampler`):
+    the draws then come from that seed alone (and torch's global generator is seeded with it while
+    the sequence is built, for a task's own random choices), so an item is the same whichever
+    process makes it and whenever. A bare index draws from torch's global generator.
     """
+
+    takes_keys = True
 
     def __init__(self, samples: Dataset, tasks: Sequence[SequenceTask], weights: Sequence[float] | None = None,
                  text_dropout: float = 0.1, max_len: int | None = None):
@@ -211,7 +215,7 @@ class TaskSequences(Dataset):
         if not tasks or len(weights) != len(tasks):
             raise ConfigError(f"a task mixture needs at least one task and one weight per task "
                               f"(got {len(tasks)} tasks, {len(weights)} weights)")
-        if any(w < 0 for w in weights) or not sum(weights) > 0:
+        if any(not w >= 0 for w in weights) or not sum(weights) > 0:
             raise ConfigError(f"task weights {weights} must be >= 0 and not all 0")
         if not 0 <= text_dropout <= 1:
             raise ConfigError(f"text_dropout={text_dropout} must be in [0, 1]")
@@ -221,36 +225,43 @@ class TaskSequences(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> TaskExample:
-        return self.__getitems__([i])[0]
+    def __getitem__(self, key) -> TaskExample:
+        return self.__getitems__([key])[0]
 
-    def __getitems__(self, indices: Sequence[int]) -> list[TaskExample]:
+    def __getitems__(self, keys: Sequence) -> list[TaskExample]:
         """A batch of items (what a DataLoader asks for). Samples that tokenize lazily (with a
         ``prefetch(samples, fields)`` on their dataset) get the fields the drawn tasks read
         tokenized together, which is cheaper than one clip at a time."""
-        samples = [self.samples[i] for i in indices]
-        drawn = [self.draw_task(sample, i) for sample, i in zip(samples, indices)]
+        keys = [k if isinstance(k, tuple) else (k, None) for k in keys]
+        gens = [None if seed is None else torch.Generator().manual_seed(seed) for _, seed in keys]
+        samples = [self.samples[i] for i, _ in keys]
+        drawn = [self.draw_task(sample, i, g) for sample, (i, _), g in zip(samples, keys, gens)]
         prefetch = getattr(self.samples, "prefetch", None)
         if prefetch is not None:
             prefetch(samples, [getattr(self.tasks[k], "fields", ()) for k in drawn])
-        return [self._example(i, sample, k) for i, sample, k in zip(indices, samples, drawn)]
+        return [self._example(i, seed, sample, k, g) for (i, seed), sample, k, g in zip(keys, samples, drawn, gens)]
 
-    def _example(self, i: int, sample: Sample, k: int) -> TaskExample:
-        drop = self.text_dropout > 0 and bool(torch.rand(()) < self.text_dropout)
-        prefix, target = self.tasks[k].build(sample, drop_text=drop)
+    def _example(self, i: int, seed: int | None, sample: Sample, k: int, g) -> TaskExample:
+        drop = self.text_dropout > 0 and bool(torch.rand((), generator=g) < self.text_dropout)
+        if seed is None:
+            prefix, target = self.tasks[k].build(sample, drop_text=drop)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                prefix, target = self.tasks[k].build(sample, drop_text=drop)
         ids = torch.cat([torch.as_tensor(prefix), torch.as_tensor(target)]).long()  # (N,)
         if self.max_len is not None and len(ids) > self.max_len:
             raise DataError(f"clip {i}: its {self.tasks[k].name} sequence has {len(ids)} tokens, more than a "
                             f"row holds ({self.max_len}); raise train.row_len")
         return TaskExample(ids, len(prefix), k)
 
-    def draw_task(self, sample: Sample, i: int) -> int:
+    def draw_task(self, sample: Sample, i: int, generator: torch.Generator | None = None) -> int:
         fits = torch.tensor([task.accepts(sample) for task in self.tasks])  # (K,)
         weights = self.weights * fits  # (K,)
         if not weights.sum() > 0:
             names = ", ".join(t.name for t in self.tasks)
             raise DataError(f"clip {i}: none of the tasks {names} can use it (missing text, video or audio?)")
-        return int(torch.multinomial(weights, 1))
+        return int(torch.multinomial(weights, 1, generator=generator))
 
 
 # ----------------------------------------------------------------------------------- batches

@@ -33,7 +33,7 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_
 
 from videolm.lm.constraints import AllowedIds, Constraint
 from videolm.lm.masks import attention_bias, prefix_lm_mask
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 
 Prompts = Sequence[Sequence[int] | torch.Tensor]
 

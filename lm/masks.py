@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 
 IGNORE = -100  # label of positions without loss (the Hugging Face / cross-entropy convention)
 

@@ -19,7 +19,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from videolm.lm.masks import attention_bias
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 
 
 @dataclass

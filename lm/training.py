@@ -5,7 +5,8 @@ where the hardware has it; the loss falls on output tokens only and is logged pe
 nodes and the strategy (``auto``, ``ddp``, ``fsdp``) come from the config and go to Lightning as
 they are: there is no distribution code here. The run folder holds::
 
-    OUT/checkpoints/last.ckpt   Lightning's checkpoint (optimizer and time budget too): a rerun resumes
+    OUT/checkpoints/last.ckpt   weights, optimizer, budget, random state, data position: a rerun resumes
+                                exactly (`videolm.core.training`)
     OUT/metrics.jsonl           one JSON line per log step: loss, loss_<task>, lr, tokens_per_s, padding;
                                 with held-out data, a line every ``val_every`` steps: val_loss, val_loss_<task>
     OUT/samples/                whatever the sample function writes every ``sample_every`` steps
@@ -19,26 +20,22 @@ tokenizers.
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from transformers.utils import logging as hf_logging
 from videolm.lm.data import PackCollate, TaskBatch
 from videolm.lm.masks import IGNORE, PackedBatch, attention_bias
 from videolm.lm.model import VideoLM
-from videolm.tokenizers.errors import ConfigError
-from videolm.tokenizers.training import lr_factor  # the tokenizers' schedule, shared
+from videolm.core.errors import ConfigError
+from videolm.core.training import RunModule, check_train_numbers, fit_run, lr_factor, resolve_precision
+from videolm.tokenizers.schema import check_range
 
 
 @dataclass
@@ -70,31 +67,11 @@ class LMTrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "row_len", "log_every", "checkpoint_every", "num_nodes", "val_sequences"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
-        if len(self.betas) != 2:
-            raise ConfigError(f"train.betas={self.betas}: need two values")
-
-
-def resolve_precision(cfg: LMTrainConfig) -> str:
-    if cfg.precision not in ("auto", "auto-bf16"):
-        return cfg.precision
-    gpu = cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if gpu:
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
-    return "bf16-mixed" if cfg.precision == "auto-bf16" and cpu_has_native_bf16() else "32-true"
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX, as Linux lists them in
-    /proc/cpuinfo). There, bf16-mixed training runs about 1.4-2x faster than float32 (its matrix
-    products ~5x: benchmarks/lm_train.py); elsewhere bf16 is emulated and slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+        check_train_numbers(self)
+        check_range(self, 1, None, "row_len", "num_nodes", "val_sequences")
+        check_range(self, 0, None, "sample_every", "val_every")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas={self.betas}: need two values in [0, 1)")
 
 
 def output_logits(model: VideoLM, rows: PackedBatch) -> torch.Tensor:
@@ -216,17 +193,17 @@ def _scale_row_steps(optimizer, weight: torch.Tensor, rows: Sequence[int], scale
     optimizer.register_step_post_hook(post)
 
 
-class LMModule(L.LightningModule):
+class LMModule(RunModule):
     def __init__(self, model: VideoLM, cfg: LMTrainConfig, out: str | Path, task_names: Sequence[str],
-                 vocab=None, sample: Callable[[VideoLM, int], None] | None = None, run_config: dict | None = None,
+                 vocab=None, sample: Callable[[VideoLM, int], None] | None = None,
                  export: Callable[[dict, Path], None] | None = None, held_out: list[TaskBatch] | None = None,
                  teacher: VideoLM | None = None, distill: Sequence[str] = (),
                  fast_rows: Sequence[int] = (), fast_rows_scale: float = 1.0, protect: Sequence[str] = (),
                  protect_per_tensor: bool = False):
-        super().__init__()
+        super().__init__(cfg, out)
         # input-embedding rows (a new task token's) that learn fast_rows_scale times the learning rate
         self.fast_rows, self.fast_rows_scale = list(fast_rows), float(fast_rows_scale)
-        self.model, self.cfg, self.out, self.export = model, cfg, Path(out), export
+        self.model, self.export = model, export
         # the tasks whose output tokens learn the teacher's distribution instead of the true token;
         # the teacher is kept out of the module tree (not trained, not in checkpoints)
         if distill and teacher is None:
@@ -246,12 +223,11 @@ class LMModule(L.LightningModule):
         self.protect_per_tensor = protect_per_tensor
         object.__setattr__(self, "teacher", teacher.eval().requires_grad_(False) if distill else None)
         self.held_out = held_out or []  # given only with cfg.val_every set
-        self.task_names, self.vocab, self.sample, self.run_config = list(task_names), vocab, sample, run_config
-        self.elapsed = 0.0  # wall-clock seconds of training, kept in the checkpoint
-        self._elapsed_before = self._run_start = 0.0
+        self.task_names, self.vocab, self.sample = list(task_names), vocab, sample
         self._reset_stats()
 
     def on_fit_start(self):
+        super().on_fit_start()
         self.distill = self.distill.to(self.device)
         self.protect = self.protect.to(self.device)
         if self.protect.any() and self.trainer.world_size > 1:
@@ -259,9 +235,6 @@ class LMModule(L.LightningModule):
                               "bypasses DDP's gradient averaging")
         if self.teacher is not None:
             self.teacher.to(self.device)
-        if self.trainer.is_global_zero and self.run_config is not None:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "run.json").write_text(json.dumps(self.run_config, indent=2) + "\n")
 
     # -- optimization
 
@@ -275,19 +248,15 @@ class LMModule(L.LightningModule):
         return optimizer
 
     def on_train_start(self):
-        self._reset_stats(self.device)
-        self._run_start = time.perf_counter()
-        self._elapsed_before = self.elapsed
-        if self.held_out and self.global_step == 0:
+        super().on_train_start()
+        self._stats = {name: v.to(self.device) for name, v in self._stats.items()}
+        self._interval_start = time.perf_counter()
+        if self.held_out and self.steps_done == 0:
             self._validate(0)  # where the curve starts: the initial weights' held-out loss
 
-    def on_train_batch_start(self, batch, batch_idx):
-        elapsed = self._shared_elapsed()
-        if self.global_step >= self.cfg.steps or (self.cfg.max_minutes and elapsed >= 60 * self.cfg.max_minutes):
-            self.trainer.should_stop = True  # the budget (steps or minutes, kept across resumes) is spent
-            return -1
+    def before_step(self, step: int) -> None:
         for group in self.optimizers().param_groups:
-            group["lr"] = self.cfg.lr * lr_factor(self.global_step, self.cfg, elapsed)
+            group["lr"] = self.cfg.lr * lr_factor(step, self.cfg, self.elapsed_now())
 
     def training_step(self, batch: TaskBatch, batch_idx):
         logits = output_logits(self.model, batch.rows)  # (N, V)
@@ -326,9 +295,7 @@ class LMModule(L.LightningModule):
         self._stats["projected"] += share
         self._stats["projectable"] += 1
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        self.elapsed = self._elapsed_before + time.perf_counter() - self._run_start
-        step = self.global_step
+    def after_step(self, step: int) -> None:
         if step % self.cfg.log_every == 0 or step == self.cfg.steps:
             self._log(step)
         if self.held_out and step % self.cfg.val_every == 0:
@@ -340,13 +307,6 @@ class LMModule(L.LightningModule):
             self._write_samples(step)
             self._interval_start += time.perf_counter() - start  # throughput counts training time only
 
-    def _shared_elapsed(self) -> float:
-        """Wall-clock seconds of training so far (over every run of this folder); rank 0's under
-        several processes, so all ranks agree on the learning rate and on when to stop."""
-        if self.cfg.max_minutes and self.trainer.world_size > 1:
-            return float(self.trainer.strategy.broadcast(self.elapsed, src=0))
-        return self.elapsed
-
     # -- logging
 
     def _reset_stats(self, device=None):
@@ -355,6 +315,12 @@ class LMModule(L.LightningModule):
         self._stats = {"loss": zeros(k), "count": zeros(k), "tokens": zeros(), "slots": zeros(), "kl": zeros(),
                        "kl_count": zeros(), "projected": zeros(), "projectable": zeros()}
         self._interval_start = time.perf_counter()
+
+    def extra_state(self) -> dict:
+        return {"stats": {name: v.cpu() for name, v in self._stats.items()}}
+
+    def load_extra_state(self, state: dict) -> None:
+        self._stats = {name: v.clone() for name, v in state["stats"].items()}
 
     def _log(self, step: int):
         """One metrics line: the interval's statistics summed over every process."""
@@ -385,9 +351,7 @@ class LMModule(L.LightningModule):
 
     def _append_metrics(self, row: dict):
         if self.trainer.is_global_zero:
-            self.out.mkdir(parents=True, exist_ok=True)
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            self.metrics.append(row)
 
     # -- samples and the final model
 
@@ -400,14 +364,14 @@ class LMModule(L.LightningModule):
             self.sample(self.model, step)
         self.model.train(was_training)
 
-    def on_train_end(self):
+    def finish(self):
         """Log the last partial interval, export the model (every rank takes part: under FSDP
         gathering the weights is collective) and, with several processes, record a fingerprint of
         each rank's weights."""
         if float(self.trainer.strategy.reduce(self._stats["slots"].clone(), reduce_op="sum")) > 0:
-            self._log(self.global_step)
-        if self.held_out and self.global_step % self.cfg.val_every:
-            self._validate(self.global_step)  # the final weights' held-out loss
+            self._log(self.steps_done)
+        if self.held_out and self.steps_done % self.cfg.val_every:
+            self._validate(self.steps_done)  # the final weights' held-out loss
         state = self.trainer.strategy.lightning_module_state_dict()
         if self.trainer.is_global_zero:
             if self.export is not None:
@@ -418,13 +382,7 @@ class LMModule(L.LightningModule):
             prints = torch.zeros(self.trainer.world_size, 3, dtype=torch.float64, device=self.device)  # (W, 3)
             prints[self.global_rank] = weights_fingerprint(self.model)
             prints = self.trainer.strategy.reduce(prints, reduce_op="sum")  # each row from its rank (+ zeros: exact)
-            self._append_metrics({"step": self.global_step, "rank_weight_fingerprints": prints.tolist()})
-
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["videolm"] = {"elapsed": self.elapsed}
-
-    def on_load_checkpoint(self, checkpoint):
-        self.elapsed = float(checkpoint.get("videolm", {}).get("elapsed", 0.0))
+            self._append_metrics({"step": self.steps_done, "rank_weight_fingerprints": prints.tolist()})
 
 
 def weights_fingerprint(model: torch.nn.Module) -> torch.Tensor:
@@ -457,48 +415,30 @@ def fit(model: VideoLM, cfg: LMTrainConfig, train_data: Dataset, out: str | Path
         run_config: dict | None = None, export: Callable[[dict, Path], None] | None = None,
         held_out: Dataset | None = None, teacher: VideoLM | None = None, distill: Sequence[str] = (),
         fast_rows: Sequence[int] = (), fast_rows_scale: float = 1.0, protect: Sequence[str] = (),
-        protect_per_tensor: bool = False) -> Path | None:
-    """Train on ``train_data`` (items: `videolm.lm.data.TaskExample`), resuming from
-    OUT/checkpoints/last.ckpt if present. Returns OUT/model on the main process, None on the others.
-    ``export(state, OUT/model)`` replaces the default export of the trained weights (e.g. to save
-    a LoRA adapter). ``held_out`` (items like ``train_data``'s, from clips not trained on) is
-    scored every ``cfg.val_every`` steps. The output tokens of the tasks named in ``distill`` learn
-    ``teacher``'s distribution (KL) instead of the true token (`distill_losses`). The input
-    embedding's ``fast_rows`` learn at ``fast_rows_scale`` times the learning rate. The other tasks'
-    gradient never opposes that of the tasks named in ``protect`` (`project_conflict`: A-GEM; each
-    parameter on its own with ``protect_per_tensor``)."""
+        protect_per_tensor: bool = False, command: str = "lm fit") -> Path | None:
+    """Train on ``train_data`` (items: `videolm.lm.data.TaskExample`), resuming exactly from
+    OUT/checkpoints/last.ckpt if present (`videolm.core.training`). Returns OUT/model on the main
+    process, None on the others. ``export(state, OUT/model)`` replaces the default export of the
+    trained weights (e.g. to save a LoRA adapter). ``held_out`` (items like ``train_data``'s, from
+    clips not trained on) is scored every ``cfg.val_every`` steps. The output tokens of the tasks
+    named in ``distill`` learn ``teacher``'s distribution (KL) instead of the true token
+    (`distill_losses`). The input embedding's ``fast_rows`` learn at ``fast_rows_scale`` times the
+    learning rate. The other tasks' gradient never opposes that of the tasks named in ``protect``
+    (`project_conflict`: A-GEM; each parameter on its own with ``protect_per_tensor``)."""
     out = Path(out)
     if len(train_data) < cfg.batch_size:
         raise ConfigError(f"train.batch_size={cfg.batch_size} is more than the {len(train_data)} training clips "
                           "(the last partial batch is dropped, so nothing would train)")
-    _quiet()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     if cfg.val_every and held_out is None:
         raise ConfigError(f"train.val_every={cfg.val_every}: held-out loss needs held-out data (data.val_shards)")
     batches = held_out_batches(held_out, cfg, pad_id) if held_out is not None and cfg.val_every else None
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = LMModule(model, cfg, out, task_names, vocab=vocab, sample=sample, run_config=run_config, export=export,
+    module = LMModule(model, cfg, out, task_names, vocab=vocab, sample=sample, export=export,
                       held_out=batches, teacher=teacher, distill=distill, fast_rows=fast_rows,
                       fast_rows_scale=fast_rows_scale, protect=protect, protect_per_tensor=protect_per_tensor)
-    loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
-                        collate_fn=PackCollate(cfg.row_len, pad_id, cfg.packing), drop_last=True,
-                        persistent_workers=cfg.workers > 0)
-    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
-                                                     every_n_train_steps=cfg.checkpoint_every, save_top_k=0)
-    trainer = L.Trainer(
-        max_epochs=-1, max_steps=cfg.steps, accelerator=cfg.accelerator, devices=cfg.devices,
-        num_nodes=cfg.num_nodes, strategy=_strategy(cfg), precision=resolve_precision(cfg),
-        gradient_clip_val=cfg.grad_clip or None, gradient_clip_algorithm="norm",
-        logger=False, callbacks=[checkpoint], enable_progress_bar=os.isatty(2), enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=out,
-    )
-    last = out / "checkpoints" / "last.ckpt"
-    trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
-    main = trainer.is_global_zero
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()  # gloo's threads torn down now, not by a racing exit
-    return out / "model" if main else None
+    trainer = fit_run(module, train_data, cfg, command, PackCollate(cfg.row_len, pad_id, cfg.packing),
+                      devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=_strategy(cfg),
+                      precision=resolve_precision(cfg), grad_clip=cfg.grad_clip, run_config=run_config)
+    return out / "model" if trainer.is_global_zero else None
 
 
 def _strategy(cfg: LMTrainConfig):
@@ -508,14 +448,6 @@ def _strategy(cfg: LMTrainConfig):
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
     return FSDPStrategy(auto_wrap_policy={LlamaDecoderLayer})  # one FSDP unit per decoder layer
-
-
-def _quiet():
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for noise in (".*does not have many workers", ".*LeafSpec.*is deprecated", ".*on_train_batch_start.*-1",
-                  ".*dirpath has changed"):  # a run folder moved or copied: the checkpoints move with it
-        warnings.filterwarnings("ignore", message=noise)
 
 
 __all__ = ["LMModule", "LMTrainConfig", "distill_losses", "export_model", "fit", "lr_factor", "output_logits",

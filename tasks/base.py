@@ -27,7 +27,7 @@ import torch
 from videolm.lm.constraints import OutputLayout, audio_layout, video_layout
 from videolm.tasks.config import resolve
 from videolm.tasks.token_shards import has_field
-from videolm.tokenizers.errors import ConfigError, UsageError
+from videolm.core.errors import ConfigError, UsageError
 from videolm.tokenizers.vocab import Vocabulary
 
 # name -> "module:Class"
@@ -69,10 +69,12 @@ class TaskInputs:
 
 @dataclass
 class Media:
-    """A task's result: ``video (T, H, W, 3)`` uint8 and/or ``audio (S,)`` float32."""
+    """A task's result: ``video (T, H, W, 3)`` uint8 and/or ``audio (S,)`` float32, and ``notes``:
+    what a user should know about it (the generation shows them as warnings)."""
 
     video: np.ndarray | None = None
     audio: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 class Task(ABC):

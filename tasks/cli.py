@@ -13,10 +13,13 @@ import sys
 import traceback
 import warnings
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
+from videolm.core.errors import ConfigError, UsageError, VideolmError
 from videolm.diffusion import dit_cli, refiner_cmd
 from videolm.tasks import generate_cmd
-from videolm.tokenizers.errors import UsageError, VideolmError
+from videolm.tasks.cli_args import (BATCH, COUNT, MAX_FRAMES, MINUTES, SEED, STEPS, THREADS, input_file,
+                                    input_folder, integer, progress, real, size)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,30 +29,11 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see --help)")
 
 
-def _size(text: str) -> tuple[int, int]:
-    """'64' -> (64, 64); '64x96' -> (64, 96) as (height, width)."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use N or HxW, e.g. 64 or 64x96") from None
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use N or HxW, e.g. 64 or 64x96")
-    return parts[0], parts[1]
-
-
-def _progress(total: int, desc: str):
-    """A progress bar on stderr that appears only if the work takes longer than a second."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="clip", delay=1.0, file=sys.stderr, leave=False)
-
-
 # ------------------------------------------------------------------------------------------ data
 
 
 def _data_shapes(args) -> int:
+    from videolm.core.outputs import check_output_dir
     from videolm.tasks.config import load_config
     from videolm.tasks.shapes import BACKGROUNDS, ShapesConfig
     from videolm.tasks.shapes_data import ShapesDataConfig, write_shapes
@@ -70,7 +54,8 @@ def _data_shapes(args) -> int:
         split=args.split or base.split,
         world=ShapesConfig(**world),
     )
-    with _progress(cfg.num, "shapes") as bar:
+    check_output_dir(args.out, args.overwrite)
+    with progress(cfg.num, "shapes") as bar:
         out = write_shapes(args.out, cfg, overwrite=args.overwrite, progress=bar.update)
     print(f"wrote {cfg.num} clips (seeds {cfg.seeds.start}..{cfg.seeds.stop - 1}) to {out}/ with manifest.jsonl")
     return 0
@@ -84,18 +69,28 @@ def _data_folder(args) -> int:
     cfg.root = args.root or cfg.root
     if not cfg.root:
         raise UsageError("videolm data folder: give the folder (ROOT) or a --config that names it")
+    input_folder(cfg.root, "ROOT")
     for key in ("frames", "fps", "fit", "stride"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     if args.size:
         cfg.height, cfg.width = args.size
-    print_json(cfg.dataset().summary())
+    print_json(_checked(cfg, args.config).dataset().summary())
+    return 0
+
+
+def _data_examples(args) -> int:
+    from videolm.tasks.examples import write_examples
+
+    out = write_examples(args.out, seed=args.seed, overwrite=args.overwrite)
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    print(f"wrote {', '.join(names)} to {out}/")
     return 0
 
 
 def _add_data(sub) -> None:
     data = sub.add_parser("data", help="make or index datasets", description="Make or index datasets.")
-    data_sub = data.add_subparsers(dest="data_command", metavar="{shapes,folder}", required=True)
+    data_sub = data.add_subparsers(dest="data_command", metavar="{shapes,folder,examples}", required=True)
 
     p = data_sub.add_parser(
         "shapes",
@@ -105,15 +100,15 @@ def _add_data(sub) -> None:
         "byte-identical files. Flags override --config.",
     )
     p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
-    p.add_argument("--num", type=int, help="number of clips (default 64)")
-    p.add_argument("--seed", type=int, help="first seed; clip i uses seed+i (default 0)")
+    p.add_argument("--num", type=COUNT, help="number of clips (default 64)")
+    p.add_argument("--seed", type=SEED, help="first seed; clip i uses seed+i (default 0)")
     p.add_argument("--split", choices=["train", "eval"], help="eval offsets seeds by 1,000,000 (default train)")
-    p.add_argument("--size", type=_size, help="frame size N or HxW, multiples of 8 (default 64)")
-    p.add_argument("--frames", type=int, help="frames per clip, 1+4k (default 17)")
-    p.add_argument("--fps", type=int, help="frames per second (default 8)")
+    p.add_argument("--size", type=size, help="frame size N or HxW, multiples of 8 (default 64)")
+    p.add_argument("--frames", type=integer(1, MAX_FRAMES), help="frames per clip, 1+4k (default 17)")
+    p.add_argument("--fps", type=integer(1, 240), help="frames per second (default 8)")
     p.add_argument("--background", help="background(s), comma-separated, or 'all' (default black)")
     p.add_argument("--config", help="a YAML config with 'entry: data shapes'")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier output of videolm in --out")
     p.set_defaults(run=_data_shapes)
 
     p = data_sub.add_parser(
@@ -121,32 +116,70 @@ def _add_data(sub) -> None:
         help="index a folder of your videos as fixed-length clips and print a JSON summary",
         description="Index every video under ROOT (mp4 webm mkv avi mov gif) as clips of --frames frames at --fps, "
         "resized to --size. Captions come from NAME.txt or captions.jsonl, audio from the file's track or NAME.wav. "
-        "The index is cached in ROOT/.videolm_index.json so reopening is instant; unreadable files are skipped "
-        "with one warning each.",
+        "The index is cached in videolm's cache folder (VIDEOLM_CACHE, or ~/.cache/videolm) so reopening is "
+        "instant; ROOT itself is only read. Unreadable files are skipped with one warning each.",
     )
     p.add_argument("root", nargs="?", metavar="ROOT", help="the folder (or give it in --config)")
-    p.add_argument("--frames", type=int, help="frames per clip (default 17)")
-    p.add_argument("--fps", type=float, help="frame rate clips are resampled to (default 8)")
-    p.add_argument("--size", type=_size, help="clip size N or HxW (default 64)")
+    p.add_argument("--frames", type=integer(1, MAX_FRAMES), help="frames per clip (default 17)")
+    p.add_argument("--fps", type=real(0, 240, low_open=True), help="frame rate clips are resampled to (default 8)")
+    p.add_argument("--size", type=size, help="clip size N or HxW (default 64)")
     p.add_argument("--fit", choices=["crop", "pad", "stretch"], help="aspect rule (default crop: cover, then centre-crop)")
-    p.add_argument("--stride", type=int, help="frames between clip starts (default: --frames, no overlap)")
+    p.add_argument("--stride", type=integer(1, MAX_FRAMES), help="frames between clip starts (default: --frames, no overlap)")
     p.add_argument("--config", help="a YAML config with 'entry: data folder'")
     p.set_defaults(run=_data_folder)
+
+    p = data_sub.add_parser(
+        "examples",
+        help="write example inputs for every task (the files the README's commands use)",
+        description="Write a held-out Shapes scene as the inputs of every task: clip.mp4 (17 frames, 64x64), "
+        "first.png (its first frame), mask.png (white: the region to generate), start.mp4 and end.mp4 (the start "
+        "and the end of one scene), structure.mkv (its silhouettes, for stylize), sound.wav (its soundtrack) and "
+        "caption.txt.",
+    )
+    p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
+    p.add_argument("--seed", type=integer(0, 999_999), default=0, help="which held-out scene (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier output of videolm in --out")
+    p.set_defaults(run=_data_examples)
+
+
+def _checked(cfg, config_path):
+    """``cfg`` after flags changed it, through the same checks the config file passed."""
+    from videolm.tokenizers.schema import revalidate
+
+    try:
+        return revalidate(cfg)
+    except ConfigError as e:
+        where = f"{config_path} with the flags given" if config_path else "the flags given"
+        raise ConfigError(f"{where}: {e}") from None
 
 
 # ------------------------------------------------------------------------------------- tokenizer
 
 
-def _tokenizer_fit(args) -> int:
+def fit_config(args, entry: str):
+    """The config of a ``fit`` command: the YAML, then the budget flags and ``--out``, checked
+    again; its run folder checked (new, empty, or this command's to resume) before any work."""
+    from videolm.core.outputs import check_run_dir
     from videolm.tasks.config import load_config
-    from videolm.tasks.tokenizer_runs import run_fit
 
-    cfg = load_config(args.config, expect_entry="tokenizer fit")[1]
-    for flag, key in (("steps", "steps"), ("max_minutes", "max_minutes"), ("batch_size", "batch_size"), ("threads", "threads")):
-        if getattr(args, flag) is not None:
-            setattr(cfg.train, key, getattr(args, flag))
+    cfg = load_config(args.config, expect_entry=entry)[1]
+    train = cfg.train
+    for flag in ("steps", "max_minutes", "threads", "batch_size"):
+        if getattr(args, flag, None) is not None:
+            setattr(train, flag, getattr(args, flag))
     if args.out:
         cfg.out = args.out
+    cfg = _checked(cfg, args.config)
+    check_run_dir(cfg.out, entry)
+    return cfg
+
+
+def _tokenizer_fit(args) -> int:
+    from videolm.tasks.tokenizer_runs import run_fit
+
+    if args.data and args.data != "shapes":
+        input_folder(args.data, "--data")
+    cfg = fit_config(args, "tokenizer fit")
     if args.data:
         cfg.data.source = args.data
     model_dir = run_fit(cfg)
@@ -157,33 +190,36 @@ def _tokenizer_fit(args) -> int:
 def _tokenizer_eval(args) -> int:
     from videolm.tasks.tokenizer_runs import evaluate_tokenizer
 
+    if args.data != "shapes":
+        input_folder(args.data, "--data")
     print_json(evaluate_tokenizer(args.model, data=args.data, num=args.num, seed=args.seed,
                                   batch_size=args.batch_size, modality=args.modality))
     return 0
 
 
 def _tokenizer_bundle(args) -> int:
+    from videolm.core.outputs import check_output_dir
     from videolm.tasks.tokenizer_runs import build_bundle
 
+    for flag in ("video", "audio"):
+        if getattr(args, flag):
+            input_folder(getattr(args, flag), f"--{flag}")
+    if args.data != "shapes":
+        input_folder(args.data, "--data")
+    if not Path(args.out).is_dir():
+        check_output_dir(args.out)  # a new model folder; an existing one is filled in place
     print_json(build_bundle(args.out, args.video, args.audio, data=args.data, captions=args.captions,
                             text_vocab=args.text_vocab))
     return 0
 
 
-def apply_fit_flags(train, args) -> None:
-    """The budget flags `_fit_args` adds, onto a config's training section."""
-    for flag in ("steps", "max_minutes", "threads"):
-        if getattr(args, flag) is not None:
-            setattr(train, flag, getattr(args, flag))
-
-
 def _fit_args(p, entry: str) -> None:
     """The flags every `fit` command shares: its config, run folder and budget."""
     p.add_argument("--config", required=True, help=f"a YAML config with 'entry: {entry}'")
-    p.add_argument("--out", help="run folder (default: the config's out)")
-    p.add_argument("--steps", type=int, help="training steps")
-    p.add_argument("--max-minutes", type=float, help="wall-clock budget in minutes")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (per process)")
+    p.add_argument("--out", help="run folder (default: the config's out); a rerun resumes it")
+    p.add_argument("--steps", type=STEPS, help="training steps")
+    p.add_argument("--max-minutes", type=MINUTES, help="wall-clock budget in minutes")
+    p.add_argument("--threads", type=THREADS, help="CPU threads for torch (per process)")
 
 
 def _add_tokenizer(sub) -> None:
@@ -194,12 +230,12 @@ def _add_tokenizer(sub) -> None:
     p = tok_sub.add_parser(
         "fit", help="train a tokenizer from a YAML config (resumes a stopped run)",
         description="Train the tokenizer a config describes (configs/tokenizer/*.yaml). The run folder gets "
-        "checkpoints/last.ckpt (a rerun resumes from it), samples/*.png, metrics.jsonl and model/ (safetensors). "
-        "Flags override the config.",
+        "checkpoints/last.ckpt (a rerun resumes from it exactly), samples/*.png, metrics.jsonl and model/ "
+        "(safetensors). Flags override the config.",
     )
     _fit_args(p, "tokenizer fit")
     p.add_argument("--data", help="'shapes' or a folder of videos (default: the config's)")
-    p.add_argument("--batch-size", type=int, help="clips per step")
+    p.add_argument("--batch-size", type=BATCH, help="clips per step")
     p.set_defaults(run=_tokenizer_fit)
 
     p = tok_sub.add_parser(
@@ -211,9 +247,9 @@ def _add_tokenizer(sub) -> None:
     p.add_argument("--model", default="shapes-64", help="a tokenizer folder, a model bundle, or a shipped name (default shapes-64)")
     p.add_argument("--modality", choices=["video", "audio"], help="which tokenizer of a bundle (default video)")
     p.add_argument("--data", default="shapes", help="'shapes' (held-out seeds) or a folder of videos")
-    p.add_argument("--num", type=int, default=256, help="clips (default 256)")
-    p.add_argument("--seed", type=int, default=0, help="first held-out seed offset / first folder clip")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num", type=COUNT, default=256, help="clips (default 256)")
+    p.add_argument("--seed", type=SEED, default=0, help="first held-out seed offset / first folder clip")
+    p.add_argument("--batch-size", type=BATCH, default=8)
     p.set_defaults(run=_tokenizer_eval)
 
     p = tok_sub.add_parser(
@@ -226,8 +262,8 @@ def _add_tokenizer(sub) -> None:
     p.add_argument("--video", help="a trained video tokenizer folder (e.g. RUN/model)")
     p.add_argument("--audio", help="a trained audio tokenizer folder")
     p.add_argument("--data", default="shapes", help="captions from 'shapes' (all backgrounds) or a folder")
-    p.add_argument("--captions", type=int, default=4000, help="how many captions to train on")
-    p.add_argument("--text-vocab", type=int, default=512, help="text vocabulary size")
+    p.add_argument("--captions", type=COUNT, default=4000, help="how many captions to train on")
+    p.add_argument("--text-vocab", type=integer(16, 1_000_000), default=512, help="text vocabulary size")
     p.set_defaults(run=_tokenizer_bundle)
 
 
@@ -235,12 +271,16 @@ def _add_tokenizer(sub) -> None:
 
 
 def _tokenize(args) -> int:
+    from videolm.core.outputs import check_output_dir
     from videolm.tasks.token_shards import ClipSource, write_token_shards
 
+    if args.data != "shapes":
+        input_folder(args.data, "--data")
+    check_output_dir(args.out, args.overwrite)
     height, width = args.size or (64, 64)
     source = ClipSource(data=args.data, num=args.num, seed=args.seed, split=args.split, frames=args.frames,
                         height=height, width=width)
-    with _progress(args.num, "tokenize") as bar:
+    with progress(args.num, "tokenize") as bar:
         summary = write_token_shards(args.out, source, model=args.model, batch_size=args.batch_size,
                                      shard_size=args.shard_size, overwrite=args.overwrite, progress=bar.update,
                                      device=args.device)
@@ -256,18 +296,18 @@ def _add_tokenize(sub) -> None:
         "with index.json and vocab.json in --out, and print a JSON summary. `videolm lm fit` trains on them.",
     )
     p.add_argument("--data", default="shapes", help="'shapes' (seeded clips) or a folder of videos (default shapes)")
-    p.add_argument("--num", type=int, required=True, help="number of clips")
-    p.add_argument("--seed", type=int, default=0, help="Shapes: first seed (clip i uses seed+i); folder: first clip")
+    p.add_argument("--num", type=COUNT, required=True, help="number of clips")
+    p.add_argument("--seed", type=SEED, default=0, help="Shapes: first seed (clip i uses seed+i); folder: first clip")
     p.add_argument("--split", choices=["train", "eval"], default="train", help="Shapes split (default train)")
-    p.add_argument("--size", type=_size, help="frame size N or HxW, multiples of 8 (default 64)")
-    p.add_argument("--frames", type=int, default=17, help="frames per clip, 1+4k (default 17)")
+    p.add_argument("--size", type=size, help="frame size N or HxW, multiples of 8 (default 64)")
+    p.add_argument("--frames", type=integer(1, MAX_FRAMES), default=17, help="frames per clip, 1+4k (default 17)")
     p.add_argument("--model", default="shapes-64", help="a model folder or a shipped name (default shapes-64)")
-    p.add_argument("--batch-size", type=int, default=16, help="clips encoded at once (default 16)")
+    p.add_argument("--batch-size", type=BATCH, default=16, help="clips encoded at once (default 16)")
     p.add_argument("--device", default="cpu",
                    help="where the tokenizers run: cpu, cuda, cuda:N, or auto (a GPU if there is one; default cpu)")
-    p.add_argument("--shard-size", type=int, default=1024, help="clips per shard file (default 1024)")
+    p.add_argument("--shard-size", type=COUNT, default=1024, help="clips per shard file (default 1024)")
     p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier output of videolm in --out")
     p.set_defaults(run=_tokenize)
 
 
@@ -275,15 +315,13 @@ def _add_tokenize(sub) -> None:
 
 
 def _lm_fit(args) -> int:
-    from videolm.tasks.config import load_config
     from videolm.tasks.lm_runs import run_fit
 
-    cfg = load_config(args.config, expect_entry="lm fit")[1]
-    apply_fit_flags(cfg.train, args)
+    if args.shards:
+        input_folder(args.shards, "--shards")
+    cfg = fit_config(args, "lm fit")
     if args.shards:
         cfg.data.shards, cfg.data.source = args.shards, None
-    if args.out:
-        cfg.out = args.out
     model_dir = run_fit(cfg)
     if model_dir is not None:
         print(f"trained LM saved to {model_dir}/ (run folder {cfg.out}/)")
@@ -293,6 +331,7 @@ def _lm_fit(args) -> int:
 def _lm_bundle(args) -> int:
     from videolm.tasks.lm_runs import bundle_lm
 
+    input_folder(args.lm, "--lm")
     print_json(bundle_lm(args.lm, args.out, args.dtype))
     return 0
 
@@ -304,8 +343,8 @@ def _add_lm(sub) -> None:
     p = lm_sub.add_parser(
         "fit", help="train the LM on a task mixture from a YAML config (resumes a stopped run)",
         description="Train the LM a config describes (configs/lm/*.yaml) on token shards or clips tokenized on the "
-        "fly. The run folder gets checkpoints/last.ckpt (a rerun resumes from it), metrics.jsonl (loss per task, "
-        "tokens/s), samples/ and model/ (safetensors + vocab.json). Flags override the config.",
+        "fly. The run folder gets checkpoints/last.ckpt (a rerun resumes from it exactly), metrics.jsonl (loss per "
+        "task, tokens/s), samples/ and model/ (safetensors + vocab.json). Flags override the config.",
     )
     _fit_args(p, "lm fit")
     p.add_argument("--shards", help="token shards folder (default: the config's data)")
@@ -331,14 +370,19 @@ def _media_info(args) -> int:
     from videolm.tokenizers.media import probe_video
 
     for path in args.files:
+        input_file(path, "FILE")
+    for path in args.files:
         print_json({"file": path, **asdict(probe_video(path))})
     return 0
 
 
 def _media_convert(args) -> int:
-    from videolm.tokenizers.errors import MediaError
+    from videolm.core.errors import MediaError
+    from videolm.core.outputs import check_output_file
     from videolm.tokenizers.media import read_audio, read_video, write_video
 
+    input_file(args.input, "INPUT")
+    check_output_file(args.output, args.overwrite, inputs=(args.input,), flag="OUTPUT")
     frames = read_video(args.input, fps=args.fps, size=args.size, fit=args.fit)  # (T, H, W, 3)
     audio = None
     if not args.output.lower().endswith(".gif"):
@@ -376,12 +420,13 @@ def _add_media(sub) -> None:
     )
     p.add_argument("input", metavar="INPUT")
     p.add_argument("output", metavar="OUTPUT")
-    p.add_argument("--fps", type=float, help="resample to this frame rate (default: keep)")
-    p.add_argument("--size", type=_size, help="resize to N or HxW (default: keep)")
+    p.add_argument("--fps", type=real(0, 240, low_open=True), help="resample to this frame rate (default: keep)")
+    p.add_argument("--size", type=size, help="resize to N or HxW (default: keep)")
     p.add_argument("--fit", choices=["crop", "pad", "stretch"], default="crop", help="aspect rule when resizing")
     p.add_argument("--quality", choices=["default", "high", "lossless"], default="default",
                    help="default: H.264 yuv420p; high: yuv444p; lossless: FFV1 (.mkv) or x264rgb")
-    p.add_argument("--sample-rate", type=int, default=16000, help="audio sample rate (default 16000)")
+    p.add_argument("--sample-rate", type=integer(1000, 384_000), default=16000, help="audio sample rate (default 16000)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.set_defaults(run=_media_convert)
 
 
@@ -438,16 +483,37 @@ def main(argv: list[str] | None = None) -> int:
     except VideolmError as e:
         if debug:
             traceback.print_exc()
-        print(f"videolm: error: {_one_line(e)}", file=sys.stderr)
+        text = _one_line(e)
+        print(f"videolm: error: {text if len(text) <= 600 else text[:597] + '...'}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("videolm: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the machine failed us while working: a full disk, a vanished folder
+        if debug:
+            traceback.print_exc()
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"videolm: error: {where}{e.strerror or _first_line(e)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        if debug:
+            traceback.print_exc()
+        print("videolm: error: out of memory (try a smaller --batch-size or --num-samples)", file=sys.stderr)
+        return 1
     except Exception as e:  # a bug or an unforeseen failure: still one line unless --debug
         if debug:
             traceback.print_exc()
-        print(f"videolm: error: unexpected {type(e).__name__}: {_one_line(e)} (rerun with --debug for details)", file=sys.stderr)
+        print(f"videolm: error: unexpected {type(e).__name__}: {_first_line(e)} (rerun with --debug for details)",
+              file=sys.stderr)
         return 1
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, cut to ``limit`` characters: never a library's
+    many-line report."""
+    lines = str(e).strip().splitlines()
+    text = _one_line(lines[0]) if lines else type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def print_json(obj) -> None:

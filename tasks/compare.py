@@ -29,7 +29,7 @@ import torch
 from videolm.tasks.evaluate import ALL_ATTRIBUTES, score
 from videolm.tasks.pipeline import AR_CFG_SCALE, Pipeline
 from videolm.tasks.shapes_data import ShapesDataset
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 
 TASKS = ("t2v", "extend")  # what the DiT baseline supports
 SYSTEMS = ("ar", "dit")
@@ -161,10 +161,10 @@ def winners(ar: dict, dit: dict) -> dict:
 
 def write_report(results: dict, out: str | Path, overwrite: bool = False) -> Path:
     """results.json, report.md, the plots and the sample grids, into ``out`` (all or nothing)."""
-    from videolm.tasks.outdir import atomic_output_dir
+    from videolm.core.outputs import atomic_output_dir
 
     truth, videos = results.pop("_truth"), results.pop("_videos")
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+    with atomic_output_dir(out, overwrite=overwrite, command="compare") as tmp:
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (tmp / "report.md").write_text(report_markdown(results))
         _plot_quality_vs_time(results, tmp / "quality_vs_time.png")

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from videolm.tokenizers.errors import ConfigError, VideolmError
+from videolm.core.errors import ConfigError, VideolmError
 from videolm.tokenizers.schema import from_dict, to_dict  # noqa: F401  (re-exported)
 
 # command name -> "module:DataclassName"

@@ -19,7 +19,12 @@ import torch
 
 from videolm.tasks.base import Media, Task, clip_frames, latents, require
 from videolm.tasks.views import context_latents, frames_of, start_latents
-from videolm.tokenizers.errors import UsageError
+from videolm.tokenizers.media import psnr
+
+# `Interpolate`: below this PSNR between the model's last frames and the end clip, the two clips are
+# taken for different scenes (measured on held-out Shapes clips: docs/tasks.md, "interpolate")
+CONNECT_DB = 17.0
+from videolm.core.errors import UsageError
 
 
 def _frames(video: np.ndarray, count: int, task: str, where: str) -> np.ndarray:
@@ -111,8 +116,21 @@ class Interpolate(Task):
         return {**geometry, "video": codes[0], "end": codes[1]}
 
     def to_media(self, codes, sample, tokenizer):
+        """The start clip's frames, the generated ones, and the end clip's frames (as the tokenizer
+        reconstructs both): the output ends where the end clip does. When the model's own last
+        frames fall far from the end clip, the two clips most likely show different scenes, which
+        no motion connects; a note says so."""
         s = start_latents(latents(sample))
-        return super().to_media(torch.cat([sample["video"][:s], codes]), sample, tokenizer)
+        h, w = int(sample["height"]), int(sample["width"])
+        made = tokenizer.decode_video(torch.cat([sample["video"][:s], codes]), h, w)  # (T, H, W, 3)
+        end = tokenizer.decode_video(sample["end"], h, w)  # (n, H, W, 3)
+        reach = psnr(made[-len(end):], end)
+        notes = []
+        if reach < CONNECT_DB:
+            notes.append(f"interpolate: the generated frames reach the end clip at only {reach:.1f} dB PSNR "
+                         f"(below {CONNECT_DB:g}); the start and end clips seem to show different scenes, which "
+                         "no motion connects, so the output jumps to the end clip")
+        return Media(video=np.concatenate([made[:-len(end)], end]), notes=notes)
 
 
 __all__ = ["Extend", "ExtendBack", "Interpolate"]

@@ -17,7 +17,7 @@ import torch
 
 from videolm.tasks.base import Media, Task, clip_frames, require
 from videolm.tasks.views import box_mask, grid_of, hide, pixel_mask_to_grid
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 
 
 class Inpaint(Task):

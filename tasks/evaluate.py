@@ -35,7 +35,7 @@ from videolm.tasks.base import BUILTIN
 from videolm.tasks.pipeline import AR_CFG_SCALE, Pipeline
 from videolm.tasks.shapes_data import ShapesDataset
 from videolm.tasks.views import box_mask, context_latents, frames_of, grid_of, start_latents
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 
 ALL_ATTRIBUTES = ("shape", "color", "size", "direction")
 STILL_ATTRIBUTES = ("shape", "color", "size")  # where motion cannot be judged (an image, a ping-pong loop)

@@ -41,8 +41,8 @@ from videolm.lm.training import LMTrainConfig, fit
 from videolm.tasks.base import Task, task_class
 from videolm.tasks.pipeline import AR_CFG_SCALE, CUSTOM_CODE, CUSTOM_TASKS, LM_DIR, Pipeline
 from videolm.tasks.token_shards import LazySamples
-from videolm.tokenizers.errors import ConfigError
-from videolm.tokenizers.schema import to_dict
+from videolm.core.errors import ConfigError
+from videolm.tokenizers.schema import check_range, to_dict
 from videolm.tokenizers.vocab import Vocabulary
 
 ADAPTER_DIR = "adapter"
@@ -56,6 +56,13 @@ class LoRASettings:
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     train_task_token: bool = True  # also train the new task token's embedding row (peft's trainable tokens)
+
+    def __post_init__(self):
+        check_range(self, 1, None, "r")
+        check_range(self, 0, None, "alpha", low_open=True)
+        check_range(self, 0, 1, "dropout")
+        if not self.target_modules:
+            raise ConfigError("target_modules: name at least one module for LoRA")
 
 
 @dataclass
@@ -74,6 +81,15 @@ class FinetuneData:
     text_dropout: float = 0.1
     batch_size: int = 16  # held-out clips tokenized at once (training clips are tokenized as they are drawn)
 
+    def __post_init__(self):
+        check_range(self, 1, None, "num", "batch_size")
+        check_range(self, 0, None, "seed")
+        check_range(self, 0, None, "weight", low_open=True)
+        check_range(self, 0, 1, "text_dropout")
+        bad = {name: w for name, w in self.mix.items() if not w >= 0}
+        if bad:
+            raise ConfigError(f"mix: weights must be >= 0 (got {bad})")
+
 
 @dataclass
 class FinetuneEval:
@@ -84,6 +100,10 @@ class FinetuneEval:
     cfg_scale: float = AR_CFG_SCALE
     temperature: float = 1.0
     top_k: int | None = None
+
+    def __post_init__(self):
+        check_range(self, 1, None, "num", "batch_size", "top_k")
+        check_range(self, 0, None, "cfg_scale", "temperature")
 
 
 @dataclass
@@ -290,7 +310,7 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
         teacher=teacher, distill=list(cfg.data.mix) if teacher is not None else (),
         fast_rows=[pipe.vocab.task_id(cls.name)], fast_rows_scale=cfg.token_lr_scale,
         protect=list(cfg.data.mix) if cfg.data.project != "none" else (),
-        protect_per_tensor=cfg.data.project == "tensor")
+        protect_per_tensor=cfg.data.project == "tensor", command="finetune")
     del teacher
     new.training = False
     model.eval()

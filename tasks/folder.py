@@ -6,9 +6,10 @@ case; names starting with "." are ignored) with optional sidecars beside each vi
 or a folder with a ``manifest.jsonl`` (what ``videolm data shapes`` writes), which then lists
 the clips, their captions and audio, and nothing else is a clip.
 
-Probing every file is slow on big folders, so the results are kept in an index
-(``ROOT/.videolm_index.json``, or ``~/.cache/videolm/index/SHA1.json`` when the folder is
-read-only); reopening re-probes only files whose size or mtime changed.
+Probing every file is slow on big folders, so the results are kept in an index in the user's
+cache (``$VIDEOLM_CACHE``, else ``$XDG_CACHE_HOME/videolm``, else ``~/.cache/videolm``:
+``index/SHA1-OF-ROOT.json``); reopening re-probes only files whose size or mtime changed. The
+folder itself is only ever read.
 """
 
 import hashlib
@@ -24,11 +25,11 @@ from typing import Literal
 import numpy as np
 from torch.utils.data import Dataset
 
-from videolm.tokenizers.errors import DataError, MediaError
+from videolm.core.errors import DataError, MediaError, UsageError
+from videolm.tokenizers.schema import check_range
 from videolm.tokenizers.media import num_frames_at, probe_video, read_audio, read_video
 
 VIDEO_EXTS = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".gif"}
-INDEX_NAME = ".videolm_index.json"
 INDEX_VERSION = 1
 
 
@@ -54,6 +55,11 @@ class FolderConfig:
     sample_rate: int = 16000
     stride: int | None = None
 
+    def __post_init__(self):
+        check_range(self, 1, None, "frames", "height", "width", "stride")
+        check_range(self, 0, None, "fps", low_open=True)
+        check_range(self, 1000, None, "sample_rate")
+
     def dataset(self) -> "FolderDataset":
         return FolderDataset(self.root, self.frames, self.fps, (self.height, self.width), self.fit,
                              self.sample_rate, self.stride)
@@ -76,7 +82,7 @@ class FolderDataset(Dataset):
                  stride=None, index_path=None):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DataError(f"{self.root}: not a folder")
+            raise UsageError(f"{self.root}: no such folder" if not self.root.exists() else f"{self.root}: not a folder")
         self.frames, self.fps, self.size, self.fit = frames, fps, tuple(size), fit
         self.sample_rate, self.stride = sample_rate, stride or frames
         self.index_path = Path(index_path) if index_path else _default_index_path(self.root)
@@ -240,12 +246,18 @@ def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
 # ----------------------------------------------------------------------------- index
 
 
+def cache_dir() -> Path:
+    """Where videolm keeps what it can rebuild (indexes of folders): never inside a user's data."""
+    if os.environ.get("VIDEOLM_CACHE"):
+        return Path(os.environ["VIDEOLM_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "videolm"
+
+
 def _default_index_path(root: Path) -> Path:
-    """ROOT/.videolm_index.json, or a per-folder file in the user cache if ROOT is read-only."""
-    if os.access(root, os.W_OK):
-        return root / INDEX_NAME
+    """A per-folder index file in the user cache (input folders are read-only to videolm)."""
     digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()
-    return Path.home() / ".cache" / "videolm" / "index" / f"{digest}.json"
+    return cache_dir() / "index" / f"{digest}.json"
 
 
 def _stat(path: Path) -> tuple[int | None, float | None]:

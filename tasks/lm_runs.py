@@ -22,8 +22,8 @@ from videolm.lm.engine import generate
 from videolm.lm.model import LMConfig, VideoLM
 from videolm.lm.training import LMTrainConfig, fit
 from videolm.tasks.base import Task, build_tasks
-from videolm.tokenizers.errors import ConfigError
-from videolm.tokenizers.schema import to_dict
+from videolm.core.errors import ConfigError
+from videolm.tokenizers.schema import check_clip_numbers, check_range, to_dict
 from videolm.tokenizers.vocab import Vocabulary
 
 
@@ -46,6 +46,11 @@ class LMDataConfig:
             raise ConfigError("data: give exactly one of shards (token shards) or source (tokenize on the fly)")
         if not self.tasks:
             raise ConfigError("data.tasks: name at least one task")
+        check_clip_numbers(self)
+        check_range(self, 0, 1, "text_dropout")
+        bad = {name: w for name, w in self.tasks.items() if not w >= 0}
+        if bad or not sum(self.tasks.values()) > 0:
+            raise ConfigError(f"data.tasks: weights must be >= 0 and not all 0 (got {bad or self.tasks})")
 
 
 @dataclass
@@ -57,6 +62,10 @@ class SampleConfig:
     temperature: float = 1.0
     top_k: int | None = None
     seed: int = 0
+
+    def __post_init__(self):
+        check_range(self, 0, None, "clips", "cfg_scale", "temperature", "seed")
+        check_range(self, 1, None, "top_k")
 
 
 @dataclass

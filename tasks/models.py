@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL = "shapes-64"

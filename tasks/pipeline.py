@@ -15,8 +15,10 @@ it back into media (`Task.to_media`). Longer videos chain ``extend`` with overla
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +27,12 @@ import numpy as np
 import torch
 
 from videolm.tasks.base import BUILTIN, Media, Task, TaskInputs, task_class
+from videolm.core.limits import MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SAMPLES, MAX_SEED
 from videolm.tasks.models import AR_CFG_SCALE, resolve_model
+from videolm.tasks.prompts import PromptTable
 from videolm.tasks.token_shards import ClipTokenizer
 from videolm.tasks.views import context_latents, frames_of
-from videolm.tokenizers.errors import MediaError, UsageError, VideolmError
+from videolm.core.errors import ConfigError, MediaError, UsageError, VideolmError
 from videolm.tokenizers.vocab import Vocabulary
 
 LM_DIR = "lm"
@@ -36,6 +40,68 @@ REFINER_DIR = "refiner"  # the diffusion refiner that cleans decoded frames (on 
 DIT_DIR = "dit"  # the DiT baseline (``backend="dit"``)
 CUSTOM_TASKS = "tasks.json"  # in lm/: name -> "module:Class" of the tasks not built in
 CUSTOM_CODE = "tasks"  # in lm/: their modules' source, imported from there
+
+
+def check_sampling(num_samples: int = 1, seed: int = 0, frames: int | None = None, cfg_scale: float | None = None,
+                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                   steps: int | None = None) -> None:
+    """The bounds of generation's settings, as `UsageError`s named after the flags."""
+
+    def whole(value, low, high, flag):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+            raise UsageError(f"{flag} {value!r}: give a whole number from {low} to {high}")
+
+    def number(value, low, high, flag, low_open=False):
+        ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or (value <= low if low_open else value < low) or value > high:
+            raise UsageError(f"{flag} {value!r}: give a finite number {'above' if low_open else 'from'} {low:g} "
+                             f"{'and at most' if low_open else 'to'} {high:g}")
+
+    whole(num_samples, 1, MAX_SAMPLES, "--num-samples")
+    whole(seed, 0, MAX_SEED - num_samples, "--seed")
+    if frames is not None:
+        whole(frames, 1, MAX_FRAMES, "--frames")
+    if cfg_scale is not None:
+        number(cfg_scale, 0, 100, "--cfg-scale")
+    number(temperature, 0, 100, "--temperature")
+    if top_k is not None:
+        whole(top_k, 1, 2**31 - 1, "--top-k")
+    if top_p is not None:
+        number(top_p, 0, 1, "--top-p", low_open=True)
+    if steps is not None:
+        whole(steps, 1, 10_000, "--steps")
+
+
+@dataclass
+class PromptReading:
+    """A prompt as given, as the model reads it, and the words it could not place."""
+
+    given: str
+    text: str
+    unknown: list[str]
+
+
+@dataclass
+class Request:
+    """A generation, checked and with its inputs encoded (`Pipeline.prepare`); `Pipeline.draw`
+    makes its samples one at a time."""
+
+    task: Task
+    inputs: TaskInputs
+    sample: dict
+    num_samples: int
+    seed: int
+    frames: int | None
+    cfg_scale: float | None
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    with_audio: bool
+    refine: bool
+    backend: str
+    steps: int | None
+    prompt: PromptReading | None
+    notes: list[str]
 
 
 @dataclass
@@ -63,6 +129,7 @@ class Pipeline:
         self.custom = custom or {}  # task name -> "module:Class" of tasks from outside the package
         self._tasks: dict[str, Task] = {}
         self._refiner = self._dit = None
+        self.prompts: PromptTable | None = None  # how prompts are read (`read_prompt`)
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path = "shapes-64", device: str = "cpu") -> Pipeline:
@@ -72,8 +139,12 @@ class Pipeline:
         if not (lm_dir / "config.json").is_file():
             raise UsageError(f"--model {name_or_dir}: {folder} has no language model ({LM_DIR}/config.json); "
                              "a model folder for generation needs one (see `videolm tokenizer bundle --lm`)")
-        vocab = Vocabulary.load(lm_dir if (lm_dir / "vocab.json").is_file() else folder)
+        vocab_dir = lm_dir if (lm_dir / "vocab.json").is_file() else folder
+        vocab = Vocabulary.load(vocab_dir)
         model = load_lm(lm_dir).to(device=device, dtype=torch.float32).eval()
+        if len(vocab) > model.config.vocab_size:
+            raise ConfigError(f"{vocab_dir / 'vocab.json'}: {len(vocab)} ids, more than the {model.config.vocab_size} of "
+                              f"{lm_dir / 'config.json'}: the vocabulary does not fit the model")
         tokenizer = ClipTokenizer(folder, device=device)
         tokenizer.vocab = vocab
         clip = {"frames": 17, "height": 64, "width": 64, "fps": 8}
@@ -82,7 +153,9 @@ class Pipeline:
         custom = {}
         if (lm_dir / CUSTOM_TASKS).is_file():  # tasks fine-tuned from a user's module, copied beside the weights
             custom = json.loads((lm_dir / CUSTOM_TASKS).read_text())
-        return cls(folder, model, vocab, tokenizer, clip, custom)
+        pipe = cls(folder, model, vocab, tokenizer, clip, custom)
+        pipe.prompts = PromptTable.load(lm_dir) or PromptTable.load(folder)
+        return pipe
 
     # -- the diffusion stages
 
@@ -148,50 +221,89 @@ class Pipeline:
 
     # -- inputs
 
-    def inputs(self, prompt: str | None = None, image=None, video=None, audio=None, mask=None) -> TaskInputs:
+    def inputs(self, prompt: str | None = None, image=None, video=None, audio=None, mask=None,
+               notes: list[str] | None = None) -> TaskInputs:
         """`TaskInputs` at the model's size from arrays or file paths. ``video`` may be a list
-        (``interpolate`` takes a start and an end clip)."""
-        from videolm.tokenizers.media import read_audio, read_image, read_video
+        (``interpolate`` takes a start and an end clip). A file of another size or frame rate is
+        centre-cropped to the model's aspect, resized and resampled, and ``notes`` (when given)
+        receives one line saying so for each; an array must already be at the model's size. A
+        mask must have the shape of the clip (or of the model's frames): it is cropped and resized
+        as the clip is, never stretched."""
+        from videolm.tokenizers.media import probe_video, read_audio, read_image, read_video
 
         size, fps = (self.clip["height"], self.clip["width"]), self.clip["fps"]
+        notes = [] if notes is None else notes
 
-        def load(what: str, value, reader):
+        def load(what: str, value, reader, frame_rate: bool = True):
             if value is None or isinstance(value, np.ndarray):
-                return value
+                return value, None
             path = Path(value)
             if not path.is_file():
                 raise UsageError(f"--{what} {value}: no such file")
             try:
-                return reader(path)
+                info = probe_video(path) if what != "audio" else None
+                data = reader(path)
             except (MediaError, ValueError, OSError) as e:
                 raise UsageError(f"--{what} {value}: cannot read it ({_first_line(e)})") from e
+            if info is not None:
+                notes.extend(_fit_note(what, value, info, size, fps if frame_rate else None))
+            return data, info
 
-        videos = video if isinstance(video, (list, tuple)) else ([] if video is None else [video])
-        videos = [load("video", v, lambda p: read_video(p, fps=fps, size=size)) for v in videos]
-        image = load("image", image, lambda p: read_image(p, size=size))
-        wave = load("audio", audio, lambda p: read_audio(p, self.tokenizer.audio.config.sample_rate))
-        mask = load("mask", mask, lambda p: read_image(p, size=size))
-        for name, v in [("video", x) for x in videos] + [("image", image), ("mask", mask)]:
-            hw = None if v is None else tuple(v.shape[:2] if name == "mask" else v.shape[-3:-1])
+        videos, shapes = [], []
+        for v in video if isinstance(video, (list, tuple)) else ([] if video is None else [video]):
+            frames, info = load("video", v, lambda p: read_video(p, fps=fps, size=size))
+            videos.append(frames)
+            shapes.append(None if info is None else (info.height, info.width))
+        image = load("image", image, lambda p: read_image(p, size=size), frame_rate=False)[0]
+        wave = load("audio", audio, lambda p: read_audio(p, self.tokenizer.audio.config.sample_rate))[0]
+        mask = self._mask(mask, size, shapes[0] if shapes else None, notes)
+        for name, v in [("video", x) for x in videos] + [("image", image)]:
+            hw = None if v is None else tuple(v.shape[-3:-1])
             if hw is not None and hw != size:
                 raise UsageError(f"--{name}: {hw[0]}x{hw[1]} pixels, the model makes {size[0]}x{size[1]}")
         return TaskInputs(text=prompt, image=image, videos=videos,
                           audio=None if wave is None else np.asarray(wave, dtype=np.float32), mask=mask)
 
+    def _mask(self, mask, size: tuple[int, int], video_hw: tuple[int, int] | None, notes: list[str]):
+        """A mask at the model's size: an array of that size as it is; a file of the clip's aspect
+        (the video file's, or the model's) cropped and resized as the clip is."""
+        from videolm.tokenizers.media import probe_video, read_image
+
+        if mask is None or isinstance(mask, np.ndarray):
+            if mask is not None and tuple(mask.shape[:2]) != size:
+                raise UsageError(f"--mask: {mask.shape[0]}x{mask.shape[1]} pixels, the clip is {size[0]}x{size[1]}")
+            return mask
+        path = Path(mask)
+        if not path.is_file():
+            raise UsageError(f"--mask {mask}: no such file")
+        try:
+            info = probe_video(path)
+        except MediaError as e:
+            raise UsageError(f"--mask {mask}: cannot read it ({e.cause})") from e
+        shapes = {size} | ({video_hw} if video_hw else set())
+        if not any(abs(info.height * w - info.width * h) <= 0.01 * h * info.width for h, w in shapes):
+            want = " or ".join(f"{h}x{w}" for h, w in sorted(shapes))
+            raise UsageError(f"--mask {mask}: {info.height}x{info.width} pixels does not have the clip's shape "
+                             f"({want}); a mask is never stretched: draw it on a frame of the clip")
+        if (info.height, info.width) != size:
+            notes.append(f"--mask {mask}: {info.height}x{info.width} pixels, cropped and resized as the clip "
+                         f"to {size[0]}x{size[1]}")
+        try:
+            return read_image(path, size=size)
+        except MediaError as e:
+            raise UsageError(f"--mask {mask}: cannot read it ({e.cause})") from e
+
     # -- generation
 
-    def generate(self, task: str = "t2v", prompt: str | None = None, *, image=None, video=None, audio=None,
-                 mask=None, num_samples: int = 1, seed: int = 0, frames: int | None = None,
-                 cfg_scale: float | None = None,
-                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 with_audio: bool = False, progress: Callable[[int], object] | None = None,
-                 refine: bool | None = None, backend: str = "ar", steps: int | None = None) -> list[Result]:
-        """``num_samples`` results of ``task``; sample ``i`` uses seed ``seed + i`` (so it is what
-        ``num_samples=1, seed=seed + i`` gives). ``frames`` beyond the clip length chains
-        ``extend``; ``with_audio`` adds a soundtrack made by ``v2a``. ``progress`` is called with
-        the number of tokens drawn as they are. ``refine`` (default: when the folder has a refiner)
-        passes the video through the diffusion refiner. ``backend="dit"`` draws ``t2v`` and
-        ``extend`` with the DiT baseline instead of the LM (``steps``: its sampling steps)."""
+    def prepare(self, task: str = "t2v", prompt: str | None = None, *, image=None, video=None, audio=None,
+                mask=None, num_samples: int = 1, seed: int = 0, frames: int | None = None,
+                cfg_scale: float | None = None, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, with_audio: bool = False, refine: bool | None = None,
+                backend: str = "ar", steps: int | None = None, rewrite: Callable[[str], str] | None = None,
+                strict_prompt: bool = False) -> Request:
+        """Check everything a generation needs and encode its inputs, before any sample is drawn
+        (`generate`'s arguments; `draw` makes sample ``i``). Every bound is a `UsageError`."""
+        check_sampling(num_samples, seed, frames, cfg_scale, temperature, top_k, top_p, steps)
         if backend not in ("ar", "dit"):
             raise UsageError(f"--backend {backend}: choose ar or dit")
         if refine and self.refiner is None:
@@ -202,9 +314,6 @@ class Pipeline:
         elif cfg_scale is None:
             cfg_scale = AR_CFG_SCALE
         t = self.task(task)
-        inputs = self.inputs(prompt, image, video, audio, mask)
-        if frames is not None and frames < 1:
-            raise UsageError(f"--frames {frames} must be >= 1")
         if frames is not None and frames > self.clip["frames"] and t.output != "video":
             raise UsageError(f"--frames applies to video outputs; {task} makes audio")
         if with_audio and t.output != "video":
@@ -213,27 +322,107 @@ class Pipeline:
             self.task("v2a")
         if frames is not None and frames > self.clip["frames"]:
             self.task("extend")
+        read = self.read_prompt(prompt, rewrite, strict_prompt) if prompt is not None else None
+        notes: list[str] = []
+        inputs = self.inputs(read.text if read else None, image, video, audio, mask, notes)
+        for note in notes:
+            warnings.warn(note, stacklevel=2)
         sample = t.encode_inputs(inputs, self.tokenizer, self.geometry())
-        results = []
-        for i in range(num_samples):
-            start = time.perf_counter()
-            if backend == "dit":
-                media = Media(video=self.dit_backend().run(task, inputs, seed + i, cfg_scale, steps))
-            else:
-                media = self._run(t, sample, seed + i, cfg_scale, temperature, top_k, top_p, progress)
-            video = media.video
-            if video is not None and frames is not None:
-                video = self._lengthen(video, frames, seed + i, temperature, top_k, top_p, progress,
-                                       backend, steps)
-            if video is not None and refine:
-                video = self.refine(video[None], seed=seed + i)[0]
-            audio = media.audio
-            if with_audio:
-                audio = self._soundtrack(video, seed + i, temperature, top_k, top_p, progress)
-            results.append(Result(task, seed + i, video, audio, time.perf_counter() - start, self.clip["fps"],
-                                  self.tokenizer.audio.config.sample_rate,
-                                  extra={"backend": backend, "refined": bool(refine and video is not None)}))
-        return results
+        self._check_length(t, sample, prompt)
+        return Request(t, inputs, sample, num_samples, seed, frames, cfg_scale, temperature, top_k, top_p,
+                       with_audio, refine, backend, steps, read, notes)
+
+    def read_prompt(self, prompt: str, rewrite: Callable[[str], str] | None = None,
+                    strict: bool = False) -> PromptReading:
+        """The prompt as the model will read it: through ``rewrite`` (a user's own rewriter, any
+        ``str -> str``), then the model folder's prompt table (`videolm.tasks.prompts`). Words the
+        table cannot place are named in a warning (an error with ``strict``)."""
+        if not isinstance(prompt, str):
+            raise UsageError(f"--prompt: expected text, got {type(prompt).__name__}")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise UsageError(f"--prompt: {len(prompt):,} characters; prompts are at most {MAX_PROMPT_CHARS:,}")
+        text = prompt
+        if rewrite is not None:
+            try:
+                text = rewrite(prompt)
+            except Exception as e:  # noqa: BLE001  (the user's code: whatever it raises is reported in one line)
+                raise UsageError(f"--prompt-rewriter failed on the prompt: {type(e).__name__}: {_first_line(e)}") from e
+            if not isinstance(text, str):
+                raise UsageError(f"--prompt-rewriter returned {type(text).__name__}, not text")
+            if len(text) > MAX_PROMPT_CHARS:
+                raise UsageError(f"--prompt-rewriter returned {len(text):,} characters; at most {MAX_PROMPT_CHARS:,}")
+        unknown: list[str] = []
+        if self.prompts is not None:
+            text, unknown = self.prompts.rewrite(text)
+        else:
+            text = " ".join(text.split())
+        if unknown:
+            message = (f"the model does not know: {', '.join(unknown)} (it read the prompt as {text!r}; "
+                       "`videolm tasks --model M --words` lists the words it knows)")
+            if strict:
+                raise UsageError(f"--strict-prompt: {message}")
+            warnings.warn(message, stacklevel=3)
+        return PromptReading(prompt, text, unknown)
+
+    def _check_length(self, task: Task, sample: dict, prompt: str | None) -> None:
+        """The sequence (prefix and output) must fit the model's context."""
+        limit = self.model.config.max_position_embeddings
+        total = len(task.prefix(sample)) + int(np.prod(task.output_shape(sample))) + 2
+        if total > limit:
+            what = f"--prompt ({len(sample.get('text', ()))} text tokens)" if prompt is not None else "the inputs"
+            raise UsageError(f"{what}: the {task.name} sequence would be {total} tokens, more than the model's "
+                             f"{limit}; shorten the prompt")
+
+    def draw(self, request: Request, i: int, progress: Callable[[int], object] | None = None) -> Result:
+        """Sample ``i`` of a prepared request (seed ``request.seed + i``)."""
+        r, seed = request, request.seed + i
+        start = time.perf_counter()
+        notes = list(r.notes)
+        if r.backend == "dit":
+            media = Media(video=self.dit_backend().run(r.task.name, r.inputs, seed, r.cfg_scale, r.steps))
+        else:
+            media = self._run(r.task, r.sample, seed, r.cfg_scale, r.temperature, r.top_k, r.top_p, progress)
+        for note in media.notes:
+            warnings.warn(note, stacklevel=2)
+        notes += media.notes
+        video = media.video
+        if video is not None and r.frames is not None:
+            video = self._lengthen(video, r.frames, seed, r.temperature, r.top_k, r.top_p, progress, r.backend,
+                                   r.steps)
+        if video is not None and r.refine:
+            video = self.refine(video[None], seed=seed)[0]
+        audio = media.audio
+        if r.with_audio:
+            audio = self._soundtrack(video, seed, r.temperature, r.top_k, r.top_p, progress)
+        extra = {"backend": r.backend, "refined": bool(r.refine and video is not None)}
+        if r.prompt is not None:
+            extra.update(rewritten_prompt=r.prompt.text, unknown_words=r.prompt.unknown)
+        if notes:
+            extra["notes"] = notes
+        return Result(r.task.name, seed, video, audio, time.perf_counter() - start, self.clip["fps"],
+                      self.tokenizer.audio.config.sample_rate, extra=extra)
+
+    def generate(self, task: str = "t2v", prompt: str | None = None, *, image=None, video=None, audio=None,
+                 mask=None, num_samples: int = 1, seed: int = 0, frames: int | None = None,
+                 cfg_scale: float | None = None,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 with_audio: bool = False, progress: Callable[[int], object] | None = None,
+                 refine: bool | None = None, backend: str = "ar", steps: int | None = None,
+                 rewrite: Callable[[str], str] | None = None, strict_prompt: bool = False) -> list[Result]:
+        """``num_samples`` results of ``task``; sample ``i`` uses seed ``seed + i`` (so it is what
+        ``num_samples=1, seed=seed + i`` gives). ``frames`` beyond the clip length chains
+        ``extend``; ``with_audio`` adds a soundtrack made by ``v2a``. ``progress`` is called with
+        the number of tokens drawn as they are. ``refine`` (default: when the folder has a refiner)
+        passes the video through the diffusion refiner. ``backend="dit"`` draws ``t2v`` and
+        ``extend`` with the DiT baseline instead of the LM (``steps``: its sampling steps). The
+        prompt goes through ``rewrite`` (any ``str -> str``) and the model's prompt table first
+        (`read_prompt`); ``strict_prompt`` makes words the model does not know an error."""
+        request = self.prepare(task, prompt, image=image, video=video, audio=audio, mask=mask,
+                               num_samples=num_samples, seed=seed, frames=frames, cfg_scale=cfg_scale,
+                               temperature=temperature, top_k=top_k, top_p=top_p, with_audio=with_audio,
+                               refine=refine, backend=backend, steps=steps, rewrite=rewrite,
+                               strict_prompt=strict_prompt)
+        return [self.draw(request, i, progress) for i in range(num_samples)]
 
     def codes(self, task: Task, samples: list[dict], seed: int, cfg_scale: float = AR_CFG_SCALE,
               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -337,16 +526,59 @@ def _read_training(folder: Path) -> dict | None:
 
 
 def load_lm(folder: Path):
-    """A saved `VideoLM`, without transformers' progress bar on stderr."""
+    """A saved `VideoLM` (safetensors only), its config and weights checked before anything is
+    allocated; every failure is one line naming the file. Transformers' progress bar and load
+    report stay off stderr."""
+    from transformers import LlamaConfig
     from transformers.utils import logging as hf_logging
 
-    from videolm.lm.model import VideoLM
+    from videolm.lm.model import VideoLM, from_llama_config
+    from videolm.tokenizers.pretrained import check_weights, read_json, weights_file
 
-    hf_logging.disable_progress_bar()
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    data = read_json(config_path, f"{folder}: no config.json (not a saved language model)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config_path}: not a model config (a JSON object is needed)")
     try:
-        return VideoLM.from_pretrained(folder)
+        llama = LlamaConfig.from_dict(data)
+        from_llama_config(llama)  # sizes positive and consistent
+    except Exception as e:  # noqa: BLE001  (transformers and our checks raise many kinds; one line each)
+        raise ConfigError(f"{config_path}: not a valid language-model config ({_first_line(e)[:200]})") from None
+    path = weights_file(folder)
+    with torch.device("meta"):
+        shell = VideoLM(llama)
+    if llama.tie_word_embeddings:
+        shell.lm_head = torch.nn.Identity()  # tied: the file holds the embedding once
+    check_weights(path, shell, config_path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        return VideoLM.from_pretrained(folder, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UsageError(f"{folder}: cannot load the language model ({_first_line(e)[:200]})") from None
     finally:
+        hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
+
+
+def _fit_note(flag: str, value, info, size: tuple[int, int], fps: float | None) -> list[str]:
+    """One line saying how a user's file was changed to fit the model, or none when it was not."""
+    h, w = info.height, info.width
+    changes = []
+    if (h, w) != size:
+        if abs(h * size[1] - w * size[0]) > 0:  # another aspect: the centre is cut out first
+            side = min(h / size[0], w / size[1])
+            ch, cw = round(size[0] * side), round(size[1] * side)
+            changes.append(f"centre-cropped to {ch}x{cw}")
+        changes.append(f"resized to {size[0]}x{size[1]}")
+    if fps is not None and info.fps and abs(info.fps - fps) > 1e-3:
+        changes.append(f"resampled from {info.fps:g} to {fps:g} fps")
+    if not changes:
+        return []
+    made = f"{size[0]}x{size[1]}" + (f" at {fps:g} fps" if fps is not None else "")
+    return [f"--{flag} {value}: {h}x{w} pixels, {', '.join(changes)} (the model makes {made})"]
 
 
 def _first_line(e: Exception) -> str:

@@ -61,10 +61,10 @@ from torch import nn
 
 from videolm.tasks.metrics import match_objects
 from videolm.tasks.models import resolve_model
-from videolm.tasks.outdir import atomic_output_dir, check_output_dir
+from videolm.core.outputs import atomic_output_dir, check_output_dir
 from videolm.tasks.shapes import BACKGROUNDS, DIRECTIONS, PALETTE, SHAPES, SIZES, ShapesConfig, make_clip
 from videolm.tasks.shapes_data import split_seeds
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 from videolm.tokenizers.pretrained import CONFIG_NAME, Pretrained, write_json
 
 SLOTS = 2
@@ -461,34 +461,10 @@ def fit_probe(out_dir: str | Path, num_clips: int = 100_000, steps: int = 2000, 
         "threads": threads, "lr": lr, "seconds": round(train_seconds, 1),
         "final_loss": round(float(np.mean(recent)), 4) if recent else None,
     }
-    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_output_dir(out_dir, overwrite=overwrite, command="probe fit") as tmp:
         probe.save_pretrained(tmp)
         write_json(tmp / "metrics.json", metrics)
     return metrics
-
-
-# -------------------------------------------------------------------------------- command line
-
-
-def add_probe_arguments(parser) -> None:
-    """The flags of ``videolm probe fit``."""
-    parser.add_argument("--out", required=True, help="probe folder to write (new or empty unless --overwrite)")
-    parser.add_argument("--num", type=int, default=100_000, help="training seeds to draw clips from (default 100000)")
-    parser.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
-    parser.add_argument("--batch-size", type=int, default=32, help="clips per step (default 32)")
-    parser.add_argument("--seed", type=int, default=0, help="first training seed and random seed (default 0)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 0.003)")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="default", help="probe size (default default)")
-    parser.add_argument("--eval-num", type=int, default=512, help="held-out clips to measure on (default 512)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-
-
-def run_probe_fit(args, progress=None) -> dict:
-    """``videolm probe fit``: train and write a probe from parsed flags; returns its metrics."""
-    return fit_probe(args.out, num_clips=args.num, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                     threads=args.threads, preset=args.preset, eval_clips=args.eval_num, lr=args.lr, overwrite=args.overwrite,
-                     progress=progress)
 
 
 __all__ = [
@@ -496,13 +472,11 @@ __all__ = [
     "PRESETS",
     "Probe",
     "ProbeConfig",
-    "add_probe_arguments",
     "clip_targets",
     "evaluate_probe",
     "fit_probe",
     "frechet_distance",
     "load_probe",
     "probe_loss",
-    "run_probe_fit",
     "slot_colors",
 ]

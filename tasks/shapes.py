@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from videolm.tokenizers.errors import DataError, UsageError
+from videolm.core.errors import DataError, UsageError
 
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (255, 40, 40),

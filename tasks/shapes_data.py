@@ -26,9 +26,9 @@ import yaml
 from torch.utils.data import Dataset
 
 from videolm.tasks.config import to_dict
-from videolm.tasks.outdir import atomic_output_dir
+from videolm.core.outputs import atomic_output_dir
 from videolm.tasks.shapes import EVAL_SEED_START, ShapesConfig, make_clip
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 
 
 def split_seeds(split: str, seed: int, num: int) -> range:
@@ -93,7 +93,7 @@ def clip_id(seed: int) -> str:
 
 def write_shapes(out: str | Path, cfg: ShapesDataConfig, overwrite: bool = False, progress=None) -> Path:
     """Write ``cfg.num`` clips to the folder ``out`` (all or nothing); returns its path."""
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+    with atomic_output_dir(out, overwrite=overwrite, command="data shapes") as tmp:
         for sub in ("video", "structure", "audio"):
             (tmp / sub).mkdir()
         with open(tmp / "manifest.jsonl", "w") as manifest:

@@ -20,8 +20,8 @@ from torch.utils.data import Dataset, Subset
 
 from videolm.lm.data import CODE_FIELDS, ShardWriter
 from videolm.tasks.models import resolve_model
-from videolm.tasks.outdir import atomic_output_dir
-from videolm.tokenizers.errors import DataError, UsageError
+from videolm.core.outputs import atomic_output_dir
+from videolm.core.errors import DataError, UsageError
 from videolm.tokenizers.vocab import Vocabulary
 
 
@@ -303,7 +303,7 @@ def write_token_shards(out: str | Path, source: ClipSource, model: str | Path = 
     vocab = tokenizer.vocab
     vocab.add_resolution(source.height, source.width)
     tokens = 0
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+    with atomic_output_dir(out, overwrite=overwrite, command="tokenize") as tmp:
         writer = ShardWriter(tmp, shard_size)
         for start in range(0, len(clips), batch_size):
             batch = [clips[i] for i in range(start, min(start + batch_size, len(clips)))]

@@ -15,11 +15,12 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from videolm.tasks.models import resolve_model
+from videolm.tasks.prompts import build_table
 from videolm.tasks.shapes import ShapesConfig
 from videolm.tasks.shapes_data import ShapesDataset
-from videolm.tokenizers.errors import ConfigError, UsageError
+from videolm.core.errors import ConfigError, UsageError
 from videolm.tokenizers.pretrained import CONFIG_NAME, read_json
-from videolm.tokenizers.schema import to_dict
+from videolm.tokenizers.schema import check_clip_numbers, to_dict
 from videolm.tokenizers.training import TrainConfig, codebook_stats, fit
 
 VAL_SEED_START = 999_000  # validation during training: the top of the training seed range
@@ -34,6 +35,9 @@ class DataConfig:
     width: int = 64
     fps: int = 8
     backgrounds: list[str] = field(default_factory=lambda: ["black"])
+
+    def __post_init__(self):
+        check_clip_numbers(self)
 
     def world(self) -> ShapesConfig:
         return ShapesConfig(height=self.height, width=self.width, frames=self.frames, fps=self.fps,
@@ -77,6 +81,7 @@ def clip_dataset(data: DataConfig, split: Literal["train", "val", "eval"], num: 
 
 
 def run_fit(cfg: TokenizerFitConfig) -> Path:
+    torch.manual_seed(cfg.train.seed)  # the initial weights follow the seed
     model = build_tokenizer(cfg.modality, cfg.preset, cfg.model)
     train = clip_dataset(cfg.data, "train", cfg.data.num)
     val = clip_dataset(cfg.data, "val", cfg.train.val_clips)
@@ -172,8 +177,10 @@ def build_bundle(out: str | Path, video: str | None, audio: str | None, data: st
         audio_tok.save_pretrained(out / "audio_tokenizer", dtype="float16")
     elif (out / "audio_tokenizer").exists():
         audio_tok = AudioTokenizer.from_pretrained(out / "audio_tokenizer")
-    text = TextTokenizer.train(corpus_captions(data, captions), vocab_size=text_vocab)
+    corpus = corpus_captions(data, captions)
+    text = TextTokenizer.train(corpus, vocab_size=text_vocab)
     text.save(out)
+    build_table(corpus).save(out)  # how generate reads prompts as people type them
     vocab = Vocabulary(
         text.vocab_size,
         video_codes=video_tok.codebook_size if video_tok else 4096,

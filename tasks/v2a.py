@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from videolm.tasks.base import Media, Task, clip_frames, require
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 
 
 class VideoToAudio(Task):

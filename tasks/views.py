@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 from videolm.tokenizers.video import SPACE_DOWN, TIME_DOWN
 
 VIEW_FIELDS = ("tail", "end", "loop", "inpaint", "outpaint")

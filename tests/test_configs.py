@@ -7,7 +7,7 @@ from typing import Literal
 import pytest
 
 from videolm.tasks.config import ENTRY_POINTS, entry_class, from_dict, load_config
-from videolm.tokenizers.errors import ConfigError
+from videolm.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))

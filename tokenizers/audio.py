@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from vector_quantize_pytorch import ResidualVQ
 
-from videolm.tokenizers.errors import ConfigError
+from videolm.core.errors import ConfigError
 from videolm.tokenizers.pretrained import Pretrained, TokenizerOutput
 
 

@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import uuid
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -18,7 +19,7 @@ import av
 import numpy as np
 import soundfile as sf
 
-from videolm.tokenizers.errors import MediaError
+from videolm.core.errors import MediaError
 
 av.logging.set_level(av.logging.PANIC)
 
@@ -292,10 +293,42 @@ def read_audio(path, sample_rate=16000, start=0.0, duration=None) -> np.ndarray:
         mono, rate = _read_soundfile(path, start, duration)
     else:
         mono, rate = _read_av_audio(path, start, duration)
-    audio = _resample(mono, rate, sample_rate)
+    audio = _resample(_finite(mono, path), rate, sample_rate)
     if duration is not None:
         audio = audio[:round(duration * sample_rate)]
     return audio  # (S,)
+
+
+def _finite(mono: np.ndarray, path: Path) -> np.ndarray:
+    """The samples with NaN and infinite values set to silence, and a warning that counts them."""
+    bad = ~np.isfinite(mono)
+    if bad.any():
+        warnings.warn(f"{path}: {int(bad.sum())} of {bad.size} audio samples are NaN or infinite; "
+                      "read as silence (0)", stacklevel=3)
+        mono = np.where(bad, np.float32(0), mono)
+    return mono
+
+
+def probe_audio(path) -> float:
+    """Seconds of sound in an audio file (or a video's first audio track), read from its header;
+    MediaError if there is none."""
+    path = Path(path)
+    if path.suffix.lower() in _SOUNDFILE_EXTS:
+        _check_file(path)
+        try:
+            info = sf.info(str(path))
+        except (sf.LibsndfileError, RuntimeError, OSError) as e:
+            raise MediaError(path, f"not an audio file soundfile can read: {_reason(e)}") from e
+        if not info.frames:
+            raise MediaError(path, "holds no audio samples")
+        return info.frames / info.samplerate
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise MediaError(path, "no audio stream")
+        stream = container.streams.audio[0]
+        if stream.duration:
+            return float(stream.duration * stream.time_base)
+        return container.duration / av.time_base if container.duration else 0.0
 
 
 def _read_soundfile(path: Path, start: float, duration) -> tuple[np.ndarray, int]:
@@ -363,7 +396,7 @@ def _writing(path):
         yield tmp
         os.replace(tmp, path)
     except (av.error.FFmpegError, OSError, sf.LibsndfileError) as e:
-        raise MediaError(path, f"cannot write: {_reason(e)}") from e
+        raise MediaError(path, f"cannot write: {_reason(e)}", writing=True) from e
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import ClassVar, NamedTuple
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from videolm.tokenizers.errors import ConfigError, VideolmError
+from videolm.core.errors import ConfigError, UsageError, VideolmError
 from videolm.tokenizers.schema import from_dict, to_dict
 
 CONFIG_NAME = "config.json"
@@ -30,14 +30,61 @@ FORMAT = 1
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")  # formats that unpickle code: never loaded
+
+
 def read_json(path: Path, missing: str):
     """Parsed JSON; `missing` is the message when the file does not exist."""
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise VideolmError(missing) from None
+        raise UsageError(missing) from None
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: unreadable ({e})") from e
+        raise ConfigError(f"{path}: not valid JSON ({str(e).splitlines()[0][:200]})") from e
+
+
+def weights_file(folder: str | Path, name: str = WEIGHTS_NAME) -> Path:
+    """``folder/name`` (safetensors), or a `UsageError` naming what is there instead: a folder holding
+    only pickled weights (``.bin``, ``.pt``, ``.ckpt``, ...) is refused, never loaded."""
+    path = Path(folder) / name
+    if path.is_file():
+        return path
+    pickled = sorted(p.name for pattern in PICKLED for p in Path(folder).glob(pattern))
+    if pickled:
+        raise UsageError(f"{Path(folder) / pickled[0]}: pickled weights, which videolm never loads (they can run "
+                         f"code); save the model as {name}")
+    raise UsageError(f"{folder}: no {name} (the model's weights)")
+
+
+def check_weights(path: Path, model: torch.nn.Module, config_path: Path) -> None:
+    """Fail with one line naming the files unless the safetensors file at ``path`` holds exactly the
+    tensors ``model`` has, in its shapes. ``model`` may live on the meta device (built from the
+    config, nothing allocated), so a config with absurd sizes is caught before any memory is taken."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (OSError, SafetensorError, ValueError) as e:
+        raise UsageError(f"{path}: not a readable safetensors file (truncated or corrupt: "
+                         f"{str(e).splitlines()[0][:160]})") from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
+    if missing or extra or wrong:
+        if wrong:
+            k = wrong[0]
+            detail = f"{k} is {shapes[k]} in the weights but {expected[k]} by the config"
+        elif missing:
+            detail = f"the weights lack {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+        else:
+            detail = f"the weights hold {extra[0]}, which the config has no place for"
+        raise ConfigError(f"{config_path} does not describe {path}: {detail}")
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError, ValueError) as e:
+        raise UsageError(f"{path}: cannot load weights (truncated or corrupt: {str(e).splitlines()[0][:160]})") from e
 
 
 def read_config_json(folder: str | Path, kind: str) -> dict:
@@ -84,15 +131,29 @@ class Pretrained:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32):
-        config = from_dict(cls.config_class, read_config_json(folder, cls.kind))
-        model = cls(config)
+        """The model a folder holds: its config read strictly, the weights checked against the
+        config before anything is allocated, then loaded (safetensors only, never a pickle)."""
+        config_path = Path(folder) / CONFIG_NAME
         try:
-            state = load_file(str(Path(folder) / WEIGHTS_NAME))
-        except (OSError, SafetensorError) as e:
-            raise VideolmError(f"{folder}/{WEIGHTS_NAME}: cannot load weights ({e})") from e
-        state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+            config = from_dict(cls.config_class, read_config_json(folder, cls.kind))
+        except ConfigError as e:
+            raise ConfigError(str(e) if str(e).startswith(str(config_path)) else f"{config_path}: {e}") from None
+        except VideolmError as e:
+            raise ConfigError(f"{config_path}: {e}") from None
+        path = weights_file(folder)
+        try:
+            with torch.device("meta"):
+                shell = cls(config)
+        except VideolmError as e:
+            raise ConfigError(f"{config_path}: {e}") from None
+        except Exception:  # noqa: BLE001  (a module that cannot be built on the meta device is checked below)
+            shell = None
+        if shell is not None:
+            check_weights(path, shell, config_path)
+        model = cls(config)
+        state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in load_weights(path).items()}
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
-            raise ConfigError(f"{folder}: weights do not fit its config ({str(e).splitlines()[0]})") from e
+            raise ConfigError(f"{config_path} does not describe {path} ({str(e).splitlines()[0]})") from e
         return model.to(dtype).eval()

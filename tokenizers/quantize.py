@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from vector_quantize_pytorch import FSQ, LFQ, VectorQuantize
 
+from videolm.core.errors import ConfigError
+
 # FSQ levels per codebook size, as recommended in the FSQ paper's table 1 (2^12 -> 8,5,5,5 is
 # 1000 codes; these products are exact powers of two so they fill the vocabulary's range).
 FSQ_LEVELS = {1024: [8, 8, 4, 4], 2048: [8, 8, 8, 4], 4096: [8, 8, 8, 8], 256: [8, 8, 4]}
@@ -32,12 +34,19 @@ class Quantizer(nn.Module):
                  commitment_weight: float = 0.25, normalize: bool = False, groups: int = 1, spherical: bool = False):
         super().__init__()
         self.kind, self.codebook_size, self.normalize, self.groups = kind, codebook_size, normalize, groups
+        with torch.device("cpu"):  # the library computes its tables eagerly: never on the meta device
+            self._build(kind, codebook_size, entropy_weight, commitment_weight, groups, spherical)
+        self.project_in = nn.Conv1d(dim, self.code_dim, 1)
+        self.project_out = nn.Conv1d(self.code_dim, dim, 1)
+
+    def _build(self, kind: str, codebook_size: int, entropy_weight: float, commitment_weight: float, groups: int,
+               spherical: bool) -> None:
         if kind == "lfq":
             bits = int(math.log2(codebook_size))
             if 2**bits != codebook_size:
-                raise ValueError(f"LFQ needs a power-of-two codebook, got {codebook_size}")
+                raise ConfigError(f"LFQ needs a power-of-two codebook, got {codebook_size}")
             if bits % groups:
-                raise ValueError(f"LFQ groups={groups} must divide the {bits} bits of a {codebook_size}-code book")
+                raise ConfigError(f"LFQ groups={groups} must divide the {bits} bits of a {codebook_size}-code book")
             self.code_dim, self.group_bits = bits, bits // groups
             # groups > 1 factorizes the entropy loss over sub-codebooks of bits/groups bits each
             # (cheaper than the full 2^bits-way softmax); the code index is the same 12-bit word.
@@ -47,7 +56,7 @@ class Quantizer(nn.Module):
         elif kind == "fsq":
             levels = FSQ_LEVELS.get(codebook_size)
             if levels is None:
-                raise ValueError(f"FSQ levels for {codebook_size} codes are not defined; use one of {sorted(FSQ_LEVELS)}")
+                raise ConfigError(f"FSQ levels for {codebook_size} codes are not defined; use one of {sorted(FSQ_LEVELS)}")
             self.code_dim = len(levels)
             self.q = FSQ(levels=levels, dim=len(levels))
         elif kind == "vq":
@@ -55,9 +64,7 @@ class Quantizer(nn.Module):
             self.q = VectorQuantize(dim=self.code_dim, codebook_size=codebook_size, decay=0.99, kmeans_init=True,
                                     kmeans_iters=10, threshold_ema_dead_code=2, commitment_weight=commitment_weight)
         else:
-            raise ValueError(f"unknown quantizer {kind!r}: choose lfq, fsq or vq")
-        self.project_in = nn.Conv1d(dim, self.code_dim, 1)
-        self.project_out = nn.Conv1d(self.code_dim, dim, 1)
+            raise ConfigError(f"unknown quantizer {kind!r}: choose lfq, fsq or vq")
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         shape = z.shape  # (B, C, *spatial)

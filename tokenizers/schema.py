@@ -8,11 +8,13 @@ the key's dotted path. ``to_dict`` is the inverse.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from typing import Any, Literal, Union
 
-from videolm.tokenizers.errors import ConfigError
+from videolm.core.errors import ConfigError, VideolmError
 
 
 def from_dict(cls: type, data: Any, where: str = "") -> Any:
@@ -30,7 +32,47 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
             kwargs[name] = _coerce(hints[name], data[name], _join(where, name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required key {_join(where, name)!r}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except VideolmError as e:  # a check in __post_init__: say where in the config it failed
+        text = str(e)
+        if not where or text.startswith(where):
+            raise
+        raise ConfigError(f"{where}.{text}" if re.match(r"\w+=", text) else f"{where}: {text}") from e
+
+
+def check_range(obj: Any, low: float | None = None, high: float | None = None, *names: str,
+                low_open: bool = False) -> None:
+    """A `ConfigError` unless each field ``names`` of ``obj`` (None fields skipped) lies in
+    ``[low, high]`` (``(low, high]`` with ``low_open``): for the checks of a config's ``__post_init__``."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        below = low is not None and (value <= low if low_open else value < low)
+        above = high is not None and value > high
+        if below or above or value != value:
+            lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+            hi = "" if high is None else f"<= {high:g}"
+            raise ConfigError(f"{name}={value!r} must be {' and '.join(x for x in (lo, hi) if x)}")
+
+
+def check_clip_numbers(cfg: Any) -> None:
+    """A data section's clip fields (those it has of num, frames, height, width, fps): at least
+    one clip of 1 + 4k frames, a size in multiples of 8, a positive frame rate."""
+    check_range(cfg, 1, None, *[n for n in ("num", "fps") if hasattr(cfg, n)])
+    frames = getattr(cfg, "frames", None)
+    if frames is not None and (frames < 1 or (frames - 1) % 4):
+        raise ConfigError(f"frames={frames} must be 1 + 4k (1, 5, 9, 13, 17, ...)")
+    for name in ("height", "width"):
+        size = getattr(cfg, name, None)
+        if size is not None and (size < 8 or size % 8):
+            raise ConfigError(f"{name}={size} must be a multiple of 8")
+
+
+def revalidate(cfg: Any) -> Any:
+    """``cfg`` rebuilt through `from_dict`, so every check runs again (after flags changed fields)."""
+    return from_dict(type(cfg), to_dict(cfg))
 
 
 def to_dict(obj: Any) -> Any:
@@ -79,6 +121,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected float, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {value!r} is not a finite number")
         return float(value)
     if tp in (int, str, bool) and type(value) is not tp:
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")

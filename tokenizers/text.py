@@ -22,7 +22,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from videolm.tokenizers.errors import DataError, UsageError, VideolmError
+from videolm.core.errors import DataError, UsageError, VideolmError
 
 MODEL_NAME = "text.model"
 # 256 byte pieces + <unk> + ~24 characters + merges. The full Shapes grammar (every background

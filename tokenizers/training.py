@@ -3,7 +3,8 @@
 One Lightning module serves both modalities; what differs (how a batch becomes a tensor, the
 reconstruction loss, the metrics) sits in a small per-modality adapter. The run folder holds::
 
-    OUT/checkpoints/last.ckpt   Lightning's checkpoint (optimizer state too): a rerun resumes from it
+    OUT/checkpoints/last.ckpt   weights, optimizers, budget, random state, data position: a rerun
+                                resumes exactly (`videolm.core.training`)
     OUT/samples/step_NNNNNN.png reconstruction grids (video: originals above, reconstructions below)
     OUT/metrics.jsonl           one JSON line per log step and per validation
     OUT/model/                  the trained tokenizer, save_pretrained format (safetensors + config.json)
@@ -14,25 +15,20 @@ enabled, a hinge GAN loss from a 3D patch discriminator switched on after `start
 
 from __future__ import annotations
 
-import json
-import logging
-import math
-import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-
-
+from videolm.core.errors import ConfigError
+from videolm.core.training import RunModule, check_train_numbers, fit_run, lr_factor
+from videolm.tokenizers.schema import check_range
 
 # ------------------------------------------------------------------------------------- configs
 
@@ -44,6 +40,11 @@ class AdversarialConfig:
     weight: float = 0.1
     channels: int = 32
     lr: float = 2e-4
+
+    def __post_init__(self):
+        check_range(self, 0, None, "start_step", "weight")
+        check_range(self, 1, None, "channels")
+        check_range(self, 0, None, "lr", low_open=True)
 
 
 @dataclass
@@ -75,21 +76,15 @@ class TrainConfig:
     save_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
-
-def lr_factor(step: int, cfg, elapsed_s: float = 0.0) -> float:
-    """Linear warmup, then cosine decay to `min_lr_ratio` at the end of the budget. `cfg` is any
-    training config with `warmup_steps`, `steps`, `max_minutes` and `min_lr_ratio` (also the LM's).
-
-    The budget ends at `steps` or, if set, after `max_minutes` of training, whichever comes first,
-    so a run cut by the clock still finishes its decay.
-    """
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    if cfg.max_minutes:
-        progress = max(progress, elapsed_s / (60 * cfg.max_minutes))
-    progress = min(1.0, progress)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    def __post_init__(self):
+        check_train_numbers(self)
+        check_range(self, 1, None, "val_every", "val_clips")
+        check_range(self, 0, None, "l1_weight", "mse_weight", "contrast_weight", "aux_weight")
+        check_range(self, 0, None, "audio_crop_seconds", low_open=True)
+        if self.video_crop_frames is not None and (self.video_crop_frames < 1 or (self.video_crop_frames - 1) % 4):
+            raise ConfigError(f"video_crop_frames={self.video_crop_frames} must be 1 + 4k (1, 5, 9, ...)")
+        if self.video_crop_size is not None and (self.video_crop_size < 8 or self.video_crop_size % 8):
+            raise ConfigError(f"video_crop_size={self.video_crop_size} must be a multiple of 8")
 
 
 # ------------------------------------------------------------------------------------ modalities
@@ -240,17 +235,17 @@ class PatchDiscriminator3d(nn.Module):
 # ----------------------------------------------------------------------------------- the module
 
 
-class TokenizerModule(L.LightningModule):
-    """Trains a media tokenizer; manual optimization so the GAN's two optimizers stay explicit."""
+class TokenizerModule(RunModule):
+    """Trains a media tokenizer; manual optimization so the GAN's two optimizers stay explicit.
+    Every ``val_every`` steps (and at the end) it measures the held-out clips, writes sample
+    grids and exports the model."""
 
-    def __init__(self, model: nn.Module, modality, cfg: TrainConfig, out: Path):
-        super().__init__()
-        self.model, self.modality, self.cfg, self.out = model, modality, cfg, Path(out)
+    def __init__(self, model: nn.Module, modality, cfg: TrainConfig, out: Path, val_batches: list[dict]):
+        super().__init__(cfg, out)
+        self.model, self.modality = model, modality
         self.automatic_optimization = False
         self.discriminator = PatchDiscriminator3d(cfg.adversarial.channels) if cfg.adversarial.enabled else None
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self.register_buffer("elapsed", torch.zeros((), dtype=torch.float64))  # training seconds, kept across resumes
-        self._val: dict[str, list] = {}
+        self.val_batches = val_batches
         self._validated_at = -1
         self._t0, self._clips = time.perf_counter(), 0
 
@@ -262,18 +257,16 @@ class TokenizerModule(L.LightningModule):
             return opt
         return [opt, torch.optim.AdamW(self.discriminator.parameters(), lr=cfg.adversarial.lr, betas=(0.5, 0.9))]
 
-    def on_train_batch_start(self, batch, batch_idx):
-        self._last_tick = time.perf_counter()
+    def on_train_start(self):
+        super().on_train_start()
+        self._t0 = time.perf_counter()
 
     def training_step(self, batch, batch_idx):
-        cfg, step = self.cfg, int(self.step)
-        if step >= cfg.steps or (cfg.max_minutes and float(self.elapsed) >= 60 * cfg.max_minutes):
-            self.trainer.should_stop = True  # the budget (steps or minutes, kept across resumes) is spent
-            return None
+        cfg, step = self.cfg, self.steps_done
         opts = self.optimizers()
         opt = opts[0] if isinstance(opts, list) else opts
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor(step, cfg, float(self.elapsed))
+            group["lr"] = cfg.lr * lr_factor(step, cfg, self.elapsed_now())
         x = self.modality.inputs(batch, train=True)
         out = self.model(x)
         recon_loss, logs = self.modality.loss(x, out.recon, cfg, self.model)
@@ -289,16 +282,24 @@ class TokenizerModule(L.LightningModule):
         opt.step()
         if gan:
             logs["d_loss"] = self._discriminator_step(opts[1], x, out.recon.detach())
-        self.step += 1
-        now = time.perf_counter()
-        self.elapsed += now - self._last_tick
-        self._last_tick = now
         self._clips += x.shape[0]
-        if (step + 1) % cfg.log_every == 0:
-            self._log_train(step + 1, loss, out.aux_loss, logs, opt)
-        if (step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps:
-            self._export()
+        self._last = (loss.detach(), out.aux_loss.detach(), logs, opt)
         return loss
+
+    def after_step(self, step: int) -> None:
+        if step % self.cfg.log_every == 0:
+            self._log_train(step, *self._last)
+        if step % self.cfg.val_every == 0 or step == self.cfg.steps:
+            self._validate_and_export(step)
+
+    def finish(self) -> None:
+        self._validate_and_export(self.steps_done)
+
+    def extra_state(self) -> dict:
+        return {"validated_at": self._validated_at}
+
+    def load_extra_state(self, state: dict) -> None:
+        self._validated_at = int(state.get("validated_at", -1))
 
     def _discriminator_step(self, d_opt, real, fake) -> float:
         d_loss = F.relu(1 - self.discriminator(real)).mean() + F.relu(1 + self.discriminator(fake)).mean()
@@ -309,45 +310,44 @@ class TokenizerModule(L.LightningModule):
 
     def _log_train(self, step, loss, aux, logs, opt):
         elapsed = time.perf_counter() - self._t0
-        row = {"step": step, "minutes": round(float(self.elapsed) / 60, 2), "loss": loss.item(), "aux": aux.item(),
+        row = {"step": step, "minutes": round(self.elapsed / 60, 2), "loss": loss.item(), "aux": aux.item(),
                "lr": opt.param_groups[0]["lr"],
                "clips_per_s": self._clips / max(elapsed, 1e-9), **logs}
         self._t0, self._clips = time.perf_counter(), 0
-        self.log_dict({"loss": row["loss"], "clips_per_s": row["clips_per_s"]}, prog_bar=True)
         self._append_metrics(row)
 
     # -- validation
-    def validation_step(self, batch, batch_idx):
-        x = self.modality.inputs(batch, train=False)
-        out = self.model(x)
-        for k, v in self.modality.metrics(x, out.recon).items():
-            self._val.setdefault(k, []).append(v.float().cpu())
-        self._val.setdefault("codes", []).append(out.codes.cpu())
-        if batch_idx == 0:
-            self._write_samples(x, out.recon)
-
-    def on_validation_epoch_end(self):
-        if not self._val or int(self.step) == self._validated_at:
-            self._val = {}
+    @torch.no_grad()
+    def _validate_and_export(self, step: int) -> None:
+        """Held-out reconstruction metrics (one line), sample grids of the first batch, the model."""
+        if step == self._validated_at:
             return
-        self._validated_at = int(self.step)
-        codes = torch.cat([self.modality.flat_codes(c) for c in self._val.pop("codes")])
-        row = {"step": int(self.step), **{f"val_{k}": torch.cat(v).mean().item() for k, v in self._val.items()},
-               **codebook_stats(codes, self.model.config.codebook_size)}
-        self._val = {}
-        self.log_dict({k: v for k, v in row.items() if k != "step"}, prog_bar=False)
-        self._append_metrics(row)
+        self._validated_at = step
+        start = time.perf_counter()
+        was_training = self.model.training
+        self.model.eval()
+        values: dict[str, list] = {}
+        codes = []
+        for i, batch in enumerate(self.val_batches):
+            x = self.modality.inputs({k: v.to(self.device) for k, v in batch.items()}, train=False)
+            out = self.model(x)
+            for k, v in self.modality.metrics(x, out.recon).items():
+                values.setdefault(k, []).append(v.float().cpu())
+            codes.append(self.modality.flat_codes(out.codes.cpu()))
+            if i == 0 and self.trainer.is_global_zero:
+                self.modality.write_samples(x, out.recon, self.out / "samples" / f"step_{step:06d}")
+        self.model.train(was_training)
+        if codes:
+            row = {"step": step, **{f"val_{k}": torch.cat(v).mean().item() for k, v in values.items()},
+                   **codebook_stats(torch.cat(codes), self.model.config.codebook_size)}
+            self._append_metrics(row)
+        self._export()
+        self._t0 += time.perf_counter() - start  # throughput counts training time only
 
     # -- outputs
-    def _write_samples(self, x, recon):
-        if self.trainer.is_global_zero:
-            self.modality.write_samples(x, recon, self.out / "samples" / f"step_{int(self.step):06d}")
-
     def _append_metrics(self, row: dict):
         if self.trainer.is_global_zero:
-            self.out.mkdir(parents=True, exist_ok=True)
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            self.metrics.append(row)
 
     def _export(self):
         if self.trainer.is_global_zero:
@@ -381,45 +381,14 @@ def collate_clips(items: list[dict]) -> dict:
 
 def fit(model: nn.Module, modality: str, cfg: TrainConfig, train_data: Dataset, val_data: Dataset,
         out: str | Path, run_config: dict | None = None) -> Path:
-    """Train (resuming from OUT/checkpoints/last.ckpt if present); returns OUT/model."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:  # vector-quantize-pytorch logs a k-means warning through loguru on every small first batch
-        from loguru import logger
-
-        logger.disable("vector_quantize_pytorch")
-    except ImportError:
-        pass
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for noise in ("Using ModelCheckpoint with manual optimization", ".*LeafSpec.*is deprecated", ".*does not have many workers"):
-        warnings.filterwarnings("ignore", message=noise)
-    if run_config is not None:
-        (out / "run.json").write_text(json.dumps(run_config, indent=2) + "\n")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    """Train (resuming exactly from OUT/checkpoints/last.ckpt if present); returns OUT/model."""
     if modality == "video":
         adapter = VideoModality(cfg.video_crop_frames, cfg.video_crop_size)
     else:
         adapter = AudioModality(cfg.audio_crop_seconds)
-    module = TokenizerModule(model, adapter, cfg, out)
-    loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
-                        collate_fn=collate_clips, drop_last=True, persistent_workers=cfg.workers > 0)
-    val_loader = DataLoader(val_data, batch_size=cfg.batch_size, num_workers=0, collate_fn=collate_clips)
-    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
-                                                     every_n_train_steps=cfg.checkpoint_every, save_top_k=0)
-    trainer = L.Trainer(
-        max_epochs=-1, max_steps=-1,
-        accelerator=cfg.accelerator, devices=1, precision=cfg.precision,
-        val_check_interval=min(cfg.val_every, len(loader)), check_val_every_n_epoch=None,
-        num_sanity_val_steps=0, limit_val_batches=max(1, math.ceil(cfg.val_clips / cfg.batch_size)),
-        logger=False, callbacks=[checkpoint], enable_progress_bar=os.isatty(2), enable_model_summary=False,
-        default_root_dir=out,
-    )
-    last = out / "checkpoints" / "last.ckpt"
-    trainer.fit(module, loader, val_loader, ckpt_path=str(last) if last.exists() else None)
-    module._export()
-    return out / "model"
-
-
+    items = [val_data[i] for i in range(min(len(val_data), cfg.val_clips))]
+    val_batches = [collate_clips(items[i:i + cfg.batch_size]) for i in range(0, len(items), cfg.batch_size)]
+    module = TokenizerModule(model, adapter, cfg, Path(out), val_batches)
+    fit_run(module, train_data, cfg, "tokenizer fit", collate_clips, precision=cfg.precision,
+            run_config=run_config)
+    return Path(out) / "model"

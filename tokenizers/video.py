@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 from videolm.tokenizers.pretrained import Pretrained, TokenizerOutput
 from videolm.tokenizers.quantize import Quantizer
 

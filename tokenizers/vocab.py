@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videolm.tokenizers.errors import ConfigError, VideolmError
+from videolm.core.errors import ConfigError, VideolmError
 from videolm.tokenizers.pretrained import read_json, write_json
 from videolm.tokenizers.schema import from_dict
 

@@ -19,7 +19,7 @@ from videolm.diffusion.process import FlowMatching
 from videolm.tasks.cli import main
 from videolm.tasks.models import resolve_model
 from videolm.tasks.shapes_data import ShapesDataset
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 from videolm.tokenizers.text import TextTokenizer
 from videolm.tokenizers.video import VideoTokenizer, to_tensor
 

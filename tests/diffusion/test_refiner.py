@@ -13,7 +13,7 @@ from videolm.diffusion.refiner import GATE_SEED, Refiner, RefinerConfig, gate, r
 from videolm.diffusion.refiner_runs import PairCrops, probe_agreement, probe_divergence, refiner_loss
 from videolm.tasks.cli import main
 from videolm.tasks.shapes_data import ShapesDataset
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 from videolm.tokenizers.media import read_video, write_video
 
 pytestmark = pytest.mark.usefixtures("one_thread")

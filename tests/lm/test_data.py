@@ -8,7 +8,7 @@ import torch
 from videolm.lm.data import PackCollate, ShardWriter, TaskExample, TaskSequences, TokenShards
 from videolm.lm.masks import IGNORE
 from videolm.tasks.base import build_tasks
-from videolm.tokenizers.errors import ConfigError, DataError
+from videolm.core.errors import ConfigError, DataError
 from videolm.tokenizers.vocab import Vocabulary
 
 

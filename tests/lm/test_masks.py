@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from videolm.lm.masks import (IGNORE, PackedBatch, attention_bias, pack, pad, prefix_lm_loss, prefix_lm_mask,
                               token_losses)
 from videolm.lm.model import VideoLM
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 
 LENGTHS = [(30, 9), (5, 3), (12, 4), (20, 20), (8, 1), (3, 2), (25, 10), (17, 6)]  # (length, prefix_len)
 

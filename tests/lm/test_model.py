@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 from videolm.lm import engine
 from videolm.lm.masks import pad
 from videolm.lm.model import PRESETS, LMConfig, VideoLM, from_llama_config, to_llama_config
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 from videolm.tokenizers.schema import from_dict, to_dict
 
 

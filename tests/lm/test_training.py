@@ -19,7 +19,7 @@ from videolm.lm.model import VideoLM
 from videolm.lm.training import (LMModule, LMTrainConfig, _scale_row_steps, distill_losses, fit, lr_factor,
                                  output_logits, output_losses, project_conflict)
 from videolm.tasks.cli import main
-from videolm.tokenizers.errors import ConfigError
+from videolm.core.errors import ConfigError
 from videolm.tokenizers.vocab import Vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -323,9 +323,12 @@ def test_bad_runs_are_one_clear_line(shards, tmp_path, capsys):
         return code, capsys.readouterr().err.strip()
 
     code, err = error(DEBUG, "--shards", str(tmp_path / "none"))
-    assert code == 1 and "videolm tokenize" in err and len(err.splitlines()) == 1
+    assert code == 2 and "no such folder" in err and len(err.splitlines()) == 1
+    (tmp_path / "empty").mkdir()
+    code, err = error(DEBUG, "--shards", str(tmp_path / "empty"))
+    assert code == 2 and "videolm tokenize" in err and len(err.splitlines()) == 1
     code, err = error(_config(tmp_path, row_len=24), "--shards", str(shards))
-    assert code == 1 and "raise train.row_len" in err and len(err.splitlines()) == 1
+    assert code == 2 and "raise train.row_len" in err and len(err.splitlines()) == 1
     cfg = yaml.safe_load(DEBUG.read_text())
     cfg["data"]["source"] = "shapes"
     (tmp_path / "both.yaml").write_text(yaml.safe_dump(cfg))

@@ -79,14 +79,17 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, args, names):
     assert not (tmp_path / "x").exists()
 
 
-def test_existing_output_is_refused_unless_overwrite(tmp_path):
+def test_existing_output_is_refused_and_overwrite_replaces_only_what_videolm_wrote(tmp_path):
     out = tmp_path / "s"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     assert main(["data", "shapes", "--out", str(out), "--num", "1"]) == 2
-    assert (out / "keep.txt").read_text() == "mine"
-    assert main(["data", "shapes", "--out", str(out), "--num", "1", "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "manifest.jsonl").exists()
+    assert main(["data", "shapes", "--out", str(out), "--num", "1", "--overwrite"]) == 2  # not videolm's folder
+    assert (out / "keep.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    assert main(["data", "shapes", "--out", str(out), "--num", "1"]) == 0  # an empty folder is fine
+    assert main(["data", "shapes", "--out", str(out), "--num", "2", "--overwrite"]) == 0  # its own output: replaced
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 2
 
 
 def test_failure_midway_leaves_no_partial_output(tmp_path, monkeypatch, capsys):
@@ -107,11 +110,11 @@ def test_failure_midway_leaves_no_partial_output(tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_runtime_media_error_is_one_line_exit_1(tmp_path):
+def test_a_folder_of_unreadable_media_is_bad_input_exit_2(tmp_path):
     bad = tmp_path / "clip.mp4"
     bad.write_text("not a video")
     out = _run("data", "folder", str(tmp_path), cwd=tmp_path)
-    assert out.returncode == 1 and out.stderr.count("\n") <= 2 and "Traceback" not in out.stderr
+    assert out.returncode == 2 and out.stderr.count("\n") <= 2 and "Traceback" not in out.stderr
 
 
 def _broken(folder: Path) -> list[str]:
@@ -126,11 +129,11 @@ def _broken(folder: Path) -> list[str]:
     return ["missing.mp4", "empty.mp4", "text.mp4", "truncated.mp4", "sound.wav"]
 
 
-def test_broken_media_through_the_cli_is_one_line_exit_1(tmp_path):
+def test_broken_media_through_the_cli_is_one_line_exit_2(tmp_path):
     for name in _broken(tmp_path):
         for args in (["media", "info", name], ["media", "convert", name, "out.gif"]):
             out = _run(*args, cwd=tmp_path)
-            assert out.returncode == 1, (args, out.stderr)
+            assert out.returncode == 2, (args, out.stderr)
             assert out.stderr.count("\n") == 1 and name in out.stderr and "Traceback" not in out.stderr
         assert not (tmp_path / "out.gif").exists()
 

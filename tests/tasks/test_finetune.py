@@ -16,7 +16,7 @@ from videolm.tasks.cli import main
 from videolm.tasks.finetune import blend_weights, grow_vocab, load_adapter
 from videolm.tasks.pipeline import Pipeline
 from videolm.tasks.shapes import make_clip
-from videolm.tokenizers.errors import ConfigError
+from videolm.core.errors import ConfigError
 from videolm.tokenizers.vocab import Vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import pytest
 
 from videolm.tasks import folder
 from videolm.tasks.folder import FolderDataset
-from videolm.tokenizers.errors import DataError
+from videolm.core.errors import DataError, UsageError
 from videolm.tokenizers.media import write_audio, write_video
 
 RATE = 16000
@@ -98,9 +98,9 @@ def test_index_is_reused_and_updated(root, monkeypatch):
     probed = []
     real_probe = folder.probe_video
     monkeypatch.setattr(folder, "probe_video", lambda p: probed.append(p) or real_probe(p))
-    open_quietly(root)
+    ds, _ = open_quietly(root)
     assert len(probed) == 4
-    index = json.loads((root / ".videolm_index.json").read_text())
+    index = json.loads(ds.index_path.read_text())
     assert sorted(e["path"] for e in index["files"]) == ["a.mp4", "broken.mp4", "c.MOV",
                                                          "sub/b.mp4"]
     probed.clear()
@@ -113,14 +113,18 @@ def test_index_is_reused_and_updated(root, monkeypatch):
     assert len(ds) == 3 + 4 + 2 + 1  # c.MOV now 36 frames: (36 - 8) // 8 + 1
 
 
-def test_read_only_root_indexes_into_the_user_cache(root, tmp_path, monkeypatch):
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode: mode != os.W_OK and real_access(p, mode))
+def test_the_folder_is_only_read_and_the_index_lives_in_the_user_cache(root, tmp_path, monkeypatch):
+    before = sorted((p.relative_to(root), p.stat().st_mtime_ns) for p in root.rglob("*"))
+    monkeypatch.delenv("VIDEOLM_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     open_quietly(root)
     digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()
     assert (tmp_path / "home/.cache/videolm/index" / f"{digest}.json").is_file()
-    assert not (root / ".videolm_index.json").exists()
+    assert sorted((p.relative_to(root), p.stat().st_mtime_ns) for p in root.rglob("*")) == before
+    monkeypatch.setenv("VIDEOLM_CACHE", str(tmp_path / "mine"))
+    open_quietly(root)
+    assert (tmp_path / "mine" / "index" / f"{digest}.json").is_file()
 
 
 def test_read_failure_later_warns_once_and_moves_on(root):
@@ -154,7 +158,7 @@ def test_manifest_is_authoritative(tmp_path):
 
 
 def test_empty_folder_is_a_data_error(tmp_path):
-    with pytest.raises(DataError, match="nothing_here"):
+    with pytest.raises(UsageError, match="nothing_here: no such folder"):
         FolderDataset(tmp_path / "nothing_here")
     (tmp_path / "nothing_here").mkdir()
     with pytest.raises(DataError, match="nothing_here"):

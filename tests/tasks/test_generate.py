@@ -12,7 +12,7 @@ import pytest
 from videolm.tasks.base import BUILTIN
 from videolm.tasks.pipeline import Pipeline
 from videolm.tasks.shapes import make_clip
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 from videolm.tokenizers.media import read_audio, read_video, write_audio, write_image, write_video
 
 pytestmark = pytest.mark.usefixtures("one_thread")

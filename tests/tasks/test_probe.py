@@ -20,7 +20,7 @@ from videolm.tasks.probe import (
     slot_colors,
 )
 from videolm.tasks.shapes import EVAL_SEED_START, PALETTE, ShapesConfig, make_clip
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 
 EVAL = EVAL_SEED_START
 

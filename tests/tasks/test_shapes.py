@@ -17,7 +17,7 @@ from videolm.tasks.shapes import (
     render,
 )
 from videolm.tasks.shapes_data import ShapesDataset
-from videolm.tokenizers.errors import DataError, UsageError
+from videolm.core.errors import DataError, UsageError
 
 SEEDS = range(200)
 STEP = {"left": (-2, 0), "right": (2, 0), "up": (0, -2), "down": (0, 2), "still": (0, 0)}

@@ -11,7 +11,7 @@ from videolm.tasks.shapes import make_clip
 from videolm.tasks.shapes_data import ShapesDataset
 from videolm.tasks.token_shards import ClipTokenizer, LazySamples, image_caption
 from videolm.tasks.views import box_mask, clip_views, grid_of, ping_pong, pixel_mask_to_grid
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -68,7 +68,8 @@ def test_bad_model_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["tokenizer", "eval", "--model", str(tmp_path / "nope")]) == 2
     assert "no such folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main(["tokenizer", "eval", "--model", str(tmp_path / "empty")]) == 1
+    assert main(["tokenizer", "eval", "--model", str(tmp_path / "empty")]) == 2
+    assert "no config.json" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

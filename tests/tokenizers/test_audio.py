@@ -8,7 +8,7 @@ import torch
 from videolm.tasks.shapes import TONES, make_clip
 from videolm.tokenizers.audio import (AudioTokenizer, AudioTokenizerConfig, dominant_frequency,
                                       frequency_agreement, stft_distance)
-from videolm.tokenizers.errors import ConfigError
+from videolm.core.errors import ConfigError
 from videolm.tokenizers.schema import from_dict, to_dict
 
 RATE = 16000

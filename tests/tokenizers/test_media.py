@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from videolm.tokenizers import media
-from videolm.tokenizers.errors import MediaError
+from videolm.core.errors import MediaError
 from videolm.tokenizers.media import (frame_grid, num_frames_at, probe_video, psnr, read_audio,
                                       read_image, read_video, write_audio, write_grid,
                                       write_image, write_video)

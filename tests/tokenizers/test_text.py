@@ -3,7 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from videolm.tasks.shapes import BACKGROUNDS, ShapesConfig, make_clip, sample_scene
-from videolm.tokenizers.errors import DataError, UsageError, VideolmError
+from videolm.core.errors import DataError, UsageError, VideolmError
 from videolm.tokenizers.text import MODEL_NAME, TextTokenizer
 
 EVERY_BACKGROUND = ShapesConfig(backgrounds=list(BACKGROUNDS))

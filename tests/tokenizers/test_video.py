@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from videolm.tasks.shapes import make_clip
-from videolm.tokenizers.errors import UsageError
+from videolm.core.errors import UsageError
 from videolm.tokenizers.video import VideoTokenizer, VideoTokenizerConfig, to_frames, to_tensor
 
 VARIANTS = {

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from videolm.tokenizers.errors import ConfigError, VideolmError
+from videolm.core.errors import ConfigError, VideolmError
 from videolm.tokenizers.vocab import SPECIALS, UnknownTokenError, Vocabulary
 
 MODALITIES = ("special", "resolution", "task", "text", "video", "audio")
@@ -238,7 +238,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(VideolmError, match="vocab.json: no vocabulary there"):
         Vocabulary.load(tmp_path)
     (tmp_path / "vocab.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="vocab.json: unreadable"):
+    with pytest.raises(ConfigError, match="vocab.json: not valid JSON"):
         Vocabulary.load(tmp_path)
     (tmp_path / "vocab.json").write_text(json.dumps({"kind": "lm", "config": {}}))
     with pytest.raises(ConfigError, match="not a saved vocabulary"):

@@ -1,0 +1,255 @@
+"""Where commands write, checked before any work, and never at the cost of a user's files.
+
+Every folder videolm writes holds a marker, ``.videolm-output.json``: the command that wrote it
+and every file it wrote. ``--overwrite`` replaces only such a folder, and only when everything in
+it is listed there; it never touches ``.``, ``~``, ``/``, a folder above the working directory or
+the home folder, a symbolic link or a repository. Three shapes of output:
+
+- `atomic_output_dir`: the folder appears whole at the end or not at all (``data shapes``,
+  ``tokenize``, ``compare``, ``probe fit``);
+- `StreamingOutput`: each file is written atomically as soon as it is done and listed at once,
+  so a killed run leaves only complete, listed files (``generate``);
+- `check_run_dir`: a training run's folder, which a rerun of the same command resumes.
+
+Single files (``eval --out``, ``media convert``, ``refiner apply``) go through `check_output_file`.
+All checks raise `UsageError` (exit 2) with one line naming the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from videolm.core.errors import UsageError
+
+MARKER = ".videolm-output.json"
+# the hidden temporary name an atomic writer gives a file before renaming it into place
+# (videolm.tokenizers.media and `write_atomic`): ".NAME.PID-HEX8.tmp"
+_TEMP = re.compile(r"^\.(?P<name>.+)\.\d+-[0-9a-f]{8}\.tmp$")
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or str(e) or type(e).__name__
+
+
+# ------------------------------------------------------------------------------------ checks
+
+
+def _protected(path: Path) -> str | None:
+    """Why ``path`` (resolved) may never be replaced, or None."""
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    if path == Path(path.anchor):
+        return "is the root of the file system"
+    if path == cwd or cwd.is_relative_to(path):
+        return "is the working directory or a folder above it"
+    if path == home or home.is_relative_to(path):
+        return "is the home folder or a folder above it"
+    if (path / ".git").exists() or (path / ".hg").exists() or (path / ".svn").exists():
+        return "is a repository"
+    return None
+
+
+def _writable_parent(path: Path, flag: str) -> None:
+    """Fail unless a file can really be created in the nearest existing folder at or above ``path``."""
+    probe = path
+    while not probe.exists():
+        if probe.is_symlink():
+            raise UsageError(f"{flag} {path}: {probe} is a broken symbolic link")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{flag} {path}: {probe} is a file, not a folder")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".videolm-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot write in {probe} ({_reason(e)})") from None
+
+
+def read_marker(folder: Path) -> dict | None:
+    try:
+        data = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("files", []), list) else None
+
+
+def foreign_files(folder: Path) -> list[str]:
+    """Paths under ``folder`` (relative, POSIX) that its marker does not list: what videolm did not
+    write. Temporary files of listed ones (a killed atomic write) count as videolm's."""
+    marker = read_marker(folder)
+    listed = set(marker.get("files", [])) if marker else set()
+    foreign = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if rel == MARKER or (path.is_dir() and not path.is_symlink()):
+            continue
+        temp = _TEMP.match(path.name)
+        base = (path.parent / temp["name"]).relative_to(folder).as_posix() if temp else None
+        if path.is_symlink() or (rel not in listed and base not in listed):
+            foreign.append(rel)
+    return foreign
+
+
+def _check_replaceable(out: Path, flag: str) -> None:
+    why = _protected(out.resolve())
+    if why:
+        raise UsageError(f"{flag} {out}: {why}; --overwrite never replaces it (choose a new folder)")
+    if read_marker(out) is None:
+        raise UsageError(f"{flag} {out}: not a folder videolm wrote (no {MARKER}); --overwrite replaces only "
+                         "videolm's own output folders (choose a new folder)")
+    foreign = foreign_files(out)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise UsageError(f"{flag} {out}: holds files videolm did not write ({foreign[0]}{more}); "
+                         "--overwrite leaves it alone (choose a new folder)")
+
+
+def check_output_dir(out: str | Path, overwrite: bool = False, flag: str = "--out") -> Path:
+    """Check, creating nothing, that ``out`` can become a command's output folder: a new or empty
+    real folder in a writable place, or, with ``overwrite``, a folder videolm wrote earlier."""
+    out = Path(out)
+    if out.is_symlink():
+        raise UsageError(f"{flag} {out}: is a symbolic link; give a real folder")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{flag} {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{flag} {out}: folder exists and is not empty (choose another or pass --overwrite)")
+        _check_replaceable(out, flag)
+    _writable_parent(out, flag)
+    return out
+
+
+def check_output_file(path: str | Path, overwrite: bool = False, inputs: tuple = (), flag: str = "--out") -> Path:
+    """Check that a single output file can be written at ``path``: not an input, not a folder or a
+    symbolic link, in a writable folder; an existing file only with ``overwrite``."""
+    path = Path(path)
+    for given in inputs:
+        if given is not None and Path(given).exists() and path.exists() and path.resolve() == Path(given).resolve():
+            raise UsageError(f"{flag} {path}: is also an input; write the output to another file")
+    if path.is_symlink():
+        raise UsageError(f"{flag} {path}: is a symbolic link; give a plain file name")
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise UsageError(f"{flag} {path}: exists (choose another name or pass --overwrite)")
+    _writable_parent(path.parent if str(path.parent) else Path("."), flag)
+    return path
+
+
+def check_run_dir(out: str | Path, command: str, flag: str = "--out") -> Path:
+    """A training run's folder: new, empty, or one this command wrote (a rerun resumes it)."""
+    out = Path(out)
+    if out.is_symlink():
+        raise UsageError(f"{flag} {out}: is a symbolic link; give a real folder")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{flag} {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        owner = _run_owner(out)
+        if owner is None:
+            raise UsageError(f"{flag} {out}: folder exists and is not a videolm run folder (choose a new folder)")
+        if owner != command:
+            raise UsageError(f"{flag} {out}: is a run folder of 'videolm {owner}', not 'videolm {command}'")
+    _writable_parent(out, flag)
+    return out
+
+
+def _run_owner(out: Path) -> str | None:
+    marker = read_marker(out)
+    if marker is not None:
+        return marker.get("command")
+    try:  # run folders from before the marker: their run.json names the command
+        return json.loads((out / "run.json").read_text()).get("entry")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def mark_run_dir(out: Path, command: str) -> None:
+    """Make ``out`` (if needed) and mark it as ``command``'s run folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    if read_marker(out) is None:
+        write_json_atomic(out / MARKER, {"command": command, "kind": "run"})
+
+
+# ------------------------------------------------------------------------------------ writing
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a hidden temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def _mark(folder: Path, command: str) -> None:
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MARKER)
+    write_json_atomic(folder / MARKER, {"command": command, "files": files})
+
+
+def _clear(out: Path, flag: str) -> None:
+    """Remove a folder videolm wrote, after checking again that nothing else is in it."""
+    _check_replaceable(out, flag)
+    shutil.rmtree(out)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: str | Path, overwrite: bool = False, command: str = "videolm", flag: str = "--out"):
+    """Yield a hidden folder beside ``out``; on success it is marked and becomes ``out``, on failure
+    it vanishes. An existing ``out`` is replaced (with ``overwrite``) only once the new one is whole."""
+    out = check_output_dir(out, overwrite, flag).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        _mark(tmp, command)
+        if out.exists():
+            if any(out.iterdir()):
+                _clear(out, flag)
+            else:
+                out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class StreamingOutput:
+    """An output folder filled a file at a time. `reserve` lists a name in the marker before the
+    file is written (atomically, by the caller), so whatever a kill leaves is complete and listed."""
+
+    def __init__(self, out: str | Path, overwrite: bool = False, command: str = "videolm", flag: str = "--out"):
+        self.out, self.overwrite, self.command, self.flag = Path(out), overwrite, command, flag
+        check_output_dir(self.out, overwrite, flag)
+        self.files: list[str] = []
+
+    def open(self) -> Path:
+        """Clear an earlier output being overwritten, make the folder and its marker."""
+        if self.out.is_dir() and any(self.out.iterdir()):
+            _clear(self.out, self.flag)
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.out / MARKER, {"command": self.command, "files": self.files})
+        return self.out
+
+    def reserve(self, *names: str) -> list[Path]:
+        """List ``names`` (relative paths) as this command's files; returns their paths."""
+        self.files += [n for n in names if n not in self.files]
+        write_json_atomic(self.out / MARKER, {"command": self.command, "files": self.files})
+        return [self.out / n for n in names]
+
+
+__all__ = ["MARKER", "StreamingOutput", "atomic_output_dir", "check_output_dir", "check_output_file",
+           "check_run_dir", "foreign_files", "mark_run_dir", "read_marker", "write_atomic", "write_json_atomic"]

@@ -1,0 +1,426 @@
+"""The training-run skeleton every videolm trainer shares (tokenizers, LM, fine-tuning, refiner, DiT).
+
+A run folder holds ``checkpoints/last.ckpt`` and ``metrics.jsonl``; a rerun of the same command
+resumes it exactly: a run killed at any moment and resumed ends with the same weights (bit for
+bit on a CPU) and the same ``metrics.jsonl`` (its wall-clock fields aside) as one that was never
+stopped. What makes that so:
+
+- the data order is a function of the seed and the position in the run (`ResumableSampler`), and
+  every random choice made while building an item (task draws, text dropout, crops) comes from a
+  generator seeded by the item's place in that order (`seeded_item`), so neither prefetching nor
+  DataLoader workers move anything;
+- the checkpoint holds the weights, the optimizer, the steps done, the wall-clock time spent,
+  every global random generator (torch, CUDA, numpy, Python) and the trainer's own running sums;
+  it is written atomically after everything a step logs, and read back with ``weights_only=True``
+  (tensors and plain values, never a pickle of code);
+- on resume, ``metrics.jsonl`` is cut back to the checkpoint's step before anything is appended.
+
+Subclasses of `RunModule` write ``training_step`` and the hooks `before_step`, `after_step`,
+`finish`, `extra_state` and `load_extra_state`; `fit_run` builds the loader and the Trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from videolm.core.errors import ConfigError, UsageError
+from videolm.core.outputs import mark_run_dir
+
+CHECKPOINT = Path("checkpoints") / "last.ckpt"
+METRICS = "metrics.jsonl"
+WALL_CLOCK_FIELDS = ("minutes", "tokens_per_s", "clips_per_s", "items_per_s")  # differ between identical runs
+
+
+# ------------------------------------------------------------------------------------ schedule
+
+
+def lr_factor(step: int, cfg, elapsed_s: float = 0.0) -> float:
+    """Linear warmup, then cosine decay to `min_lr_ratio` at the end of the budget. `cfg` is any
+    training config with `warmup_steps`, `steps`, `max_minutes` and `min_lr_ratio`.
+
+    The budget ends at `steps` or, if set, after `max_minutes` of training, whichever comes first,
+    so a run cut by the clock still finishes its decay.
+    """
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    if cfg.max_minutes:
+        progress = max(progress, elapsed_s / (60 * cfg.max_minutes))
+    progress = min(1.0, progress)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def resolve_precision(cfg) -> str:
+    """``cfg.precision`` for Lightning: ``auto`` is bf16-mixed on a GPU with bf16, else 32-true;
+    ``auto-bf16`` also picks bf16-mixed on a CPU that multiplies bf16 in hardware."""
+    if cfg.precision not in ("auto", "auto-bf16"):
+        return cfg.precision
+    gpu = cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if cfg.precision == "auto-bf16" and cpu_has_native_bf16() else "32-true"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX, as Linux lists them in
+    /proc/cpuinfo). There, bf16-mixed training runs about 1.4-2x faster than float32 (its matrix
+    products ~5x: benchmarks/lm_train.py); elsewhere bf16 is emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def check_train_numbers(cfg) -> None:
+    """The checks every training section shares (for ``__post_init__``): positive step counts and
+    sizes, a finite positive learning rate, a fraction for the floor of its schedule."""
+    from videolm.tokenizers.schema import check_range
+
+    check_range(cfg, 1, None, "steps", "batch_size", "log_every", "checkpoint_every", "threads")
+    check_range(cfg, 0, None, "warmup_steps", "weight_decay", "grad_clip", "workers")
+    check_range(cfg, 0, 2**63 - 1, "seed")
+    check_range(cfg, 0, None, "lr")
+    check_range(cfg, 0, None, "max_minutes", low_open=True)
+    check_range(cfg, 0, 1, "min_lr_ratio")
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+def item_seed(seed: int, position: int, stream: int = 0) -> int:
+    """The seed (a 63-bit integer) of the item at ``position`` of a run seeded ``seed``; ``stream``
+    keeps other uses of the pair (the epochs' permutations) apart."""
+    state = np.random.SeedSequence([seed, stream, position]).generate_state(2, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+class ResumableSampler(Sampler):
+    """An endless stream of keys ``(index, item_seed)`` over a dataset of ``n`` items: one
+    permutation per epoch, drawn from ``(seed, epoch)``. Positions are counted from the start of
+    the run, so a resumed run sets `start_batch` and carries on with the very keys it would have
+    drawn. Under several processes, rank ``r`` of ``world`` takes the r-th slice of every global
+    batch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True):
+        if n < 1:
+            raise ConfigError("the training data holds no items")
+        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self.start_batch, self.rank, self.world = 0, 0, 1
+        self._epoch, self._perm = -1, None
+
+    def _index(self, position: int) -> int:
+        epoch, k = divmod(position, self.n)
+        if not self.shuffle:
+            return k
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(item_seed(self.seed, epoch, stream=1))
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g).tolist()
+        return self._perm[k]
+
+    def __iter__(self):
+        batch = self.start_batch
+        while True:
+            first = (batch * self.world + self.rank) * self.batch_size
+            for position in range(first, first + self.batch_size):
+                yield self._index(position), item_seed(self.seed, position)
+            batch += 1
+
+
+def seeded_item(dataset: Dataset, key):
+    """``dataset[index]`` for a key ``(index, seed)``, with torch's global generator seeded by
+    ``seed`` while the item is made (and left as it was after)."""
+    index, seed = key if isinstance(key, tuple) else (key, None)
+    if seed is None:
+        return dataset[index]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return dataset[index]
+
+
+class SeededItems(Dataset):
+    """A dataset read by `ResumableSampler` keys: each item made under its own seed. A dataset
+    that handles keys itself (``takes_keys = True``, e.g. `videolm.lm.data.TaskSequences`) is
+    passed the keys unchanged, a batch at a time."""
+
+    def __init__(self, inner: Dataset):
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, key):
+        if getattr(self.inner, "takes_keys", False):
+            return self.inner[key]
+        return seeded_item(self.inner, key)
+
+    def __getitems__(self, keys: Sequence):
+        if getattr(self.inner, "takes_keys", False) and hasattr(self.inner, "__getitems__"):
+            return self.inner.__getitems__(list(keys))
+        return [self[key] for key in keys]
+
+
+# ------------------------------------------------------------------------------- random state
+
+
+def rng_state() -> dict:
+    """Every global random generator's state, as tensors and plain values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per line, each with a ``step``."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def append(self, row: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def rows(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        rows = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line cut short by a kill
+                continue
+        return rows
+
+    def truncate(self, step: int) -> None:
+        """Keep the lines of steps up to ``step`` (what the checkpoint there had written)."""
+        if not self.path.is_file():
+            return
+        kept = [r for r in self.rows() if isinstance(r, dict) and r.get("step", 0) <= step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+
+
+# ------------------------------------------------------------------------------------- module
+
+
+class RunModule(L.LightningModule):
+    """A Lightning module with videolm's run mechanics: the step and wall-clock budget (kept across
+    resumes), `after_step` logging, checkpoints every ``cfg.checkpoint_every`` steps and at the end
+    (written after the step's logging, atomically), and exact resume. ``cfg`` needs ``steps``,
+    ``max_minutes``, ``checkpoint_every`` and ``seed``."""
+
+    def __init__(self, cfg, out: str | Path):
+        super().__init__()
+        self.cfg, self.out = cfg, Path(out)
+        self.metrics = MetricsLog(self.out / METRICS)
+        self.steps_done = 0  # optimizer steps taken, over every run of this folder
+        self.elapsed = 0.0  # wall-clock seconds of training, over every run of this folder
+        self.sampler: ResumableSampler | None = None
+        self._restored = False
+        self._rng = None
+        self._run_start = self._elapsed_before = 0.0
+
+    # -- what subclasses write
+
+    def before_step(self, step: int) -> None:
+        """Before the step that takes ``steps_done`` from ``step`` to ``step + 1`` (e.g. the lr)."""
+
+    def after_step(self, step: int) -> None:
+        """After step ``step`` (1-based): logging, validation, samples. A checkpoint follows."""
+
+    def finish(self) -> None:
+        """At the end of training, before the final checkpoint: the last log line, the export."""
+
+    def extra_state(self) -> dict:
+        """Running state of the subclass to keep in the checkpoint (tensors and plain values)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    # -- Lightning hooks
+
+    def setup(self, stage: str) -> None:
+        if self.sampler is not None:
+            self.sampler.rank, self.sampler.world = self.global_rank, self.trainer.world_size
+
+    def on_fit_start(self) -> None:
+        if not self._restored and self.trainer.is_global_zero:
+            self.metrics.truncate(0)  # a fresh run: lines of an earlier, abandoned one go
+
+    def on_train_start(self) -> None:
+        self._run_start, self._elapsed_before = time.perf_counter(), self.elapsed
+        if self._rng is not None:
+            set_rng_state(self._rng)
+            self._rng = None
+
+    def elapsed_now(self) -> float:
+        """Wall-clock seconds of training so far (rank 0's when the schedule follows the clock)."""
+        elapsed = self._elapsed_before + time.perf_counter() - self._run_start
+        return self.shared(elapsed) if self.cfg.max_minutes else elapsed
+
+    def budget_spent(self) -> bool:
+        """Whether the steps are done or the minutes spent (at the end of the last step: a step that
+        starts within the budget is taken, so even a tiny budget trains one)."""
+        minutes = self.cfg.max_minutes
+        return self.steps_done >= self.cfg.steps or bool(minutes and self.shared(self.elapsed) >= 60 * minutes)
+
+    def shared(self, value: float) -> float:
+        """Rank 0's ``value`` under several processes, so that all agree (on the lr, on stopping)."""
+        if self.trainer.world_size > 1:
+            return float(self.trainer.strategy.broadcast(value, src=0))
+        return value
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.budget_spent():
+            self.trainer.should_stop = True
+            return -1
+        self.before_step(self.steps_done)
+        return None
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.steps_done += 1
+        self.elapsed = self.elapsed_now()
+        self.after_step(self.steps_done)
+        if self.steps_done % self.cfg.checkpoint_every == 0:
+            self.save_resume_checkpoint()
+
+    def on_train_end(self) -> None:
+        self.elapsed = self.elapsed_now()
+        self.finish()
+        self.save_resume_checkpoint()
+
+    def save_resume_checkpoint(self) -> None:
+        path = self.out / CHECKPOINT
+        tmp = path.with_name(f".{path.name}.tmp")
+        if self.trainer.is_global_zero:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.trainer.save_checkpoint(tmp)
+        if self.trainer.is_global_zero:
+            os.replace(tmp, path)
+        self.trainer.strategy.barrier()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["videolm"] = {"steps": self.steps_done, "elapsed": self.elapsed, "rng": rng_state(),
+                                 "extra": self.extra_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("videolm")
+        if not isinstance(state, dict) or "steps" not in state:
+            raise UsageError(f"{self.out / CHECKPOINT}: not a checkpoint of this videolm version; move it away "
+                             "to start the run afresh")
+        self.steps_done, self.elapsed = int(state["steps"]), float(state["elapsed"])
+        self._rng, self._restored = state["rng"], True
+        if self.sampler is not None:
+            self.sampler.start_batch = self.steps_done
+        self.load_extra_state(state.get("extra", {}))
+        if self.trainer.is_global_zero:
+            self.metrics.truncate(self.steps_done)
+
+
+# ---------------------------------------------------------------------------------------- fit
+
+
+def quiet_training() -> None:
+    """Lightning's and the libraries' chatter off: videolm reports through metrics.jsonl."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for noise in (".*does not have many workers", ".*LeafSpec.*is deprecated", ".*on_train_batch_start.*-1",
+                  ".*dirpath has changed", ".*resuming from a checkpoint that ended before the epoch ended",
+                  ".*Using ModelCheckpoint with manual optimization", ".*infinite.*"):
+        warnings.filterwarnings("ignore", message=noise)
+    try:  # vector-quantize-pytorch logs a k-means warning through loguru on every small first batch
+        from loguru import logger
+
+        logger.disable("vector_quantize_pytorch")
+    except ImportError:
+        pass
+
+
+def read_checkpoint(path: Path) -> None:
+    """Fail with one line naming ``path`` unless it reads as tensors and plain values."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (torch raises many kinds here; none may reach the user raw)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "weights_only" in first or "Unsupported global" in first or "WeightsUnpickler" in first:
+            first = "it holds objects other than tensors and plain values, which videolm never loads"
+        raise UsageError(f"{path}: cannot resume from it ({first[:200]}); move it away to start the run "
+                         "afresh") from None
+    if not isinstance(state, dict) or "videolm" not in state:
+        raise UsageError(f"{path}: not a videolm checkpoint; move it away to start the run afresh")
+
+
+def fit_run(module: RunModule, data: Dataset, cfg, command: str, collate_fn=None, *, devices=1, num_nodes: int = 1,
+            strategy="auto", precision: str = "32-true", grad_clip: float | None = None,
+            run_config: dict | None = None) -> L.Trainer:
+    """Train ``module`` on ``data`` (read through a `ResumableSampler` in batches of
+    ``cfg.batch_size``), resuming from OUT/checkpoints/last.ckpt if there is one. Returns the
+    Trainer (``is_global_zero`` tells the main process)."""
+    out = module.out
+    if len(data) < cfg.batch_size:
+        raise ConfigError(f"train.batch_size={cfg.batch_size} is more than the {len(data)} training items")
+    quiet_training()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # the main process of each machine (DDP starts the others)
+        mark_run_dir(out, command)
+        if run_config is not None:
+            (out / "run.json").write_text(json.dumps(run_config, indent=2) + "\n")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module.sampler = ResumableSampler(len(data), cfg.batch_size, seed=cfg.seed)
+    loader = DataLoader(SeededItems(data), batch_size=cfg.batch_size, sampler=module.sampler,
+                        num_workers=cfg.workers, collate_fn=collate_fn, drop_last=True,
+                        persistent_workers=cfg.workers > 0,
+                        generator=torch.Generator().manual_seed(cfg.seed))  # never the global generator
+    trainer = L.Trainer(
+        max_epochs=-1, max_steps=-1, accelerator=cfg.accelerator, devices=devices, num_nodes=num_nodes,
+        strategy=strategy, precision=precision, gradient_clip_val=grad_clip or None,
+        gradient_clip_algorithm="norm", logger=False, enable_checkpointing=False,
+        enable_progress_bar=os.isatty(2), enable_model_summary=False, num_sanity_val_steps=0,
+        limit_val_batches=0, use_distributed_sampler=False, default_root_dir=out,
+    )
+    last = out / CHECKPOINT
+    if last.exists():
+        read_checkpoint(last)
+    trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None, weights_only=True)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # gloo's threads torn down now, not by a racing exit
+    return trainer
+
+
+__all__ = ["CHECKPOINT", "METRICS", "WALL_CLOCK_FIELDS", "MetricsLog", "ResumableSampler", "RunModule", "SeededItems",
+           "cpu_has_native_bf16", "fit_run", "item_seed", "lr_factor", "quiet_training", "read_checkpoint",
+           "resolve_precision", "rng_state", "seeded_item", "set_rng_state"]
