@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import time
 import warnings
@@ -374,11 +375,14 @@ def read_checkpoint(path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (torch raises many kinds here; none may reach the user raw)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        if "weights_only" in first or "Unsupported global" in first or "WeightsUnpickler" in first:
+        text = str(e)
+        if "global" in text.lower():  # an object of some module: code that unpickling would run
             first = "it holds objects other than tensors and plain values, which videolm never loads"
-        raise UsageError(f"{path}: cannot resume from it ({first[:200]}); move it away to start the run "
-                         "afresh") from None
+        elif isinstance(e, (pickle.UnpicklingError, EOFError, RuntimeError)):
+            first = "truncated, or not a checkpoint"
+        else:
+            first = (text.strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UsageError(f"{path}: cannot resume from it ({first}); move it away to start the run afresh") from None
     if not isinstance(state, dict) or "videolm" not in state:
         raise UsageError(f"{path}: not a videolm checkpoint; move it away to start the run afresh")
 
@@ -395,6 +399,9 @@ def fit_run(module: RunModule, data: Dataset, cfg, command: str, collate_fn=None
     quiet_training()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    last = out / CHECKPOINT
+    if last.exists():
+        read_checkpoint(last)  # a bad checkpoint stops the run before anything in the folder changes
     if os.environ.get("LOCAL_RANK", "0") == "0":  # the main process of each machine (DDP starts the others)
         mark_run_dir(out, command)
         if run_config is not None:
@@ -412,9 +419,6 @@ def fit_run(module: RunModule, data: Dataset, cfg, command: str, collate_fn=None
         enable_progress_bar=os.isatty(2), enable_model_summary=False, num_sanity_val_steps=0,
         limit_val_batches=0, use_distributed_sampler=False, default_root_dir=out,
     )
-    last = out / CHECKPOINT
-    if last.exists():
-        read_checkpoint(last)
     trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None, weights_only=True)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # gloo's threads torn down now, not by a racing exit

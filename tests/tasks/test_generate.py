@@ -120,18 +120,7 @@ def test_cli_v2a_writes_wav(model_dir, files, tmp_path):
     assert read_audio(out / "sample_000.wav").shape == (34000,) and (out / "sample_000.mp4").is_file()
 
 
-@pytest.mark.parametrize("args,words", [
-    (["--task", "t2v"], "needs --prompt"),
-    (["--task", "nope"], "not trained on it"),
-    (["--task", "i2v", "--image", "/no/such.png"], "no such file"),
-    (["--task", "t2v", "--prompt", "x", "--cfg-scale", "-1"], "--cfg-scale"),
-    (["--task", "t2v", "--prompt", "x", "--num-samples", "0"], "--num-samples"),
-])
-def test_cli_usage_errors_exit_2_with_one_line_and_no_output(model_dir, tmp_path, args, words):
-    out = tmp_path / "never"
-    r = _run("generate", "--model", str(model_dir), *args, "--out", str(out))
-    assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert not out.exists()
+# (the usage errors of generate, and of every other command, are in test_bad_inputs.py)
 
 
 def test_model_without_lm_is_a_usage_error(tmp_path):
@@ -145,3 +134,164 @@ def test_tasks_command_lists_every_task():
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert r.returncode == 0 and [row["task"] for row in rows] == list(BUILTIN)
     assert all(row["description"] and row["needs"] for row in rows)
+
+
+# ------------------------------------------------------------------------ streaming and safety
+
+
+def test_sigkill_keeps_every_finished_sample_listed_in_a_valid_manifest(model_dir, tmp_path):
+    """Killed mid-run, the output holds only whole samples, every one listed (and nothing else)."""
+    import os
+    import signal
+    import time
+
+    from videolm.core.outputs import MARKER, foreign_files
+
+    out = tmp_path / "out"
+    exe = Path(sys.executable).with_name("videolm")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "videolm.tasks.cli"]
+    proc = subprocess.Popen([*cmd, "generate", "--model", str(model_dir), "--task", "uncond", "--num-samples", "8",
+                             "--save-frames", "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if len(json.loads((out / "manifest.json").read_text())["samples"]) >= 2:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+    samples = json.loads((out / "manifest.json").read_text())["samples"]
+    assert 2 <= len(samples) < 8 and [s["index"] for s in samples] == list(range(len(samples)))
+    for s in samples:
+        assert read_video(out / s["video"]).shape == (17, 64, 64, 3)
+        assert np.load(out / s["frames"]).shape == (17, 64, 64, 3)
+    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert visible == sorted(["manifest.json", *[f for s in samples for f in (s["video"], s["frames"])]] +
+                             [f for f in visible if f.startswith(f"sample_{len(samples):03d}")])  # at most the next
+    assert foreign_files(out) == [] and (out / MARKER).is_file()
+
+
+def test_overwrite_replaces_its_own_output_and_nothing_else(model_dir, tmp_path, capsys):
+    from videolm.tasks.cli import main
+
+    out = tmp_path / "o"
+    args = ["generate", "--model", str(model_dir), "--task", "uncond", "--out", str(out)]
+    assert main([*args, "--num-samples", "2"]) == 0
+    assert main([*args, "--overwrite"]) == 0  # videolm's own output: replaced
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["manifest.json", "sample_000.mp4"]
+    (out / "mine.txt").write_text("a user's file")
+    capsys.readouterr()
+    assert main([*args, "--overwrite"]) == 2  # now it holds a file videolm did not write
+    assert "mine.txt" in capsys.readouterr().err and (out / "mine.txt").read_text() == "a user's file"
+    assert (out / "sample_000.mp4").is_file()
+
+
+def test_t2i_writes_a_png(model_dir, tmp_path):
+    from videolm.tasks.cli import main
+    from videolm.tokenizers.media import read_image
+
+    out = tmp_path / "t2i"
+    assert main(["generate", "--model", str(model_dir), "--task", "t2i", "--prompt", "a large yellow triangle",
+                 "--out", str(out)]) == 0
+    entry = json.loads((out / "manifest.json").read_text())["samples"][0]
+    assert entry["image"] == "sample_000.png" and entry["video"] is None and entry["num_frames"] == 1
+    assert read_image(out / "sample_000.png").shape == (64, 64, 3)
+
+
+def test_a_clip_of_another_size_is_cropped_and_resized_and_says_so(pipe, model_dir, tmp_path, capsys):
+    from videolm.tasks.cli import main
+    from videolm.tasks.shapes import ShapesConfig
+
+    wide = make_clip(5, ShapesConfig(height=96, width=160)).video
+    write_video(tmp_path / "wide.mp4", wide, fps=16)
+    out = tmp_path / "o"
+    said = "96x160 pixels, centre-cropped to 96x96, resized to 64x64, resampled from 16 to 8 fps"
+    with pytest.warns(UserWarning, match=said):  # on stderr, as one line, from the command line
+        assert main(["generate", "--model", str(model_dir), "--task", "extend", "--video",
+                     str(tmp_path / "wide.mp4"), "--out", str(out)]) == 0
+    notes = json.loads((out / "manifest.json").read_text())["samples"][0]["notes"]
+    assert any("centre-cropped" in n for n in notes)
+    # a mask drawn on the wide clip is cropped the same way; one of another shape is refused
+    mask = np.zeros((96, 160, 3), np.uint8)
+    mask[32:64, 64:96] = 255
+    write_image(tmp_path / "wide_mask.png", mask)
+    inputs = pipe.inputs(video=str(tmp_path / "wide.mp4"), mask=str(tmp_path / "wide_mask.png"))
+    cells = inputs.mask[..., 0] > 127
+    assert cells.shape == (64, 64) and cells[23:41, 23:41].all() and not cells[:, :16].any() and not cells[:16].any()
+
+
+def test_non_finite_audio_is_read_as_silence_with_a_count(pipe, tmp_path):
+    import warnings
+
+    import soundfile as sf
+
+    wave = make_clip(2).audio.copy()
+    wave[100:150] = np.nan
+    wave[200] = np.inf
+    sf.write(tmp_path / "bad.wav", wave, 16000, subtype="FLOAT")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = pipe.generate("a2v", audio=str(tmp_path / "bad.wav"), refine=False)[0]
+    assert any("51 of" in str(w.message) and "NaN or infinite" in str(w.message) for w in caught)
+    assert np.isfinite(result.audio).all()
+
+
+def test_prompts_are_read_in_the_models_words(pipe, tmp_path):
+    import warnings
+
+    from videolm.tasks.prompts import PromptTable, build_table
+
+    pipe.prompts = build_table(["a large red circle moves left", "a small blue square stays still on a gray "
+                                "background", "a large magenta triangle moves up and a small cyan circle moves down"])
+    same = pipe.generate("t2v", "a large red circle moves left", seed=4, refine=False)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about
+        loud = pipe.generate("t2v", "  A LARGE RED CIRCLE MOVES LEFT.  ", seed=4, refine=False)[0]
+    assert np.array_equal(same.video, loud.video)
+    assert loud.extra["rewritten_prompt"] == "a large red circle moves left"
+    with pytest.warns(UserWarning, match="does not know: hexagon, diagonally"):
+        odd = pipe.generate("t2v", "a purple hexagon moves diagonally", refine=False)[0]
+    assert odd.extra["rewritten_prompt"] == "a magenta moves" and odd.extra["unknown_words"] == ["hexagon", "diagonally"]
+    with pytest.raises(UsageError, match="--strict-prompt.*cat"):
+        pipe.generate("t2v", "a cat playing piano", strict_prompt=True)
+    seen = []
+    own = pipe.generate("t2v", "make it a ball", rewrite=lambda p: seen.append(p) or "a large red circle moves left",
+                        seed=4, refine=False)[0]
+    assert seen == ["make it a ball"] and np.array_equal(own.video, same.video)
+    with pytest.raises(UsageError, match="returned int"):
+        pipe.generate("t2v", "x", rewrite=lambda p: 3)
+    table = PromptTable.load(Path(__file__).resolve().parents[2] / "tasks" / "models" / "shapes-64")
+    assert table.rewrite("A big purple ball rolling to the left, on a grey background!") == (
+        "a large magenta circle moves left on a gray background", [])
+    assert table.rewrite("a tiny green cube doesn't move") == ("a small green square stays still", [])
+
+
+def test_prompt_rewriter_from_the_command_line(model_dir, tmp_path, monkeypatch):
+    from videolm.tasks.cli import main
+
+    (tmp_path / "my_rewriter.py").write_text("def rewrite(prompt):\n    return 'a small blue square moves up'\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["generate", "--model", str(model_dir), "--task", "t2v", "--prompt", "something else entirely",
+                 "--prompt-rewriter", "my_rewriter:rewrite", "--out", "o"]) == 0
+    entry = json.loads((tmp_path / "o" / "manifest.json").read_text())["samples"][0]
+    assert entry["prompt"] == "something else entirely"
+    assert entry["rewritten_prompt"] == "a small blue square moves up"
+
+
+def test_interpolate_ends_on_the_end_clip_and_warns_when_the_clips_differ(pipe):
+    from videolm.tasks.continuation import CONNECT_DB
+
+    start, end = make_clip(11).video, make_clip(12).video
+    with pytest.warns(UserWarning, match="different scenes"):
+        made = pipe.generate("interpolate", video=[start, end], refine=False)[0]  # the debug LM draws noise
+    assert made.video.shape == (17, 64, 64, 3) and any("different scenes" in n for n in made.extra["notes"])
+    tok = pipe.tokenizer
+    want_end = tok.decode_video(tok.encode_video([end[-5:]])[0], 64, 64)
+    want_start = tok.decode_video(tok.encode_video([start[:5]])[0], 64, 64)
+    assert np.array_equal(made.video[-5:], want_end)  # the given end frames, as the tokenizer makes them
+    assert np.array_equal(made.video[:5], want_start)
+    assert CONNECT_DB > 10
