@@ -382,6 +382,9 @@ def load_adapter(base: str | Path, adapter: str | Path, merge: bool = False):
     Returns ``(model, vocab)``."""
     from peft import PeftModel
 
+    from videolm.tokenizers.pretrained import weights_file
+
+    weights_file(adapter, "adapter_model.safetensors")  # PEFT would fall back to a pickled .bin: never
     pipe = Pipeline.from_pretrained(base)
     vocab = Vocabulary.load(adapter)
     for name in vocab.tasks:

@@ -8,8 +8,9 @@ the tokenizers) every ``train.sample_every`` steps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import json
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,11 +120,23 @@ def build_model(cfg: LMFitConfig, vocab_size: int, vocab) -> VideoLM:
     overrides = {"vocab_size": -(-vocab_size // 64) * 64, "pad_id": vocab["<pad>"], "bos_id": vocab["<bos>"],
                  "eos_id": vocab["<eos>"], **cfg.model}
     lm = LMConfig.from_name(cfg.preset, **overrides)
+    need, have = 16 * lm.num_params(), _memory_bytes()  # fp32 weights, gradients and AdamW's two moments
+    if have and need > have and cfg.train.strategy != "fsdp":
+        raise ConfigError(f"model: {lm.num_params() / 1e9:.1f} B parameters need about {need / 2**30:.0f} GiB to train, "
+                          f"more than this machine's {have / 2**30:.0f} GiB (check the preset and model sizes)")
     if lm.vocab_size < vocab_size:
         raise ConfigError(f"model.vocab_size={lm.vocab_size} is smaller than the vocabulary ({vocab_size} ids)")
     if lm.max_seq_len < cfg.train.row_len:
         raise ConfigError(f"train.row_len={cfg.train.row_len} exceeds the model's max_seq_len={lm.max_seq_len}")
     return VideoLM.from_lm_config(lm)
+
+
+def _memory_bytes() -> int | None:
+    """This machine's physical memory, where the system says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def warm_start(folder: str, vocab, row_len: int) -> VideoLM:

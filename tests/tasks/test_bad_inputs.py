@@ -209,6 +209,9 @@ CASES = [
     ("lm-fit-steps-in-config", lambda c: ["lm", "fit", "--config", _config(c.tmp, "c.yaml", CONFIGS / "lm/debug.yaml",
                                                                            **{"train.steps": -5})],
      2, ["train.steps=-5"]),
+    ("lm-fit-absurd-model", lambda c: ["lm", "fit", "--config", _config(
+        c.tmp, "c.yaml", CONFIGS / "lm/debug.yaml", model={"d_model": 65536, "n_layers": 64, "n_heads": 64}),
+        "--shards", str(c.shards)], 2, ["parameters need about", "GiB"]),
     ("lm-fit-text-dropout", lambda c: ["lm", "fit", "--config", _config(c.tmp, "c.yaml", CONFIGS / "lm/debug.yaml",
                                                                         **{"data.text_dropout": 3})],
      2, ["text_dropout"]),

@@ -25,10 +25,13 @@ def _digest(folder: Path) -> dict:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_help_everywhere():
-    for args in ([], ["data"], ["data", "shapes"], ["data", "folder"]):
-        out = _run(*args, "--help")
-        assert out.returncode == 0 and "usage: videolm" in out.stdout
+def test_help_everywhere(capsys):
+    out = _run("--help")  # the installed console script
+    assert out.returncode == 0 and "usage: videolm" in out.stdout
+    for args in (["data"], ["data", "shapes"], ["data", "folder"], ["data", "examples"], ["generate"]):
+        with pytest.raises(SystemExit) as done:
+            main([*args, "--help"])
+        assert done.value.code == 0 and "usage: videolm" in capsys.readouterr().out
 
 
 def test_data_shapes_writes_clips_and_manifest(tmp_path):
@@ -72,11 +75,17 @@ def test_eval_split_uses_held_out_seeds(tmp_path):
         (["nonsense"], "nonsense"),
     ],
 )
-def test_usage_errors_exit_2_with_one_line(tmp_path, args, names):
-    out = _run(*args, cwd=tmp_path)
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.count("\n") == 1 and names in out.stderr and "Traceback" not in out.stderr
+def test_usage_errors_exit_2_with_one_line(tmp_path, args, names, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and names in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_usage_error_from_the_console_script_is_one_line_exit_2(tmp_path):
+    out = _run("nonsense", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "nonsense" in out.stderr
 
 
 def test_existing_output_is_refused_and_overwrite_replaces_only_what_videolm_wrote(tmp_path):
@@ -129,12 +138,13 @@ def _broken(folder: Path) -> list[str]:
     return ["missing.mp4", "empty.mp4", "text.mp4", "truncated.mp4", "sound.wav"]
 
 
-def test_broken_media_through_the_cli_is_one_line_exit_2(tmp_path):
+def test_broken_media_through_the_cli_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     for name in _broken(tmp_path):
         for args in (["media", "info", name], ["media", "convert", name, "out.gif"]):
-            out = _run(*args, cwd=tmp_path)
-            assert out.returncode == 2, (args, out.stderr)
-            assert out.stderr.count("\n") == 1 and name in out.stderr and "Traceback" not in out.stderr
+            assert main(args) == 2, args
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and name in err and "Traceback" not in err
         assert not (tmp_path / "out.gif").exists()
 
 
