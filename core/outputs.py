@@ -110,15 +110,20 @@ def _check_replaceable(out: Path, flag: str) -> None:
                          "--overwrite leaves it alone (choose a new folder)")
 
 
-def check_output_dir(out: str | Path, overwrite: bool = False, flag: str = "--out") -> Path:
-    """Check, creating nothing, that ``out`` can become a command's output folder: a new or empty
-    real folder in a writable place, or, with ``overwrite``, a folder videolm wrote earlier."""
-    out = Path(out)
+def _real_folder(out: Path, flag: str) -> bool:
+    """Fail on a symbolic link or a file at ``out``; whether it is a folder with something in it."""
     if out.is_symlink():
         raise UsageError(f"{flag} {out}: is a symbolic link; give a real folder")
     if out.exists() and not out.is_dir():
         raise UsageError(f"{flag} {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
+    return out.is_dir() and any(out.iterdir())
+
+
+def check_output_dir(out: str | Path, overwrite: bool = False, flag: str = "--out") -> Path:
+    """Check, creating nothing, that ``out`` can become a command's output folder: a new or empty
+    real folder in a writable place, or, with ``overwrite``, a folder videolm wrote earlier."""
+    out = Path(out)
+    if _real_folder(out, flag):
         if not overwrite:
             raise UsageError(f"{flag} {out}: folder exists and is not empty (choose another or pass --overwrite)")
         _check_replaceable(out, flag)
@@ -146,11 +151,7 @@ def check_output_file(path: str | Path, overwrite: bool = False, inputs: tuple =
 def check_run_dir(out: str | Path, command: str, flag: str = "--out") -> Path:
     """A training run's folder: new, empty, or one this command wrote (a rerun resumes it)."""
     out = Path(out)
-    if out.is_symlink():
-        raise UsageError(f"{flag} {out}: is a symbolic link; give a real folder")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{flag} {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
+    if _real_folder(out, flag):
         owner = _run_owner(out)
         if owner is None:
             raise UsageError(f"{flag} {out}: folder exists and is not a videolm run folder (choose a new folder)")

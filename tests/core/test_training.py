@@ -17,8 +17,6 @@ import yaml
 from safetensors.torch import load_file
 
 from videolm.core.training import WALL_CLOCK_FIELDS, MetricsLog, ResumableSampler, SeededItems, item_seed
-from videolm.lm.data import ShardWriter
-from videolm.tokenizers.vocab import Vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,18 +129,8 @@ def _both(args: list[str], tmp_path: Path, kill_step: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("shards")
-    g = torch.Generator().manual_seed(0)
-    writer = ShardWriter(folder, shard_size=8)
-    for i in range(16):
-        codes = {"text": torch.randint(0, 16, (3 + i % 4,), generator=g), "video": torch.randint(0, 32, (2, 8), generator=g)}
-        if i % 4:
-            codes["audio"] = torch.randint(0, 8, (8, 2), generator=g)
-        writer.add(codes, {"caption": f"clip {i}", "height": 32, "width": 32})
-    Vocabulary(text_size=16, video_codes=32, audio_levels=2, audio_codes=8, resolutions=[(32, 32)]).save(folder)
-    writer.close({"model": None})
-    return folder
+def shards(debug_shards):
+    return debug_shards
 
 
 def test_lm_fit_killed_and_resumed_ends_as_an_uninterrupted_run(shards, tmp_path):

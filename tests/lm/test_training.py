@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from videolm.lm.data import PackCollate, ShardWriter, TaskExample
+from videolm.lm.data import PackCollate, TaskExample
 from videolm.lm.masks import token_losses
 from videolm.lm.model import VideoLM
 from videolm.lm.training import (LMModule, LMTrainConfig, _scale_row_steps, distill_losses, fit, lr_factor,
@@ -43,20 +43,8 @@ def _config(tmp_path: Path, **train) -> Path:
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    """16 clips of random codes: text (3..6,), video (2, 8), audio (8, 2); every fourth without audio."""
-    folder = tmp_path_factory.mktemp("shards")
-    g = torch.Generator().manual_seed(0)
-    writer = ShardWriter(folder, shard_size=5)
-    for i in range(16):
-        codes = {"text": torch.randint(0, 16, (3 + i % 4,), generator=g),
-                 "video": torch.randint(0, 32, (2, 8), generator=g)}
-        if i % 4:
-            codes["audio"] = torch.randint(0, 8, (8, 2), generator=g)
-        writer.add(codes, {"caption": f"clip {i}", "height": 32, "width": 32, "seed": i})
-    _vocab().save(folder)
-    writer.close({"model": None})
-    return folder
+def shards(debug_shards):
+    return debug_shards
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import torch
 import yaml
 
 from videolm.core.outputs import MARKER
-from videolm.lm.data import ShardWriter
 from videolm.tasks.cli import main
 from videolm.tasks.examples import write_examples
 from videolm.tasks.shapes import make_clip
@@ -53,17 +52,8 @@ def _world(h, w):
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("shards")
-    g = torch.Generator().manual_seed(0)
-    writer = ShardWriter(folder, shard_size=8)
-    for i in range(8):
-        writer.add({"text": torch.randint(0, 16, (4,), generator=g), "video": torch.randint(0, 32, (2, 8), generator=g),
-                    "audio": torch.randint(0, 8, (8, 2), generator=g)}, {"caption": f"clip {i}", "height": 32,
-                                                                         "width": 32})
-    Vocabulary(text_size=16, video_codes=32, audio_levels=2, audio_codes=8, resolutions=[(32, 32)]).save(folder)
-    writer.close({"model": None})
-    return folder
+def shards(debug_shards):
+    return debug_shards
 
 
 @pytest.fixture(scope="module")
@@ -367,23 +357,24 @@ class Ctx:
         (self.tmp / "dangling").symlink_to(self.tmp / "nowhere")
         return "dangling"
 
+    def folder(self, name: str, files: dict[str, str], listed: list[str] | None = None) -> str:
+        """A folder of ``files`` (name -> text); with ``listed``, a marker that says videolm wrote those."""
+        (self.tmp / name).mkdir()
+        for file, text in files.items():
+            (self.tmp / name / file).write_text(text)
+        if listed is not None:
+            (self.tmp / name / MARKER).write_text(json.dumps({"command": "generate", "files": listed}))
+        return name
+
     def repo(self) -> str:
         (self.tmp / "repo" / ".git").mkdir(parents=True)
-        (self.tmp / "repo" / "code.py").write_text("print('mine')\n")
-        (self.tmp / "repo" / MARKER).write_text(json.dumps({"command": "generate", "files": ["code.py"]}))
-        return "repo"
+        return self.folder("repo/src", {"code.py": "print('mine')\n"}, listed=["code.py"]).split("/")[0]
 
     def user_folder(self) -> str:
-        (self.tmp / "s").mkdir()
-        (self.tmp / "s" / "keep.txt").write_text("a user's file")
-        return "s"
+        return self.folder("s", {"keep.txt": "a user's file"})
 
     def mixed_folder(self) -> str:
-        (self.tmp / "m").mkdir()
-        (self.tmp / "m" / "sample_000.mp4").write_bytes(b"videolm's")
-        (self.tmp / "m" / "notes.txt").write_text("a user's file")
-        (self.tmp / "m" / MARKER).write_text(json.dumps({"command": "generate", "files": ["sample_000.mp4"]}))
-        return "m"
+        return self.folder("m", {"sample_000.mp4": "videolm's", "notes.txt": "a user's file"}, listed=["sample_000.mp4"])
 
     def a_file(self) -> str:
         return self.write("taken.txt", "a user's file")
