@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 import warnings
@@ -489,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("videolm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`videolm tasks --words | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as e:  # the machine failed us while working: a full disk, a vanished folder
         if debug:
             traceback.print_exc()
