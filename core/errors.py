@@ -24,14 +24,12 @@ class MediaError(VideolmError):
     Reading a file the user gave is an input problem (exit 2); writing one is a failure while
     working (``writing=True``, exit 1)."""
 
-    def __init__(self, path, cause: str, writing: bool = False):
+    def __init__(self, path, cause: str = "", writing: bool = False):
         self.path = str(path)
         self.cause = cause
         self.exit_code = 1 if writing else 2
-        super().__init__(f"{self.path}: {cause}")
-
-    def __reduce__(self):  # DataLoader workers send errors back to the main process by pickling them
-        return type(self), (self.path, self.cause, self.exit_code == 1)
+        # one argument: a whole message (a DataLoader worker's error is rebuilt from its text)
+        super().__init__(f"{self.path}: {cause}" if cause else self.path)
 
 
 class ConfigError(VideolmError):

@@ -91,7 +91,7 @@ def foreign_files(folder: Path) -> list[str]:
             continue
         temp = _TEMP.match(path.name)
         base = (path.parent / temp["name"]).relative_to(folder).as_posix() if temp else None
-        if path.is_symlink() or (rel not in listed and base not in listed):
+        if path.is_symlink() or (rel not in listed and base not in listed and base != MARKER):
             foreign.append(rel)
     return foreign
 
@@ -128,6 +128,8 @@ def check_output_dir(out: str | Path, overwrite: bool = False, flag: str = "--ou
             raise UsageError(f"{flag} {out}: folder exists and is not empty (choose another or pass --overwrite)")
         _check_replaceable(out, flag)
     _writable_parent(out, flag)
+    if out.exists():
+        _writable_parent(out.absolute().parent, flag)  # a whole new output is made beside it
     return out
 
 
@@ -213,18 +215,27 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False, command: str = "
     out = check_output_dir(out, overwrite, flag).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    done = False
     try:
         yield tmp
         os.chmod(tmp, 0o755)
         _mark(tmp, command)
-        if out.exists():
-            if any(out.iterdir()):
-                _clear(out, flag)
-            else:
-                out.rmdir()
-        os.replace(tmp, out)
+        if out.is_dir() and not any(out.iterdir()):  # an empty folder (perhaps the working one) stays: fill it
+            for entry in tmp.iterdir():
+                os.replace(entry, out / entry.name)
+        else:
+            if out.exists():
+                if not overwrite:
+                    raise UsageError(f"{flag} {out}: something was written there meanwhile; the finished output "
+                                     f"is kept in {tmp}")
+                try:
+                    _clear(out, flag)
+                except UsageError as e:
+                    raise UsageError(f"{e}; the finished output is kept in {tmp}") from None
+            os.replace(tmp, out)
+        done = True
     finally:
-        if tmp.exists():
+        if tmp.exists() and (done or not any(tmp.iterdir()) or not (tmp / MARKER).exists()):
             shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -88,7 +88,7 @@ def cpu_has_native_bf16() -> bool:
 
 def check_train_numbers(cfg) -> None:
     """The checks every training section shares (for ``__post_init__``): positive step counts and
-    sizes, a finite positive learning rate, a fraction for the floor of its schedule."""
+    sizes, a finite non-negative learning rate, a fraction for the floor of its schedule."""
     from videolm.tokenizers.schema import check_range
 
     check_range(cfg, 1, None, "steps", "batch_size", "log_every", "checkpoint_every", "threads")
@@ -184,7 +184,7 @@ def rng_state() -> dict:
              "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                        "has_gauss": int(has_gauss), "gauss": float(gauss)}}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's device only
     return state
 
 
@@ -195,7 +195,7 @@ def set_rng_state(state: dict) -> None:
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -223,6 +223,9 @@ class MetricsLog:
                 continue
         return rows
 
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
     def truncate(self, step: int) -> None:
         """Keep the lines of steps up to ``step`` (what the checkpoint there had written)."""
         if not self.path.is_file():
@@ -249,7 +252,6 @@ class RunModule(L.LightningModule):
         self.steps_done = 0  # optimizer steps taken, over every run of this folder
         self.elapsed = 0.0  # wall-clock seconds of training, over every run of this folder
         self.sampler: ResumableSampler | None = None
-        self._restored = False
         self._rng = None
         self._run_start = self._elapsed_before = 0.0
 
@@ -276,10 +278,6 @@ class RunModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.sampler is not None:
             self.sampler.rank, self.sampler.world = self.global_rank, self.trainer.world_size
-
-    def on_fit_start(self) -> None:
-        if not self._restored and self.trainer.is_global_zero:
-            self.metrics.truncate(0)  # a fresh run: lines of an earlier, abandoned one go
 
     def on_train_start(self) -> None:
         self._run_start, self._elapsed_before = time.perf_counter(), self.elapsed
@@ -343,7 +341,7 @@ class RunModule(L.LightningModule):
             raise UsageError(f"{self.out / CHECKPOINT}: not a checkpoint of this videolm version; move it away "
                              "to start the run afresh")
         self.steps_done, self.elapsed = int(state["steps"]), float(state["elapsed"])
-        self._rng, self._restored = state["rng"], True
+        self._rng = state["rng"]
         if self.sampler is not None:
             self.sampler.start_batch = self.steps_done
         self.load_extra_state(state.get("extra", {}))
@@ -404,6 +402,8 @@ def fit_run(module: RunModule, data: Dataset, cfg, command: str, collate_fn=None
         read_checkpoint(last)  # a bad checkpoint stops the run before anything in the folder changes
     if os.environ.get("LOCAL_RANK", "0") == "0":  # the main process of each machine (DDP starts the others)
         mark_run_dir(out, command)
+        if not last.exists():
+            module.metrics.clear()  # a fresh run: the lines of an earlier, abandoned one go
         if run_config is not None:
             (out / "run.json").write_text(json.dumps(run_config, indent=2) + "\n")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -419,7 +419,12 @@ def fit_run(module: RunModule, data: Dataset, cfg, command: str, collate_fn=None
         enable_progress_bar=os.isatty(2), enable_model_summary=False, num_sanity_val_steps=0,
         limit_val_batches=0, use_distributed_sampler=False, default_root_dir=out,
     )
-    trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None, weights_only=True)
+    try:
+        trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None, weights_only=True)
+    except SystemExit:  # Lightning turns Ctrl-C into exit(1); say it was an interruption
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # gloo's threads torn down now, not by a racing exit
     return trainer

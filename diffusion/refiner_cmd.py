@@ -7,7 +7,7 @@ module imports Lightning, which takes seconds); each command imports it when it 
 from __future__ import annotations
 
 from videolm.core.errors import UsageError
-from videolm.tasks.cli_args import (BATCH, COUNT, SEED, STEPS, THREADS, input_folder, media_input, progress, real,
+from videolm.tasks.cli_args import (BATCH, COUNT, SEED, THREADS, input_folder, integer, media_input, progress, real,
                                     size)
 from videolm.tasks.models import DEFAULT_MODEL
 
@@ -89,7 +89,7 @@ def add_refiner(sub) -> None:
     p.add_argument("--tokenizer", default=DEFAULT_MODEL, help="the video tokenizer whose decodes are refined")
     p.add_argument("--num", type=COUNT, default=256, help="held-out clips (default 256)")
     p.add_argument("--seed", type=SEED, default=0, help="offset among the held-out seeds, and the noise seed")
-    p.add_argument("--steps", type=STEPS, help="Euler steps (default: the refiner's)")
+    p.add_argument("--steps", type=integer(1, 10_000), help="Euler steps (default: the refiner's)")
     p.add_argument("--noise-scale", type=real(0, 1), help="sampling temperature in [0, 1] (default: the refiner's)")
     p.add_argument("--gate-tau", type=real(0, 255), help="uncertainty gate threshold in levels of 255; 0 turns the "
                    "gate off (default: the refiner's)")
@@ -105,7 +105,7 @@ def add_refiner(sub) -> None:
     p.add_argument("--video", required=True, help="the video to refine")
     p.add_argument("--out", required=True, help="the output video")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"a refiner folder or a model folder (default {DEFAULT_MODEL})")
-    p.add_argument("--steps", type=STEPS, help="Euler steps (default: the refiner's)")
+    p.add_argument("--steps", type=integer(1, 10_000), help="Euler steps (default: the refiner's)")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--size", type=size, help="resize frames to N or HxW first")
     p.add_argument("--threads", type=THREADS, help="CPU threads for torch")

@@ -224,6 +224,7 @@ class LMModule(RunModule):
         object.__setattr__(self, "teacher", teacher.eval().requires_grad_(False) if distill else None)
         self.held_out = held_out or []  # given only with cfg.val_every set
         self.task_names, self.vocab, self.sample = list(task_names), vocab, sample
+        self._finished_at = -1  # the step `finish` last ran at (a finished run rerun logs nothing twice)
         self._reset_stats()
 
     def on_fit_start(self):
@@ -317,10 +318,11 @@ class LMModule(RunModule):
         self._interval_start = time.perf_counter()
 
     def extra_state(self) -> dict:
-        return {"stats": {name: v.cpu() for name, v in self._stats.items()}}
+        return {"stats": {name: v.cpu() for name, v in self._stats.items()}, "finished_at": self._finished_at}
 
     def load_extra_state(self, state: dict) -> None:
         self._stats = {name: v.clone() for name, v in state["stats"].items()}
+        self._finished_at = int(state.get("finished_at", -1))
 
     def _log(self, step: int):
         """One metrics line: the interval's statistics summed over every process."""
@@ -367,10 +369,12 @@ class LMModule(RunModule):
     def finish(self):
         """Log the last partial interval, export the model (every rank takes part: under FSDP
         gathering the weights is collective) and, with several processes, record a fingerprint of
-        each rank's weights."""
+        each rank's weights. A rerun of a finished run exports again and logs nothing twice."""
+        logged = self._finished_at == self.steps_done
+        self._finished_at = self.steps_done
         if float(self.trainer.strategy.reduce(self._stats["slots"].clone(), reduce_op="sum")) > 0:
             self._log(self.steps_done)
-        if self.held_out and self.steps_done % self.cfg.val_every:
+        if self.held_out and self.steps_done % self.cfg.val_every and not logged:
             self._validate(self.steps_done)  # the final weights' held-out loss
         state = self.trainer.strategy.lightning_module_state_dict()
         if self.trainer.is_global_zero:
@@ -378,7 +382,7 @@ class LMModule(RunModule):
                 self.export(state, self.out / "model")
             else:
                 export_model(self.model.config, state, self.out / "model", self.vocab)
-        if self.trainer.world_size > 1 and self.cfg.strategy != "fsdp":
+        if self.trainer.world_size > 1 and self.cfg.strategy != "fsdp" and not logged:
             prints = torch.zeros(self.trainer.world_size, 3, dtype=torch.float64, device=self.device)  # (W, 3)
             prints[self.global_rank] = weights_fingerprint(self.model)
             prints = self.trainer.strategy.reduce(prints, reduce_op="sum")  # each row from its rank (+ zeros: exact)

@@ -207,8 +207,12 @@ def _tokenizer_bundle(args) -> int:
             input_folder(getattr(args, flag), f"--{flag}")
     if args.data != "shapes":
         input_folder(args.data, "--data")
-    if not Path(args.out).is_dir():
-        check_output_dir(args.out)  # a new model folder; an existing one is filled in place
+    out = Path(args.out)
+    if not out.is_dir() or not any(out.iterdir()):
+        check_output_dir(out)  # a new model folder
+    elif out.is_symlink() or not any((out / part).exists() for part in ("vocab.json", "video_tokenizer", "audio_tokenizer")):
+        raise UsageError(f"--out {out}: holds files but is not a model folder (no vocab.json or tokenizers); "
+                         "give a new folder or a model folder to fill in place")
     print_json(build_bundle(args.out, args.video, args.audio, data=args.data, captions=args.captions,
                             text_vocab=args.text_vocab))
     return 0
@@ -472,6 +476,7 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]  # anywhere on the line
     if not debug:
         warnings.formatwarning = _one_line_warning
     parser = build_parser()
@@ -484,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     except VideolmError as e:
         if debug:
             traceback.print_exc()
-        text = _one_line(e)
+        text = _one_line(_original(str(e)))
         print(f"videolm: error: {text if len(text) <= 600 else text[:597] + '...'}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
@@ -510,6 +515,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"videolm: error: unexpected {type(e).__name__}: {_first_line(e)} (rerun with --debug for details)",
               file=sys.stderr)
         return 1
+
+
+def _original(text: str) -> str:
+    """The message of an error raised in a DataLoader worker, which torch wraps in its traceback
+    ("Caught MediaError in DataLoader worker process 0. Original Traceback ... MediaError: msg")."""
+    if not text.startswith("Caught ") or "Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
 
 
 def _first_line(e: BaseException, limit: int = 300) -> str:

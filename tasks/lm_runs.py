@@ -121,7 +121,8 @@ def build_model(cfg: LMFitConfig, vocab_size: int, vocab) -> VideoLM:
                  "eos_id": vocab["<eos>"], **cfg.model}
     lm = LMConfig.from_name(cfg.preset, **overrides)
     need, have = 16 * lm.num_params(), _memory_bytes()  # fp32 weights, gradients and AdamW's two moments
-    if have and need > have and cfg.train.strategy != "fsdp":
+    on_cpu = cfg.train.accelerator == "cpu" or not torch.cuda.is_available()
+    if on_cpu and have and need > have:
         raise ConfigError(f"model: {lm.num_params() / 1e9:.1f} B parameters need about {need / 2**30:.0f} GiB to train, "
                           f"more than this machine's {have / 2**30:.0f} GiB (check the preset and model sizes)")
     if lm.vocab_size < vocab_size:

@@ -58,7 +58,7 @@ def check_sampling(num_samples: int = 1, seed: int = 0, frames: int | None = Non
                              f"{'and at most' if low_open else 'to'} {high:g}")
 
     whole(num_samples, 1, MAX_SAMPLES, "--num-samples")
-    whole(seed, 0, MAX_SEED - num_samples, "--seed")
+    whole(seed, 0, MAX_SEED - num_samples + 1, "--seed")
     if frames is not None:
         whole(frames, 1, MAX_FRAMES, "--frames")
     if cfg_scale is not None:
@@ -323,6 +323,8 @@ class Pipeline:
         if frames is not None and frames > self.clip["frames"]:
             self.task("extend")
         read = self.read_prompt(prompt, rewrite, strict_prompt) if prompt is not None else None
+        if backend == "dit" and task == "t2v" and not (read and read.text):
+            raise UsageError("t2v needs --prompt" + (" in words the model knows" if read else ""))
         notes: list[str] = []
         inputs = self.inputs(read.text if read else None, image, video, audio, mask, notes)
         for note in notes:
@@ -356,8 +358,9 @@ class Pipeline:
             text, unknown = self.prompts.rewrite(text)
         else:
             text = " ".join(text.split())
-        if unknown:
-            message = (f"the model does not know: {', '.join(unknown)} (it read the prompt as {text!r}; "
+        if unknown or (prompt.strip() and not text):
+            known = f"it read the prompt as {text!r}" if text else "it read nothing it knows: no caption at all"
+            message = (f"the model does not know: {', '.join(unknown) or 'any word of it'} ({known}; "
                        "`videolm tasks --model M --words` lists the words it knows)")
             if strict:
                 raise UsageError(f"--strict-prompt: {message}")

@@ -69,6 +69,9 @@ class AudioTokenizerConfig:
             raise ConfigError(f"strides={self.strides}: need at least one stride, each >= 2")
         if min(self.channels, self.max_channels, self.latent_dim, self.num_quantizers, self.codebook_size) < 1:
             raise ConfigError("channels, max_channels, latent_dim, num_quantizers and codebook_size must be >= 1")
+        if self.codebook_size > 2**20 or self.num_quantizers > 64:
+            raise ConfigError(f"codebook_size={self.codebook_size}, num_quantizers={self.num_quantizers}: at most "
+                              "2^20 codes and 64 levels")
         if self.kernel_size % 2 == 0 or not self.dilations:
             raise ConfigError(f"kernel_size={self.kernel_size} must be odd and dilations non-empty")
         if self.stage_channels is None:

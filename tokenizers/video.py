@@ -45,6 +45,9 @@ TIME_DOWN = 4
 SPACE_DOWN = 8
 
 
+MAX_CODES = 2**20  # a codebook larger than this is a mistake in a config, not a tokenizer
+
+
 @dataclass
 class VideoTokenizerConfig:
     architecture: Literal["magvit2", "vqvae2"] = "magvit2"
@@ -63,6 +66,8 @@ class VideoTokenizerConfig:
     def __post_init__(self):
         if len(self.channels) != 3 or len(self.blocks_2d) != 3:
             raise UsageError("channels and blocks_2d need 3 entries (for H/2, H/4, H/8)")
+        if not 2 <= self.codebook_size <= MAX_CODES:
+            raise UsageError(f"codebook_size={self.codebook_size}: from 2 to {MAX_CODES} codes")
         if self.architecture == "vqvae2" and self.codebook_size % 2:
             raise UsageError("vqvae2 splits the codebook in two: codebook_size must be even")
 

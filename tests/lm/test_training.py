@@ -344,6 +344,8 @@ def test_held_out_loss_is_logged_every_n_steps_and_leaves_training_as_it_was(tra
         assert {k for k in row if k.startswith("val_loss_")} <= {"val_loss_t2v", "val_loss_v2a"} and per_task
         assert min(per_task) - 1e-9 <= row["val_loss"] <= max(per_task) + 1e-9
     assert val[-1]["val_loss"] < val[0]["val_loss"]  # the training clips themselves: the loss fell
+    assert main(["lm", "fit", "--config", str(tmp_path / "val.yaml"), "--shards", str(shards), "--out", str(run)]) == 0
+    assert _rows(run) == rows  # a finished run rerun: exported again, nothing logged twice
     assert [r["step"] for r in rows if "val_loss" not in r] == [2, 4]
     ours, plain = VideoLM.from_pretrained(run / "model").state_dict(), VideoLM.from_pretrained(trained / "model").state_dict()
     assert all(torch.equal(ours[k], plain[k]) for k in plain)  # scoring drew nothing from training's random stream

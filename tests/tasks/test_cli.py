@@ -165,3 +165,12 @@ def test_data_folder_summarises_a_folder(tmp_path):
     summary = json.loads(out.stdout)
     assert out.returncode == 0 and summary["videos"] == 3 and summary["clips"] == 9  # 17 frames -> 3 clips of 5
     assert summary["captioned_videos"] == summary["videos_with_audio"] == 3
+
+
+def test_debug_may_come_anywhere_and_worker_errors_show_their_own_message(capsys):
+    from videolm.tasks.cli import _original
+
+    assert main(["tasks", "--json", "--debug"]) == 0
+    wrapped = ("Caught MediaError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+               '  File "x.py", line 1, in f\nvideolm.core.errors.MediaError: clip.mp4: truncated or corrupt')
+    assert _original(wrapped) == "clip.mp4: truncated or corrupt" and _original("plain") == "plain"

@@ -257,6 +257,8 @@ def test_prompts_are_read_in_the_models_words(pipe, tmp_path):
     assert odd.extra["rewritten_prompt"] == "a magenta moves" and odd.extra["unknown_words"] == ["hexagon", "diagonally"]
     with pytest.raises(UsageError, match="--strict-prompt.*cat"):
         pipe.generate("t2v", "a cat playing piano", strict_prompt=True)
+    with pytest.warns(UserWarning, match="read nothing it knows"):
+        pipe.generate("t2v", "the slowly", refine=False)
     seen = []
     own = pipe.generate("t2v", "make it a ball", rewrite=lambda p: seen.append(p) or "a large red circle moves left",
                         seed=4, refine=False)[0]
