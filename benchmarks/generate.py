@@ -36,7 +36,7 @@ GOAL_S = 10.0
 
 def command_seconds(model: str, threads: int) -> float:
     exe = Path(sys.executable).with_name("videolm")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "videolm.tasks.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "videolm.cli.main"]
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         start = time.perf_counter()

@@ -35,10 +35,10 @@ import torch
 from videolm.lm.data import PackCollate, TaskSequences, TokenShards
 from videolm.lm.model import LMConfig, VideoLM
 from videolm.core.training import cpu_has_native_bf16
-from videolm.lm.training import LMModule, output_losses
+from videolm.train.lm_module import LMModule, output_losses
 from videolm.tasks.base import build_tasks
-from videolm.tasks.config import load_config
-from videolm.tasks.models import resolve_model
+from videolm.core.config import load_config
+from videolm.core.models import resolve_model
 from videolm.tokenizers.vocab import Vocabulary
 
 VIDEO_SHAPE = (5, 64)  # latent frames x tokens per frame: 17 x 64 x 64 through the video tokenizer
@@ -49,8 +49,8 @@ class SyntheticShapes(torch.utils.data.Dataset):
     """Samples as token shards hold them (local codes), with real Shapes captions and random codes."""
 
     def __init__(self, num: int, vocab: Vocabulary, seed: int = 0):
-        from videolm.tasks.shapes import ShapesConfig, sample_scene
-        from videolm.tasks.shapes_data import split_seeds
+        from videolm.data.shapes import ShapesConfig, sample_scene
+        from videolm.data.shapes_data import split_seeds
         from videolm.tokenizers.text import TextTokenizer
 
         text = TextTokenizer.load(resolve_model("shapes-64"))

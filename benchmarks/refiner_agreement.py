@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from videolm.diffusion.refiner import GATE_SEED, gate, refine
-from videolm.diffusion.refiner_runs import (RefinerDataConfig, load_refiner, load_video_tokenizer, make_pairs,
+from videolm.train.refiner import (RefinerDataConfig, load_refiner, load_video_tokenizer, make_pairs,
                                             probe_agreement)
-from videolm.tasks.probe import load_probe
+from videolm.evaluation.probe import load_probe
 from videolm.tokenizers.video import to_frames, to_tensor
 
 CAPS = (4, 8, 16, 32)  # of 255

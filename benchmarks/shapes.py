@@ -17,8 +17,8 @@ import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from videolm.tasks.shapes import BACKGROUNDS, ShapesConfig, make_clip  # noqa: E402
-from videolm.tasks.shapes_data import ShapesDataConfig, write_shapes  # noqa: E402
+from videolm.data.shapes import BACKGROUNDS, ShapesConfig, make_clip  # noqa: E402
+from videolm.data.shapes_data import ShapesDataConfig, write_shapes  # noqa: E402
 
 
 def clips_per_second(cfg: ShapesConfig, num: int, repeats: int) -> float:

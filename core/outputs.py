@@ -29,7 +29,7 @@ from videolm.core.errors import UsageError
 
 MARKER = ".videolm-output.json"
 # the hidden temporary name an atomic writer gives a file before renaming it into place
-# (videolm.tokenizers.media and `write_atomic`): ".NAME.PID-HEX8.tmp"
+# (videolm.data.media and `write_atomic`): ".NAME.PID-HEX8.tmp"
 _TEMP = re.compile(r"^\.(?P<name>.+)\.\d+-[0-9a-f]{8}\.tmp$")
 
 

@@ -89,7 +89,7 @@ def cpu_has_native_bf16() -> bool:
 def check_train_numbers(cfg) -> None:
     """The checks every training section shares (for ``__post_init__``): positive step counts and
     sizes, a finite non-negative learning rate, a fraction for the floor of its schedule."""
-    from videolm.tokenizers.schema import check_range
+    from videolm.core.schema import check_range
 
     check_range(cfg, 1, None, "steps", "batch_size", "log_every", "checkpoint_every", "threads")
     check_range(cfg, 0, None, "warmup_steps", "weight_decay", "grad_clip", "workers")

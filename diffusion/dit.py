@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from videolm.core.errors import ConfigError
-from videolm.tokenizers.pretrained import Pretrained
+from videolm.core.saving import Pretrained
 
 
 @dataclass

@@ -91,7 +91,7 @@ class DiTGenerator:
                     text_tokenizer: TextTokenizer | None = None, device: str = "cpu") -> DiTGenerator:
         """A trained DiT folder (``RUN/model`` or a bundle's ``dit/``). Missing tokenizers come from
         the folder (``text.model``) and the model folder it names in ``training.json`` (or its parent)."""
-        from videolm.diffusion.dit_runs import load_dit_tokenizers
+        from videolm.train.dit import load_dit_tokenizers
 
         dit_dir = Path(dit_dir)
         model = DiT.from_pretrained(dit_dir).to(device)
@@ -103,7 +103,7 @@ class DiTGenerator:
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path = "shapes-64", device: str = "cpu") -> DiTGenerator:
         """A model bundle's ``dit/`` (a shipped name or a folder), or a DiT folder itself."""
-        from videolm.tasks.models import resolve_model
+        from videolm.core.models import resolve_model
 
         folder = resolve_model(name_or_dir)
         if (folder / DIT_DIR / "config.json").is_file():

@@ -28,7 +28,7 @@ from torch import nn
 
 from videolm.diffusion.process import FlowMatching, seeded_noise
 from videolm.core.errors import UsageError
-from videolm.tokenizers.pretrained import Pretrained
+from videolm.core.saving import Pretrained
 from videolm.tokenizers.video import frames_2d, frames_3d, to_frames, to_tensor
 
 

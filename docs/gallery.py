@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from videolm.tasks.pipeline import Pipeline
-from videolm.tasks.shapes import EVAL_SEED_START, make_clip
-from videolm.tokenizers.media import write_grid, write_video
+from videolm.data.shapes import EVAL_SEED_START, make_clip
+from videolm.data.media import write_grid, write_video
 
 CLIP_SEED = EVAL_SEED_START + 17
 

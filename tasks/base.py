@@ -25,7 +25,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 from videolm.lm.constraints import OutputLayout, audio_layout, video_layout
-from videolm.tasks.config import resolve
+from videolm.core.config import resolve
 from videolm.tasks.token_shards import has_field
 from videolm.core.errors import ConfigError, UsageError
 from videolm.tokenizers.vocab import Vocabulary

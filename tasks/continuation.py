@@ -19,7 +19,7 @@ import torch
 
 from videolm.tasks.base import Media, Task, clip_frames, latents, require
 from videolm.tasks.views import context_latents, frames_of, start_latents
-from videolm.tokenizers.media import psnr
+from videolm.data.media import psnr
 
 # `Interpolate`: below this PSNR between the model's last frames and the end clip, the two clips are
 # taken for different scenes (measured on held-out Shapes clips: docs/tasks.md, "interpolate")

@@ -28,7 +28,7 @@ import torch
 
 from videolm.tasks.base import BUILTIN, Media, Task, TaskInputs, task_class
 from videolm.core.limits import MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SAMPLES, MAX_SEED
-from videolm.tasks.models import AR_CFG_SCALE, resolve_model
+from videolm.core.models import AR_CFG_SCALE, resolve_model
 from videolm.tasks.prompts import PromptTable
 from videolm.tasks.token_shards import ClipTokenizer
 from videolm.tasks.views import context_latents, frames_of
@@ -229,7 +229,7 @@ class Pipeline:
         receives one line saying so for each; an array must already be at the model's size. A
         mask must have the shape of the clip (or of the model's frames): it is cropped and resized
         as the clip is, never stretched."""
-        from videolm.tokenizers.media import probe_video, read_audio, read_image, read_video
+        from videolm.data.media import probe_video, read_audio, read_image, read_video
 
         size, fps = (self.clip["height"], self.clip["width"]), self.clip["fps"]
         notes = [] if notes is None else notes
@@ -267,7 +267,7 @@ class Pipeline:
     def _mask(self, mask, size: tuple[int, int], video_hw: tuple[int, int] | None, notes: list[str]):
         """A mask at the model's size: an array of that size as it is; a file of the clip's aspect
         (the video file's, or the model's) cropped and resized as the clip is."""
-        from videolm.tokenizers.media import probe_video, read_image
+        from videolm.data.media import probe_video, read_image
 
         if mask is None or isinstance(mask, np.ndarray):
             if mask is not None and tuple(mask.shape[:2]) != size:
@@ -431,7 +431,7 @@ class Pipeline:
               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
               progress=None) -> list[torch.Tensor]:
         """The task's output codes for a batch of samples (one draw with generator ``seed``)."""
-        from videolm.tasks.lm_runs import generate_codes
+        from videolm.train.lm import generate_codes
 
         return generate_codes(self.model, task, samples, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
                               top_p=top_p, generator=seed, progress=progress)
@@ -536,7 +536,7 @@ def load_lm(folder: Path):
     from transformers.utils import logging as hf_logging
 
     from videolm.lm.model import VideoLM, from_llama_config
-    from videolm.tokenizers.pretrained import check_weights, read_json, weights_file
+    from videolm.core.saving import check_weights, read_json, weights_file
 
     folder = Path(folder)
     config_path = folder / "config.json"

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from videolm.lm.data import CODE_FIELDS, ShardWriter
-from videolm.tasks.models import resolve_model
+from videolm.core.models import resolve_model
 from videolm.core.outputs import atomic_output_dir
 from videolm.core.errors import DataError, UsageError
 from videolm.tokenizers.vocab import Vocabulary
@@ -276,12 +276,12 @@ class ClipSource:
 
     def dataset(self) -> Dataset:
         if self.data == "shapes":
-            from videolm.tasks.shapes import ShapesConfig
-            from videolm.tasks.shapes_data import ShapesDataset
+            from videolm.data.shapes import ShapesConfig
+            from videolm.data.shapes_data import ShapesDataset
 
             world = ShapesConfig(height=self.height, width=self.width, frames=self.frames, fps=self.fps)
             return ShapesDataset(self.num, seed=self.seed, split=self.split, world=world)
-        from videolm.tasks.folder import FolderDataset
+        from videolm.data.folder import FolderDataset
 
         folder = FolderDataset(self.data, frames=self.frames, fps=self.fps, size=(self.height, self.width))
         if self.seed >= len(folder):

@@ -6,7 +6,7 @@ from typing import Literal
 
 import pytest
 
-from videolm.tasks.config import ENTRY_POINTS, entry_class, from_dict, load_config
+from videolm.core.config import ENTRY_POINTS, entry_class, from_dict, load_config
 from videolm.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_FOLDERS = ("tokenizers", "lm", "tasks", "diffusion")
+CODE_FOLDERS = ("core", "data", "tokenizers", "lm", "diffusion", "tasks", "evaluation", "train", "cli")
 
 
 def test_code_folders_have_no_top_level_init():
@@ -24,7 +24,7 @@ def test_transformers_and_hf_tokenizers_import_from_the_repo_root():
 
 
 def test_videolm_subpackages_import_from_anywhere(tmp_path):
-    code = "import videolm.tokenizers.media, videolm.tasks.shapes, videolm.tasks.cli; print('ok')"
+    code = "import videolm.data.media, videolm.data.shapes, videolm.cli.main; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
@@ -36,4 +36,4 @@ def test_pyproject_maps_every_code_folder():
     mapping = project["tool"]["setuptools"]["package-dir"]
     for folder in CODE_FOLDERS:
         assert mapping[f"videolm.{folder}"] == folder
-    assert project["project"]["scripts"]["videolm"] == "videolm.tasks.cli:main"
+    assert project["project"]["scripts"]["videolm"] == "videolm.cli.main:main"

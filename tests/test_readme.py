@@ -31,12 +31,12 @@ def test_readme_main_job_runs(tmp_path):
     """The main command generates from the shipped model: an mp4 of 17 frames and its manifest."""
     import json
 
-    from videolm.tokenizers.media import read_video
+    from videolm.data.media import read_video
 
     job = _command("main-command").split(" && ")[-1]
     argv = shlex.split(job)
     assert argv[:2] == ["videolm", "generate"]
-    cli = [sys.executable, "-m", "videolm.tasks.cli", *argv[1:]]
+    cli = [sys.executable, "-m", "videolm.cli.main", *argv[1:]]
     out = subprocess.run(cli, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     folder = tmp_path / argv[argv.index("--out") + 1]
@@ -67,7 +67,7 @@ def test_every_readme_command_runs_as_written(tmp_path, monkeypatch, capsys):
     Python example: every one succeeds and writes what it says."""
     import json
 
-    from videolm.tasks.cli import main
+    from videolm.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     for command in TASK_COMMANDS:

@@ -27,7 +27,7 @@ from torch import nn
 from vector_quantize_pytorch import ResidualVQ
 
 from videolm.core.errors import ConfigError
-from videolm.tokenizers.pretrained import Pretrained, TokenizerOutput
+from videolm.core.saving import Pretrained, TokenizerOutput
 
 
 @dataclass

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from videolm.core.errors import UsageError
-from videolm.tokenizers.pretrained import Pretrained, TokenizerOutput
+from videolm.core.saving import Pretrained, TokenizerOutput
 from videolm.tokenizers.quantize import Quantizer
 
 TIME_DOWN = 4

@@ -85,7 +85,7 @@ def test_metrics_are_cut_back_to_the_checkpoint_and_a_torn_line_is_dropped(tmp_p
 
 def _cli() -> list[str]:
     exe = Path(sys.executable).with_name("videolm")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "videolm.tasks.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "videolm.cli.main"]
 
 
 def _steps(run: Path) -> list[int]:

@@ -8,7 +8,7 @@ import torch
 
 from videolm.diffusion.dit import DiT, DiTConfig, null_text, text_batch
 from videolm.diffusion.dit_pipeline import DiTGenerator, sample_latents, seeded_noise
-from videolm.diffusion.dit_runs import DiTDataConfig, dit_loss, text_rows
+from videolm.train.dit import DiTDataConfig, dit_loss, text_rows
 from videolm.diffusion.latents import (
     encode_latents,
     latents_to_codes,
@@ -16,9 +16,9 @@ from videolm.diffusion.latents import (
     unrounded,
 )
 from videolm.diffusion.process import FlowMatching
-from videolm.tasks.cli import main
-from videolm.tasks.models import resolve_model
-from videolm.tasks.shapes_data import ShapesDataset
+from videolm.cli.main import main
+from videolm.core.models import resolve_model
+from videolm.data.shapes_data import ShapesDataset
 from videolm.core.errors import UsageError
 from videolm.tokenizers.text import TextTokenizer
 from videolm.tokenizers.video import VideoTokenizer, to_tensor

@@ -10,11 +10,11 @@ import yaml
 from torch import nn
 
 from videolm.diffusion.refiner import GATE_SEED, Refiner, RefinerConfig, gate, refine
-from videolm.diffusion.refiner_runs import PairCrops, probe_agreement, probe_divergence, refiner_loss
-from videolm.tasks.cli import main
-from videolm.tasks.shapes_data import ShapesDataset
+from videolm.train.refiner import PairCrops, probe_agreement, probe_divergence, refiner_loss
+from videolm.cli.main import main
+from videolm.data.shapes_data import ShapesDataset
 from videolm.core.errors import UsageError
-from videolm.tokenizers.media import read_video, write_video
+from videolm.data.media import read_video, write_video
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DEBUG_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "refiner" / "debug.yaml"
@@ -201,7 +201,7 @@ def test_consistency_stage_starts_from_init_and_trains_through_the_sampler(tmp_p
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
 
-    from videolm.diffusion.refiner_runs import ConsistencyConfig, ConsistencyLoss
+    from videolm.train.refiner import ConsistencyConfig, ConsistencyLoss
 
     model = trained_looking().train()
     x0 = torch.rand(1, 3, 17, 64, 64) * 2 - 1

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from videolm.tasks.base import BUILTIN
+from videolm.core.models import resolve_model
 from videolm.tasks.pipeline import Pipeline
-from videolm.tasks.shapes import make_clip
+from videolm.data.shapes import make_clip
 from videolm.core.errors import UsageError
-from videolm.tokenizers.media import read_audio, read_video, write_audio, write_image, write_video
+from videolm.data.media import read_audio, read_video, write_audio, write_image, write_video
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,7 +44,7 @@ def files(tmp_path_factory):
 
 def _run(*args):
     exe = Path(sys.executable).with_name("videolm")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "videolm.tasks.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "videolm.cli.main"]
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300)
 
 
@@ -149,7 +150,7 @@ def test_sigkill_keeps_every_finished_sample_listed_in_a_valid_manifest(model_di
 
     out = tmp_path / "out"
     exe = Path(sys.executable).with_name("videolm")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "videolm.tasks.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "videolm.cli.main"]
     proc = subprocess.Popen([*cmd, "generate", "--model", str(model_dir), "--task", "uncond", "--num-samples", "8",
                              "--save-frames", "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
@@ -175,7 +176,7 @@ def test_sigkill_keeps_every_finished_sample_listed_in_a_valid_manifest(model_di
 
 
 def test_overwrite_replaces_its_own_output_and_nothing_else(model_dir, tmp_path, capsys):
-    from videolm.tasks.cli import main
+    from videolm.cli.main import main
 
     out = tmp_path / "o"
     args = ["generate", "--model", str(model_dir), "--task", "uncond", "--out", str(out)]
@@ -190,8 +191,8 @@ def test_overwrite_replaces_its_own_output_and_nothing_else(model_dir, tmp_path,
 
 
 def test_t2i_writes_a_png(model_dir, tmp_path):
-    from videolm.tasks.cli import main
-    from videolm.tokenizers.media import read_image
+    from videolm.cli.main import main
+    from videolm.data.media import read_image
 
     out = tmp_path / "t2i"
     assert main(["generate", "--model", str(model_dir), "--task", "t2i", "--prompt", "a large yellow triangle",
@@ -202,8 +203,8 @@ def test_t2i_writes_a_png(model_dir, tmp_path):
 
 
 def test_a_clip_of_another_size_is_cropped_and_resized_and_says_so(pipe, model_dir, tmp_path, capsys):
-    from videolm.tasks.cli import main
-    from videolm.tasks.shapes import ShapesConfig
+    from videolm.cli.main import main
+    from videolm.data.shapes import ShapesConfig
 
     wide = make_clip(5, ShapesConfig(height=96, width=160)).video
     write_video(tmp_path / "wide.mp4", wide, fps=16)
@@ -265,14 +266,14 @@ def test_prompts_are_read_in_the_models_words(pipe, tmp_path):
     assert seen == ["make it a ball"] and np.array_equal(own.video, same.video)
     with pytest.raises(UsageError, match="returned int"):
         pipe.generate("t2v", "x", rewrite=lambda p: 3)
-    table = PromptTable.load(Path(__file__).resolve().parents[2] / "tasks" / "models" / "shapes-64")
+    table = PromptTable.load(resolve_model("shapes-64"))
     assert table.rewrite("A big purple ball rolling to the left, on a grey background!") == (
         "a large magenta circle moves left on a gray background", [])
     assert table.rewrite("a tiny green cube doesn't move") == ("a small green square stays still", [])
 
 
 def test_prompt_rewriter_from_the_command_line(model_dir, tmp_path, monkeypatch):
-    from videolm.tasks.cli import main
+    from videolm.cli.main import main
 
     (tmp_path / "my_rewriter.py").write_text("def rewrite(prompt):\n    return 'a small blue square moves up'\n")
     monkeypatch.chdir(tmp_path)

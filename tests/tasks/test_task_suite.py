@@ -7,8 +7,8 @@ import torch
 
 from videolm.lm.data import TaskSequences
 from videolm.tasks.base import BUILTIN, TaskInputs, build_tasks
-from videolm.tasks.shapes import make_clip
-from videolm.tasks.shapes_data import ShapesDataset
+from videolm.data.shapes import make_clip
+from videolm.data.shapes_data import ShapesDataset
 from videolm.tasks.token_shards import ClipTokenizer, LazySamples, image_caption
 from videolm.tasks.views import box_mask, clip_views, grid_of, ping_pong, pixel_mask_to_grid
 from videolm.core.errors import UsageError
@@ -97,7 +97,7 @@ def test_lazy_samples_tokenize_only_what_a_task_reads(tok, samples, tasks):
 
 def test_truth_decoded_through_each_task_matches_the_clip(tasks, samples, clips, tok):
     """Reassembling condition and target gives back the clip (up to the tokenizer's error)."""
-    from videolm.tokenizers.media import psnr
+    from videolm.data.media import psnr
 
     for name in ("extend", "extend_back", "interpolate", "i2v", "t2v"):
         task = tasks[name]

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from videolm.tasks.shapes import BACKGROUNDS, ShapesConfig, make_clip, sample_scene
+from videolm.data.shapes import BACKGROUNDS, ShapesConfig, make_clip, sample_scene
 from videolm.core.errors import DataError, UsageError, VideolmError
 from videolm.tokenizers.text import MODEL_NAME, TextTokenizer
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from videolm.tasks.shapes import make_clip
+from videolm.data.shapes import make_clip
 from videolm.core.errors import UsageError
 from videolm.tokenizers.video import VideoTokenizer, VideoTokenizerConfig, to_frames, to_tensor
 

@@ -1,0 +1,33 @@
+"""Where models live: a folder path, or the name of a model shipped inside the package.
+
+Shipped models sit in ``models/NAME/`` and are installed as package data, so
+``resolve_model("shapes-64")`` works after a plain ``pip install .`` as well as in a checkout.
+A shipped model folder is a bundle: ``video_tokenizer/``, ``audio_tokenizer/``, ``text.model``,
+``vocab.json`` (and, as they land, the language model, refiner and baseline).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from videolm.core.errors import UsageError
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "models"  # videolm/models (the repository's models/)
+DEFAULT_MODEL = "shapes-64"
+AR_CFG_SCALE = 4.0  # the LM's default classifier-free guidance for tasks with text: the best t2v
+#   direction of scales 2-6 on held-out seeds apart from those `videolm eval` reports (docs/tasks.md)
+
+
+def shipped_models() -> list[str]:
+    return sorted(p.name for p in SHIPPED_DIR.iterdir() if p.is_dir()) if SHIPPED_DIR.is_dir() else []
+
+
+def resolve_model(name_or_dir: str | Path) -> Path:
+    """A model folder: an existing path wins; otherwise a shipped model's name."""
+    path = Path(name_or_dir)
+    if path.is_dir():
+        return path
+    if str(name_or_dir) in shipped_models():
+        return SHIPPED_DIR / str(name_or_dir)
+    shipped = ", ".join(shipped_models()) or "none yet"
+    raise UsageError(f"--model {name_or_dir}: no such folder, and not a shipped model (shipped: {shipped})")

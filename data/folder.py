@@ -1,0 +1,302 @@
+"""Folder datasets: every video under a folder, cut into fixed-length, resized clips.
+
+A folder is either a plain tree of videos (``*.mp4 *.webm *.mkv *.avi *.mov *.gif``, any
+case; names starting with "." are ignored) with optional sidecars beside each video
+(``NAME.txt`` caption, ``NAME.wav`` audio) and an optional ``captions.jsonl`` at the root,
+or a folder with a ``manifest.jsonl`` (what ``videolm data shapes`` writes), which then lists
+the clips, their captions and audio, and nothing else is a clip.
+
+Probing every file is slow on big folders, so the results are kept in an index in the user's
+cache (``$VIDEOLM_CACHE``, else ``$XDG_CACHE_HOME/videolm``, else ``~/.cache/videolm``:
+``index/SHA1-OF-ROOT.json``); reopening re-probes only files whose size or mtime changed. The
+folder itself is only ever read.
+"""
+
+import hashlib
+import json
+import os
+import uuid
+import warnings
+from bisect import bisect_right
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from videolm.core.errors import DataError, MediaError, UsageError
+from videolm.core.schema import check_range
+from videolm.data.media import num_frames_at, probe_video, read_audio, read_video
+
+VIDEO_EXTS = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".gif"}
+INDEX_VERSION = 1
+
+
+@dataclass(frozen=True)
+class _Video:
+    path: str  # relative to the root, POSIX separators
+    audio: str | None  # sidecar or manifest audio file, relative to the root
+    caption: str
+    has_track: bool  # the video file itself carries audio
+    num_clips: int
+
+
+@dataclass
+class FolderConfig:
+    """A folder of videos as a dataset of clips (the fields of FolderDataset)."""
+
+    root: str
+    frames: int = 17
+    fps: float = 8.0
+    height: int = 64
+    width: int = 64
+    fit: Literal["crop", "pad", "stretch"] = "crop"
+    sample_rate: int = 16000
+    stride: int | None = None
+
+    def __post_init__(self):
+        check_range(self, 1, None, "frames", "height", "width", "stride")
+        check_range(self, 0, None, "fps", low_open=True)
+        check_range(self, 1000, None, "sample_rate")
+
+    def dataset(self) -> "FolderDataset":
+        return FolderDataset(self.root, self.frames, self.fps, (self.height, self.width), self.fit,
+                             self.sample_rate, self.stride)
+
+
+class FolderDataset(Dataset):
+    """Clips of `frames` frames at `fps`, resized to `size`, from every video under `root`.
+
+    Clips are non-overlapping unless `stride` (in frames) is smaller than `frames`; a file
+    gives ``(n - frames) // stride + 1`` clips where n is its frame count at `fps`. Items are
+    dicts: ``video`` uint8 (T, H, W, 3), ``audio`` float32 (round(T / fps * sample_rate),)
+    (sidecar wav first, then the file's own track, else zeros), ``has_audio``, ``caption``
+    ("" if none), ``path`` (relative to root) and ``start`` (seconds).
+
+    Unreadable files are skipped with one warning each, when indexing or when a read fails
+    later; in the latter case the item is the next readable clip.
+    """
+
+    def __init__(self, root, frames=17, fps=8, size=(64, 64), fit="crop", sample_rate=16000,
+                 stride=None, index_path=None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise UsageError(f"{self.root}: no such folder" if not self.root.exists() else f"{self.root}: not a folder")
+        self.frames, self.fps, self.size, self.fit = frames, fps, tuple(size), fit
+        self.sample_rate, self.stride = sample_rate, stride or frames
+        self.index_path = Path(index_path) if index_path else _default_index_path(self.root)
+        sources = _manifest_sources(self.root)
+        if sources is None:
+            sources = _scan_sources(self.root)
+        entries = self._index(sorted(sources))
+        self.skipped = [rel for rel in sorted(sources) if not entries[rel]["ok"]]
+        videos = [self._video(rel, sources[rel], entries[rel]) for rel in sorted(sources)
+                  if entries[rel]["ok"]]
+        self._videos = [v for v in videos if v.num_clips > 0]
+        self._starts = np.cumsum([0] + [v.num_clips for v in self._videos]).tolist()
+        self._bad: set[str] = set()
+        if not len(self):
+            raise DataError(f"{self.root}: no readable video clips of {frames} frames at "
+                            f"{fps} fps ({len(sources)} video files found)")
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def captions(self) -> list[str]:
+        """The caption of every readable video, in index order (one per video, not per clip)."""
+        return [v.caption for v in self._videos]
+
+    def summary(self) -> dict:
+        """What the folder holds at this clip setting, as JSON-ready data."""
+        return {
+            "root": str(self.root),
+            "videos": len(self._videos),
+            "skipped": self.skipped,
+            "clips": len(self),
+            "captioned_videos": sum(bool(v.caption) for v in self._videos),
+            "videos_with_audio": sum(bool(v.audio or v.has_track) for v in self._videos),
+            "frames": self.frames,
+            "fps": self.fps,
+            "size": list(self.size),
+            "index": str(self.index_path),
+        }
+
+    def __getitem__(self, i: int) -> dict:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"clip {i} out of range for {n} clips")
+        for k in range(i % n, i % n + n):
+            video, clip = self._locate(k % n)
+            if video.path in self._bad:
+                continue
+            try:
+                return self._load(video, clip)
+            except MediaError as e:
+                self._bad.add(video.path)
+                warnings.warn(f"skipping unreadable video: {e}", stacklevel=2)
+        raise DataError(f"{self.root}: every video failed to read")
+
+    def _locate(self, k: int) -> tuple[_Video, int]:
+        f = bisect_right(self._starts, k) - 1
+        return self._videos[f], k - self._starts[f]
+
+    def _load(self, video: _Video, clip: int) -> dict:
+        start = clip * self.stride / self.fps
+        frames = read_video(self.root / video.path, fps=self.fps, size=self.size, fit=self.fit,
+                            start=start, num_frames=self.frames)  # (t <= T, H, W, 3)
+        if len(frames) < self.frames:  # the index overestimated the length: repeat the last
+            frames = np.concatenate([frames, np.repeat(frames[-1:], self.frames - len(frames), 0)])
+        seconds = self.frames / self.fps
+        audio_path = video.audio or (video.path if video.has_track else None)
+        audio = np.zeros(0, np.float32)
+        if audio_path is not None:
+            audio = read_audio(self.root / audio_path, self.sample_rate, start, seconds)
+        return {
+            "video": frames,  # (T, H, W, 3) uint8
+            "audio": _fit_length(audio, round(seconds * self.sample_rate)),  # (S,) float32
+            "has_audio": audio_path is not None,
+            "caption": video.caption,
+            "path": video.path,
+            "start": start,
+        }
+
+    def _video(self, rel: str, source: dict, entry: dict) -> _Video:
+        n = num_frames_at(entry["duration"], self.fps)
+        return _Video(rel, source["audio"], source["caption"], entry["has_audio"],
+                      max(0, (n - self.frames) // self.stride + 1))
+
+    def _index(self, paths: list[str]) -> dict[str, dict]:
+        """Probe results per path, reusing index entries whose size and mtime still match."""
+        cached = _load_index(self.index_path)
+        entries = {}
+        for rel in paths:
+            size, mtime = _stat(self.root / rel)
+            entry = cached.get(rel)
+            if entry is None or (entry["size_bytes"], entry["mtime"]) != (size, mtime):
+                entry = _probe(self.root, rel, size, mtime)
+            entries[rel] = entry
+            if not entry["ok"]:
+                warnings.warn(f"skipping unreadable video: {self.root / rel}: {entry['error']}",
+                              stacklevel=3)
+        if entries != cached:
+            _save_index(self.index_path, list(entries.values()))
+        return entries
+
+
+def _fit_length(audio: np.ndarray, n: int) -> np.ndarray:  # (n,)
+    return np.pad(audio[:n], (0, max(0, n - len(audio)))).astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _manifest_sources(root: Path) -> dict[str, dict] | None:
+    """``{video: {audio, caption}}`` from ``root/manifest.jsonl``, or None if there is none."""
+    manifest = root / "manifest.jsonl"
+    if not manifest.is_file():
+        return None
+    sources = {}
+    for record in _read_jsonl(manifest, ("video",)):
+        audio = record.get("audio")
+        sources[Path(record["video"]).as_posix()] = {
+            "audio": Path(audio).as_posix() if audio else None,
+            "caption": record.get("caption") or "",
+        }
+    return sources
+
+
+def _scan_sources(root: Path) -> dict[str, dict]:
+    """Every video under root, with its sidecar audio and caption."""
+    captions_file = root / "captions.jsonl"
+    captions = {}
+    if captions_file.is_file():
+        captions = {Path(r["video"]).as_posix(): r["caption"]
+                    for r in _read_jsonl(captions_file, ("video", "caption"))}
+    sources = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if (path.suffix.lower() not in VIDEO_EXTS or not path.is_file()
+                or any(part.startswith(".") for part in rel.parts)):
+            continue
+        wav, txt = path.with_suffix(".wav"), path.with_suffix(".txt")
+        caption = txt.read_text().strip() if txt.is_file() else captions.get(rel.as_posix(), "")
+        sources[rel.as_posix()] = {
+            "audio": wav.relative_to(root).as_posix() if wav.is_file() else None,
+            "caption": caption,
+        }
+    return sources
+
+
+def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from e
+        if not isinstance(record, dict) or any(key not in record for key in required):
+            raise DataError(f"{path}:{number}: needs an object with keys {', '.join(required)}")
+        records.append(record)
+    return records
+
+
+# ----------------------------------------------------------------------------- index
+
+
+def cache_dir() -> Path:
+    """Where videolm keeps what it can rebuild (indexes of folders): never inside a user's data."""
+    if os.environ.get("VIDEOLM_CACHE"):
+        return Path(os.environ["VIDEOLM_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "videolm"
+
+
+def _default_index_path(root: Path) -> Path:
+    """A per-folder index file in the user cache (input folders are read-only to videolm)."""
+    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()
+    return cache_dir() / "index" / f"{digest}.json"
+
+
+def _stat(path: Path) -> tuple[int | None, float | None]:
+    try:
+        st = path.stat()
+    except OSError:
+        return None, None
+    return st.st_size, st.st_mtime
+
+
+def _probe(root: Path, rel: str, size, mtime) -> dict:
+    entry = {"path": rel, "size_bytes": size, "mtime": mtime}
+    try:
+        info = probe_video(root / rel)
+    except MediaError as e:
+        return {**entry, "fps": None, "num_frames": None, "duration": None,
+                "has_audio": False, "ok": False, "error": e.cause}
+    return {**entry, "fps": info.fps, "num_frames": info.num_frames,
+            "duration": info.duration, "has_audio": info.has_audio, "ok": True, "error": None}
+
+
+def _load_index(path: Path) -> dict[str, dict]:
+    """Entries by path; an unreadable or outdated index is treated as empty."""
+    try:
+        data = json.loads(path.read_text())
+        files = data["files"] if data.get("version") == INDEX_VERSION else []
+        return {entry["path"]: entry for entry in files}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return {}
+
+
+def _save_index(path: Path, entries: list[dict]) -> None:
+    """Write the index atomically; failing to save it costs speed, not correctness."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"version": INDEX_VERSION, "files": entries}, indent=1))
+        os.replace(tmp, path)
+    except OSError as e:
+        warnings.warn(f"could not save the video index {path}: {e}", stacklevel=4)
+    finally:
+        tmp.unlink(missing_ok=True)

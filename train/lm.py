@@ -1,0 +1,334 @@
+"""`videolm lm fit`: the prefix LM trained on a task mixture, from token shards or tokenizing on the fly.
+
+The trainer (`videolm.train.lm_module`) sees ids only; this module picks the data, turns clips into
+sequences through the tasks named in the config, sizes the model to the vocabulary, and hands
+the trainer a function that writes sample outputs (generated with the engine, decoded through
+the tokenizers) every ``train.sample_every`` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from videolm.lm.data import TaskSequences, TokenShards
+from videolm.lm.engine import generate
+from videolm.lm.model import LMConfig, VideoLM
+from videolm.train.lm_module import LMTrainConfig, fit
+from videolm.tasks.base import Task, build_tasks
+from videolm.core.errors import ConfigError
+from videolm.core.schema import check_clip_numbers, check_range, to_dict
+from videolm.tokenizers.vocab import Vocabulary
+
+
+@dataclass
+class LMDataConfig:
+    shards: str | list[str] | None = None  # a folder written by `videolm tokenize`, or several (same tokenizers)
+    source: str | None = None  # or tokenize on the fly: "shapes" or a folder of videos
+    num: int = 100_000  # on the fly: Shapes training clips (seeds 0 .. num-1) or a folder's first clips
+    frames: int = 17  # on the fly: clip size
+    height: int = 64
+    width: int = 64
+    model: str | None = None  # tokenizers (to tokenize on the fly and decode samples); None: the shards'
+    tasks: dict[str, float] = field(default_factory=lambda: {"t2v": 1.0, "v2a": 1.0})  # name or module:Class -> weight
+    text_dropout: float = 0.1  # classifier-free guidance: the text is emptied this often in training
+    val_shards: str | list[str] | None = None  # held-out token shards (`videolm tokenize --split eval`):
+    #                                            their loss is logged every train.val_every steps
+
+    def __post_init__(self):
+        if (self.shards is None) == (self.source is None):
+            raise ConfigError("data: give exactly one of shards (token shards) or source (tokenize on the fly)")
+        if not self.tasks:
+            raise ConfigError("data.tasks: name at least one task")
+        check_clip_numbers(self)
+        check_range(self, 0, 1, "text_dropout")
+        bad = {name: w for name, w in self.tasks.items() if not w >= 0}
+        if bad or not sum(self.tasks.values()) > 0:
+            raise ConfigError(f"data.tasks: weights must be >= 0 and not all 0 (got {bad or self.tasks})")
+
+
+@dataclass
+class SampleConfig:
+    """Sample outputs written every ``train.sample_every`` steps, for the first clips of the data."""
+
+    clips: int = 2  # per task
+    cfg_scale: float = 3.0  # classifier-free guidance for tasks with text
+    temperature: float = 1.0
+    top_k: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        check_range(self, 0, None, "clips", "cfg_scale", "temperature", "seed")
+        check_range(self, 1, None, "top_k")
+
+
+@dataclass
+class LMFitConfig:
+    preset: str = "tiny"
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the LMConfig preset's fields
+    data: LMDataConfig = field(default_factory=lambda: LMDataConfig(shards="runs/tokens/shapes-64"))
+    train: LMTrainConfig = field(default_factory=LMTrainConfig)
+    samples: SampleConfig = field(default_factory=SampleConfig)
+    out: str = "runs/lm"
+    init: str | None = None  # start from these weights (a model folder: save_pretrained's, or a run's
+    #                          model/); the preset and model overrides are then not used
+
+
+def training_data(cfg: LMDataConfig):
+    """The samples (shards, or clips tokenized on the fly), their vocabulary and the tokenizers'
+    model folder."""
+    if cfg.shards is not None:
+        samples, first = _shards(cfg.shards, "data.shards")
+        return samples, first.vocab(), cfg.model or first.model
+    from videolm.tasks.token_shards import ClipSource, ClipTokenizer, LazySamples
+
+    source = ClipSource(data=cfg.source, num=cfg.num, frames=cfg.frames, height=cfg.height, width=cfg.width)
+    tokenizer = ClipTokenizer(cfg.model or "shapes-64")
+    tokenizer.vocab.add_resolution(cfg.height, cfg.width)
+    return LazySamples(source.dataset(), tokenizer), tokenizer.vocab, str(tokenizer.folder)
+
+
+def _shards(shards: str | list[str], what: str) -> tuple[Dataset, TokenShards]:
+    """One shard folder or several (written by the same tokenizers) as one dataset, and the first."""
+    folders = [TokenShards(f) for f in ([shards] if isinstance(shards, str) else shards)]
+    if len({f.model for f in folders}) > 1:
+        raise ConfigError(f"{what}: the folders were written by different tokenizers "
+                          f"({', '.join(sorted(str(f.model) for f in folders))})")
+    return (folders[0] if len(folders) == 1 else ConcatDataset(folders)), folders[0]
+
+
+def held_out_data(cfg: LMDataConfig, vocab: dict, tasks, row_len: int) -> TaskSequences | None:
+    """The held-out shards as sequences of the training mixture (no text dropout), or None.
+    ``vocab``: the training shards' vocabulary (``to_dict``), which the held-out ones must share."""
+    if cfg.val_shards is None:
+        return None
+    samples, first = _shards(cfg.val_shards, "data.val_shards")
+    if first.vocab().to_dict() != vocab:
+        raise ConfigError("data.val_shards: written with another vocabulary than the training data's")
+    return TaskSequences(samples, tasks, list(cfg.tasks.values()), 0.0, row_len)
+
+
+def build_model(cfg: LMFitConfig, vocab_size: int, vocab) -> VideoLM:
+    """The preset, sized to the vocabulary (rounded up to a multiple of 64) unless set."""
+    overrides = {"vocab_size": -(-vocab_size // 64) * 64, "pad_id": vocab["<pad>"], "bos_id": vocab["<bos>"],
+                 "eos_id": vocab["<eos>"], **cfg.model}
+    lm = LMConfig.from_name(cfg.preset, **overrides)
+    need, have = 16 * lm.num_params(), _memory_bytes()  # fp32 weights, gradients and AdamW's two moments
+    on_cpu = cfg.train.accelerator == "cpu" or not torch.cuda.is_available()
+    if on_cpu and have and need > have:
+        raise ConfigError(f"model: {lm.num_params() / 1e9:.1f} B parameters need about {need / 2**30:.0f} GiB to train, "
+                          f"more than this machine's {have / 2**30:.0f} GiB (check the preset and model sizes)")
+    if lm.vocab_size < vocab_size:
+        raise ConfigError(f"model.vocab_size={lm.vocab_size} is smaller than the vocabulary ({vocab_size} ids)")
+    if lm.max_seq_len < cfg.train.row_len:
+        raise ConfigError(f"train.row_len={cfg.train.row_len} exceeds the model's max_seq_len={lm.max_seq_len}")
+    return VideoLM.from_lm_config(lm)
+
+
+def _memory_bytes() -> int | None:
+    """This machine's physical memory, where the system says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def warm_start(folder: str, vocab, row_len: int) -> VideoLM:
+    """The model saved in ``folder``, checked against the data's vocabulary: a second stage of
+    training with a fresh schedule (the first stage's optimizer state is not carried over)."""
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"init: {folder} is not a model folder (no config.json)")
+    from videolm.tasks.pipeline import load_lm
+
+    if (path / "vocab.json").is_file() and Vocabulary.load(path).to_dict() != vocab.to_dict():
+        raise ConfigError(f"init: {folder} was trained with another vocabulary than the data's")
+    model = load_lm(path)
+    size = model.config.vocab_size
+    if size < len(vocab) or model.config.pad_token_id != vocab["<pad>"]:
+        raise ConfigError(f"init: {folder} has {size} ids; the data needs {len(vocab)} with <pad>={vocab['<pad>']}")
+    if model.config.max_position_embeddings < row_len:
+        raise ConfigError(f"train.row_len={row_len} exceeds the model's max_seq_len="
+                          f"{model.config.max_position_embeddings}")
+    return model.float().train()  # float32 master weights (a bundle stores float16); from_pretrained gives eval mode
+
+
+def run_fit(cfg: LMFitConfig):
+    """Train as ``cfg`` says; returns OUT/model (None on the extra processes of a multi-process run)."""
+    samples, vocab, model_dir = training_data(cfg.data)
+    shards_vocab = vocab.to_dict()  # before the tasks' tokens join it
+    tasks = build_tasks(list(cfg.data.tasks), vocab)
+    data = TaskSequences(samples, tasks, list(cfg.data.tasks.values()), cfg.data.text_dropout, cfg.train.row_len)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, len(vocab), vocab) if cfg.init is None else warm_start(cfg.init, vocab, cfg.train.row_len)
+    sample = None
+    if cfg.train.sample_every:
+        sample = SampleWriter(tasks, samples, model_dir, Path(cfg.out) / "samples", cfg.samples)
+    return fit(model, cfg.train, data, cfg.out, [t.name for t in tasks], vocab=vocab, pad_id=vocab["<pad>"],
+               sample=sample, run_config={"entry": "lm fit", **to_dict(cfg)},
+               held_out=held_out_data(cfg.data, shards_vocab, tasks, cfg.train.row_len))
+
+
+class SampleWriter:
+    """``(model, step)`` -> for each task, outputs generated for the first clips it accepts, decoded
+    and written beside the truth: video as ``step_NNNNNN_TASK.png`` (truth above, generated below)
+    and ``.gif`` (truth | generated), audio as ``.wav`` (generated, then truth)."""
+
+    def __init__(self, tasks: list[Task], samples, model_dir: str | None, out: Path, cfg: SampleConfig):
+        self.tasks, self.out, self.cfg = tasks, Path(out), cfg
+        self.model_dir = model_dir
+        self._tokenizer = None
+        self.prompts = {t.name: _first_accepted(t, samples, cfg.clips) for t in tasks}
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from videolm.tasks.token_shards import ClipTokenizer
+
+            if self.model_dir is None:
+                raise ConfigError("samples need the tokenizers: set data.model to a model folder")
+            self._tokenizer = ClipTokenizer(self.model_dir)
+        return self._tokenizer
+
+    def __call__(self, model: VideoLM, step: int) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        for task in self.tasks:
+            items = self.prompts[task.name]
+            if items:
+                codes = self.generate(model, task, items)
+                self.write(task, items, codes, self.out / f"step_{step:06d}_{task.name}")
+
+    def generate(self, model: VideoLM, task: Task, items: list[dict]) -> list[torch.Tensor]:
+        """Each item's generated output as local codes of the task's output shape."""
+        return generate_codes(model, task, items, cfg_scale=self.cfg.cfg_scale, temperature=self.cfg.temperature,
+                              top_k=self.cfg.top_k, generator=self.cfg.seed)
+
+    def write(self, task: Task, items: list[dict], codes: list[torch.Tensor], stem: Path) -> None:
+        from videolm.data.media import write_audio, write_grid, write_video
+
+        tok = self.tokenizer
+        truth = [task.to_media(task.target_codes(item), item, tok) for item in items]
+        made = [task.to_media(c, item, tok) for c, item in zip(codes, items)]
+        if task.output == "video":
+            truth_v, made_v = np.stack([m.video for m in truth]), np.stack([m.video for m in made])  # (B, T, H, W, 3)
+            write_grid(stem.with_suffix(".png"), np.concatenate([truth_v, made_v]))
+            write_video(stem.with_suffix(".gif"), np.concatenate([truth_v[0], made_v[0]], axis=2), fps=8)
+        else:
+            write_audio(stem.with_suffix(".wav"), np.concatenate([made[0].audio, truth[0].audio]))
+
+
+def generate_codes(model: VideoLM, task: Task, items: list[dict], *, cfg_scale: float = 1.0,
+                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                   generator=None, progress=None) -> list[torch.Tensor]:
+    """The task's outputs for ``items`` (samples), generated in one batch: local codes of
+    `Task.output_shape` each. Guidance applies to tasks with text when ``cfg_scale != 1``."""
+    training, task.training = task.training, False
+    try:
+        shapes = [task.output_shape(item) for item in items]
+        guided = task.uses_text and cfg_scale != 1
+        ids = generate(model, [task.prefix(item) for item in items], constraint=[task.layout(s) for s in shapes],
+                       cfg_scale=cfg_scale if guided else 1.0,
+                       uncond_prompts=[task.prefix(item, drop_text=True) for item in items] if guided else None,
+                       temperature=temperature, top_k=top_k, top_p=top_p, pad_id=task.vocab["<pad>"],
+                       generator=generator, progress=progress)  # (B, N)
+    finally:
+        task.training = training
+    return [task.output_codes(row, shape) for row, shape in zip(ids.cpu(), shapes)]
+
+
+def bundle_lm(lm: str | Path, out: str | Path, dtype: str = "float16", clip: dict | None = None) -> dict:
+    """Put a trained LM (``RUN/model``) into a model folder as ``OUT/lm/`` (weights stored as
+    ``dtype``; loaded back as float32), with its vocabulary and the clip size it makes. The LM's
+    vocabulary must lay out text, video and audio exactly as the folder's tokenizers do."""
+    from videolm.core.models import resolve_model
+    from videolm.tasks.pipeline import LM_DIR, load_lm
+    from videolm.tokenizers.vocab import Vocabulary
+
+    lm, out = Path(lm), resolve_model(out)
+    if not (lm / "config.json").is_file():
+        raise ConfigError(f"--lm {lm}: not a trained LM folder (no config.json); give RUN/model")
+    theirs, ours = Vocabulary.load(lm), Vocabulary.load(out)
+    for block in ("text", "video", "audio"):
+        if theirs.range(block) != ours.range(block):
+            raise ConfigError(f"--lm {lm}: its vocabulary places {block} ids at {theirs.range(block)}, the folder's "
+                              f"tokenizers at {ours.range(block)}; train the LM on shards from this folder")
+    model = load_lm(lm)
+    target = out / LM_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    model.to(getattr(torch, dtype)).save_pretrained(target)
+    theirs.save(target)
+    (target / "clip.json").write_text(json.dumps(clip or {"frames": 17, "height": 64, "width": 64, "fps": 8}) + "\n")
+    compute = training_compute(lm.parent)
+    if compute is not None:
+        (target / "training.json").write_text(json.dumps(compute, indent=2) + "\n")
+    size = sum(f.stat().st_size for f in target.iterdir()) / 2**20
+    return {"folder": str(target), "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+            "tasks": theirs.tasks, "lm_mb": round(size, 2)}
+
+
+def training_compute(run: Path) -> dict | None:
+    """Steps, minutes, threads and core-hours of the run folder a model was exported from (its
+    metrics.jsonl and run.json), or None when those are not there. A run that started from
+    another model's weights (``init``) adds that model's compute, when it can be found (its run
+    folder, or a ``training.json`` beside it), and lists both under ``stages``."""
+    metrics, config = run / "metrics.jsonl", run / "run.json"
+    if not metrics.is_file() or not config.is_file():
+        return None
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "minutes" in r]
+    if not rows:
+        return None
+    saved = json.loads(config.read_text())
+    train = saved.get("train", {})
+    threads = train.get("threads") or torch.get_num_threads()
+    device = "gpu" if train.get("accelerator") == "gpu" else "cpu"
+    hours = rows[-1]["minutes"] / 60
+    unit = "core_hours" if device == "cpu" else "gpu_hours"
+    this = {"steps": rows[-1]["step"], "minutes": round(rows[-1]["minutes"], 1), "device": device,
+            "threads": threads, unit: round(hours * (threads if device == "cpu" else 1), 2)}
+    before = _init_compute(saved.get("init"), run)
+    if before is None:
+        return this
+    stages = before.pop("stages", [before]) + [this]
+    total = {"steps": sum(s["steps"] for s in stages), "minutes": round(sum(s["minutes"] for s in stages), 1)}
+    for key in ("core_hours", "gpu_hours"):
+        if any(key in s for s in stages):
+            total[key] = round(sum(s.get(key, 0.0) for s in stages), 2)
+    return {**total, "stages": stages}
+
+
+def _init_compute(init: str | None, run: Path) -> dict | None:
+    """The training compute of the model a run started from, or None."""
+    if not init:
+        return None
+    for folder in (Path(init), run.parent / init):
+        if (folder / "training.json").is_file():
+            return json.loads((folder / "training.json").read_text())
+        if folder.is_dir() and folder.parent != run:  # a run's model/: that run's compute (never this run's own)
+            found = training_compute(folder.parent)
+            if found is not None:
+                return found
+    return None
+
+
+def _first_accepted(task: Task, samples, num: int) -> list[dict]:
+    found = []
+    for i in range(min(len(samples), 64)):
+        if len(found) == num:
+            break
+        sample = samples[i]
+        if task.accepts(sample):
+            found.append(sample)
+    return found
+
+
+__all__ = ["LMDataConfig", "LMFitConfig", "SampleConfig", "SampleWriter", "build_model", "bundle_lm", "generate_codes",
+           "run_fit",
+           "training_data"]

@@ -1,0 +1,394 @@
+"""Training the media tokenizers with Lightning: `videolm tokenizer fit --config configs/tokenizer/NAME.yaml`.
+
+One Lightning module serves both modalities; what differs (how a batch becomes a tensor, the
+reconstruction loss, the metrics) sits in a small per-modality adapter. The run folder holds::
+
+    OUT/checkpoints/last.ckpt   weights, optimizers, budget, random state, data position: a rerun
+                                resumes exactly (`videolm.core.training`)
+    OUT/samples/step_NNNNNN.png reconstruction grids (video: originals above, reconstructions below)
+    OUT/metrics.jsonl           one JSON line per log step and per validation
+    OUT/model/                  the trained tokenizer, save_pretrained format (safetensors + config.json)
+
+Video loss: L1 + MSE on pixels, the quantizer's aux loss (LFQ entropy / commitment), and, if
+enabled, a hinge GAN loss from a 3D patch discriminator switched on after `start_step` steps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from videolm.core.errors import ConfigError
+from videolm.core.training import RunModule, check_train_numbers, fit_run, lr_factor
+from videolm.core.schema import check_range
+
+# ------------------------------------------------------------------------------------- configs
+
+
+@dataclass
+class AdversarialConfig:
+    enabled: bool = False
+    start_step: int = 2000  # the discriminator and its loss switch on after this many steps
+    weight: float = 0.1
+    channels: int = 32
+    lr: float = 2e-4
+
+    def __post_init__(self):
+        check_range(self, 0, None, "start_step", "weight")
+        check_range(self, 1, None, "channels")
+        check_range(self, 0, None, "lr", low_open=True)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20_000
+    max_minutes: float | None = None  # wall-clock budget: training stops at whichever limit comes first
+    batch_size: int = 8
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    l1_weight: float = 1.0
+    mse_weight: float = 1.0
+    contrast_weight: float = 0.0  # video: extra loss weight on pixels that differ from their frame's median
+    aux_weight: float = 1.0
+    audio_crop_seconds: float = 1.0  # audio trains on random crops of this length
+    video_crop_frames: int | None = None  # video trains on random windows of 1 + 4k frames (None: whole clips)
+    video_crop_size: int | None = None  # ... and random square crops of this size, a multiple of 8 (None: whole)
+    precision: str = "32-true"  # "bf16-mixed" where the hardware has it
+    accelerator: str = "auto"
+    log_every: int = 50
+    val_every: int = 500  # validation, sample grids and GIFs, and model export every N steps
+    checkpoint_every: int = 100  # Lightning checkpoint (for resuming) every N steps
+    val_clips: int = 32
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    workers: int = 0  # DataLoader workers
+    seed: int = 0
+    save_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+
+    def __post_init__(self):
+        check_train_numbers(self)
+        check_range(self, 1, None, "val_every", "val_clips")
+        check_range(self, 0, None, "l1_weight", "mse_weight", "contrast_weight", "aux_weight")
+        check_range(self, 0, None, "audio_crop_seconds", low_open=True)
+        if self.video_crop_frames is not None and (self.video_crop_frames < 1 or (self.video_crop_frames - 1) % 4):
+            raise ConfigError(f"video_crop_frames={self.video_crop_frames} must be 1 + 4k (1, 5, 9, ...)")
+        if self.video_crop_size is not None and (self.video_crop_size < 8 or self.video_crop_size % 8):
+            raise ConfigError(f"video_crop_size={self.video_crop_size} must be a multiple of 8")
+
+
+# ------------------------------------------------------------------------------------ modalities
+
+
+def video_batch(batch: dict) -> torch.Tensor:
+    """uint8 (B, T, H, W, 3) -> float (B, 3, T, H, W) in [-1, 1]."""
+    return batch["video"].permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+
+
+def psnr_per_clip(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """PSNR of uint8-rounded clips in [-1, 1] (the same figure as on 0..255 pixels), (B,)."""
+    q = lambda v: v.float().clamp(-1, 1).add(1).mul(127.5).round()  # noqa: E731
+    mse = (q(x) - q(y)).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(255.0**2 / mse)
+
+
+def ssim_per_clip(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    b, c, t, h, w = x.shape
+    frames = lambda v: v.float().clamp(-1, 1).add(1).div(2).transpose(1, 2).reshape(b * t, c, h, w)  # noqa: E731
+    per_frame = ssim(frames(y), frames(x), data_range=1.0, reduction="none")  # (B*T,)
+    return per_frame.reshape(b, t).mean(1)
+
+
+class VideoModality:
+    """Video clips; training may use random space-time crops (the tokenizer is fully convolutional,
+    so it learns the same operators on cheaper inputs and still encodes whole clips)."""
+
+    name = "video"
+
+    def __init__(self, crop_frames: int | None = None, crop_size: int | None = None):
+        self.crop_frames, self.crop_size = crop_frames, crop_size
+
+    def inputs(self, batch: dict, train: bool) -> torch.Tensor:
+        x = video_batch(batch)  # (B, 3, T, H, W)
+        if not train:
+            return x
+        _, _, t, h, w = x.shape
+        if self.crop_frames and self.crop_frames < t:
+            start = int(torch.randint(0, t - self.crop_frames + 1, ()))
+            x = x[:, :, start:start + self.crop_frames]
+        if self.crop_size and self.crop_size < min(h, w):
+            top = 8 * int(torch.randint(0, (h - self.crop_size) // 8 + 1, ()))
+            left = 8 * int(torch.randint(0, (w - self.crop_size) // 8 + 1, ()))
+            x = x[..., top:top + self.crop_size, left:left + self.crop_size]
+        return x
+
+    def loss(self, x, recon, cfg: TrainConfig, model) -> tuple[torch.Tensor, dict]:
+        # Pixels are clamped to [-1, 1] when decoded, so an output beyond the range costs nothing
+        # where the target sits on the bound (black stays exactly black): the error is taken after a
+        # straight-through clamp, whose gradient still pulls an out-of-range pixel back when needed.
+        recon = recon + (recon.clamp(-1, 1) - recon).detach()
+        err = recon - x  # (B, 3, T, H, W)
+        l1, mse = err.abs().mean(), err.pow(2).mean()
+        logs = {"l1": l1.item(), "mse": mse.item()}
+        if cfg.contrast_weight:
+            # Small objects on a plain background are a sliver of the pixels, so a plain mean
+            # error learns them last; weighting pixels by how far they sit from the frame's
+            # median (a cheap saliency) makes them count from the start.
+            median = x.flatten(3).median(dim=3).values[..., None, None]  # (B, 3, T, 1, 1)
+            weight = 1 + cfg.contrast_weight * (x - median).abs().mean(1, keepdim=True)  # (B, 1, T, H, W)
+            weight = weight / weight.mean()
+            l1, mse = (weight * err.abs()).mean(), (weight * err.pow(2)).mean()
+        return cfg.l1_weight * l1 + cfg.mse_weight * mse, logs
+
+    def metrics(self, x, recon) -> dict[str, torch.Tensor]:
+        return {"psnr": psnr_per_clip(x, recon), "ssim": ssim_per_clip(x, recon)}
+
+    @staticmethod
+    def flat_codes(codes: torch.Tensor) -> torch.Tensor:  # (B, t, n) -> (B*t*n,): one codebook
+        return codes.reshape(-1)
+
+    def write_samples(self, x, recon, stem: Path) -> None:
+        """A PNG grid (originals above, reconstructions below) and a GIF (original | reconstruction)."""
+        from videolm.data.media import write_grid, write_video
+        from videolm.tokenizers.video import to_frames
+
+        n = min(4, x.shape[0])
+        orig, rec = to_frames(x[:n]), to_frames(recon[:n].clamp(-1, 1))  # (n, T, H, W, 3)
+        write_grid(stem.with_suffix(".png"), np.concatenate([orig, rec]))
+        write_video(stem.with_suffix(".gif"), np.concatenate([orig[0], rec[0]], axis=2), fps=8)
+
+
+class AudioModality:
+    name = "audio"
+
+    def __init__(self, crop_seconds: float = 1.0, sample_rate: int = 16000):
+        self.crop_seconds, self.sample_rate = crop_seconds, sample_rate
+
+    def inputs(self, batch: dict, train: bool) -> torch.Tensor:
+        audio = batch["audio"].float()  # (B, S)
+        n = int(self.crop_seconds * self.sample_rate)
+        if train and audio.shape[1] > n:
+            start = int(torch.randint(0, audio.shape[1] - n + 1, ()).item())
+            audio = audio[:, start:start + n]
+        return audio
+
+    def loss(self, x, recon, cfg: TrainConfig, model) -> tuple[torch.Tensor, dict]:
+        return model.reconstruction_loss(x, recon)
+
+    def metrics(self, x, recon) -> dict[str, torch.Tensor]:
+        from videolm.tokenizers.audio import frequency_agreement, stft_distance
+
+        xs, rs = x.float().cpu().numpy(), recon.float().cpu().numpy()
+        agree = [float(frequency_agreement(a, b, 16000)) for a, b in zip(xs, rs)]
+        strict = [float(frequency_agreement(a, b, 16000, tie_db=None)) for a, b in zip(xs, rs)]
+        dist = [float(stft_distance(a, b)) for a, b in zip(xs, rs)]
+        return {"frequency_agreement": torch.tensor(agree), "frequency_agreement_strict": torch.tensor(strict),
+                "stft_distance": torch.tensor(dist)}
+
+    @staticmethod
+    def flat_codes(codes: torch.Tensor) -> torch.Tensor:  # (B, F, Q) -> (B*F, Q): one codebook per level
+        return codes.reshape(-1, codes.shape[-1])
+
+    def write_samples(self, x, recon, stem: Path) -> None:
+        """Audio: a wav of the first original and its reconstruction, one after the other."""
+        from videolm.data.media import write_audio
+
+        both = torch.cat([x[0], recon[0].clamp(-1, 1)]).float().cpu().numpy()
+        write_audio(stem.with_suffix(".wav"), both)
+
+
+# --------------------------------------------------------------------------------- discriminator
+
+
+class PatchDiscriminator3d(nn.Module):
+    """A 3D patch discriminator: real/fake logits for overlapping space-time patches."""
+
+    def __init__(self, channels: int = 32):
+        super().__init__()
+        c = channels
+
+        def block(cin, cout, stride):
+            return [nn.Conv3d(cin, cout, 4, stride=stride, padding=1), nn.GroupNorm(min(8, cout // 4), cout), nn.LeakyReLU(0.2)]
+
+        self.net = nn.Sequential(
+            nn.Conv3d(3, c, (3, 4, 4), stride=(1, 2, 2), padding=1), nn.LeakyReLU(0.2),
+            *block(c, 2 * c, (2, 2, 2)), *block(2 * c, 4 * c, (2, 2, 2)),
+            nn.Conv3d(4 * c, 1, 3, padding=1),
+        )
+
+    def forward(self, x):  # (B, 3, T, H, W) -> (B, 1, T', H', W')
+        return self.net(x)
+
+
+# ----------------------------------------------------------------------------------- the module
+
+
+class TokenizerModule(RunModule):
+    """Trains a media tokenizer; manual optimization so the GAN's two optimizers stay explicit.
+    Every ``val_every`` steps (and at the end) it measures the held-out clips, writes sample
+    grids and exports the model."""
+
+    def __init__(self, model: nn.Module, modality, cfg: TrainConfig, out: Path, val_batches: list[dict]):
+        super().__init__(cfg, out)
+        self.model, self.modality = model, modality
+        self.automatic_optimization = False
+        self.discriminator = PatchDiscriminator3d(cfg.adversarial.channels) if cfg.adversarial.enabled else None
+        self.val_batches = val_batches
+        self._validated_at = -1
+        self._t0, self._clips = time.perf_counter(), 0
+
+    # -- optimization
+    def configure_optimizers(self):
+        cfg = self.cfg
+        opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+        if self.discriminator is None:
+            return opt
+        return [opt, torch.optim.AdamW(self.discriminator.parameters(), lr=cfg.adversarial.lr, betas=(0.5, 0.9))]
+
+    def on_train_start(self):
+        super().on_train_start()
+        self._t0 = time.perf_counter()
+
+    def training_step(self, batch, batch_idx):
+        cfg, step = self.cfg, self.steps_done
+        opts = self.optimizers()
+        opt = opts[0] if isinstance(opts, list) else opts
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(step, cfg, self.elapsed_now())
+        x = self.modality.inputs(batch, train=True)
+        out = self.model(x)
+        recon_loss, logs = self.modality.loss(x, out.recon, cfg, self.model)
+        loss = recon_loss + cfg.aux_weight * out.aux_loss
+        gan = self.discriminator is not None and step >= cfg.adversarial.start_step
+        if gan:
+            g_loss = -self.discriminator(out.recon).mean()
+            loss = loss + cfg.adversarial.weight * g_loss
+            logs["g_loss"] = g_loss.item()
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        self.clip_gradients(opt, gradient_clip_val=cfg.grad_clip, gradient_clip_algorithm="norm")
+        opt.step()
+        if gan:
+            logs["d_loss"] = self._discriminator_step(opts[1], x, out.recon.detach())
+        self._clips += x.shape[0]
+        self._last = (loss.detach(), out.aux_loss.detach(), logs, opt)
+        return loss
+
+    def after_step(self, step: int) -> None:
+        if step % self.cfg.log_every == 0:
+            self._log_train(step, *self._last)
+        if step % self.cfg.val_every == 0 or step == self.cfg.steps:
+            self._validate_and_export(step)
+
+    def finish(self) -> None:
+        self._validate_and_export(self.steps_done)
+
+    def extra_state(self) -> dict:
+        return {"validated_at": self._validated_at}
+
+    def load_extra_state(self, state: dict) -> None:
+        self._validated_at = int(state.get("validated_at", -1))
+
+    def _discriminator_step(self, d_opt, real, fake) -> float:
+        d_loss = F.relu(1 - self.discriminator(real)).mean() + F.relu(1 + self.discriminator(fake)).mean()
+        d_opt.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        d_opt.step()
+        return d_loss.item()
+
+    def _log_train(self, step, loss, aux, logs, opt):
+        elapsed = time.perf_counter() - self._t0
+        row = {"step": step, "minutes": round(self.elapsed / 60, 2), "loss": loss.item(), "aux": aux.item(),
+               "lr": opt.param_groups[0]["lr"],
+               "clips_per_s": self._clips / max(elapsed, 1e-9), **logs}
+        self._t0, self._clips = time.perf_counter(), 0
+        self._append_metrics(row)
+
+    # -- validation
+    @torch.no_grad()
+    def _validate_and_export(self, step: int) -> None:
+        """Held-out reconstruction metrics (one line), sample grids of the first batch, the model."""
+        if step == self._validated_at:
+            return
+        self._validated_at = step
+        start = time.perf_counter()
+        was_training = self.model.training
+        self.model.eval()
+        values: dict[str, list] = {}
+        codes = []
+        for i, batch in enumerate(self.val_batches):
+            x = self.modality.inputs({k: v.to(self.device) for k, v in batch.items()}, train=False)
+            out = self.model(x)
+            for k, v in self.modality.metrics(x, out.recon).items():
+                values.setdefault(k, []).append(v.float().cpu())
+            codes.append(self.modality.flat_codes(out.codes.cpu()))
+            if i == 0 and self.trainer.is_global_zero:
+                self.modality.write_samples(x, out.recon, self.out / "samples" / f"step_{step:06d}")
+        self.model.train(was_training)
+        if codes:
+            row = {"step": step, **{f"val_{k}": torch.cat(v).mean().item() for k, v in values.items()},
+                   **codebook_stats(torch.cat(codes), self.model.config.codebook_size)}
+            self._append_metrics(row)
+        self._export()
+        self._t0 += time.perf_counter() - start  # throughput counts training time only
+
+    # -- outputs
+    def _append_metrics(self, row: dict):
+        if self.trainer.is_global_zero:
+            self.metrics.append(row)
+
+    def _export(self):
+        if self.trainer.is_global_zero:
+            self.model.save_pretrained(self.out / "model", dtype=self.cfg.save_dtype)
+
+
+def codebook_stats(codes: torch.Tensor, codebook_size: int) -> dict[str, float]:
+    """Usage (fraction of codes ever used) and perplexity (exp of the code entropy).
+
+    `codes` is flat (N,) for one codebook, or (N, Q) for Q residual levels (averaged over levels).
+    """
+    levels = codes.reshape(-1, 1) if codes.ndim == 1 else codes
+    usage, perplexity = [], []
+    for q in range(levels.shape[1]):
+        counts = torch.bincount(levels[:, q].long(), minlength=codebook_size).float()
+        p = counts / counts.sum()
+        usage.append((counts > 0).float().mean().item())
+        perplexity.append(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()).item())
+    return {"codebook_usage": float(np.mean(usage)), "perplexity": float(np.mean(perplexity))}
+
+
+# ------------------------------------------------------------------------------------------ fit
+
+
+def collate_clips(items: list[dict]) -> dict:
+    return {
+        "video": torch.from_numpy(np.stack([it["video"] for it in items])),  # (B, T, H, W, 3) uint8
+        "audio": torch.from_numpy(np.stack([it["audio"] for it in items])),  # (B, S) float32
+    }
+
+
+def fit(model: nn.Module, modality: str, cfg: TrainConfig, train_data: Dataset, val_data: Dataset,
+        out: str | Path, run_config: dict | None = None) -> Path:
+    """Train (resuming exactly from OUT/checkpoints/last.ckpt if present); returns OUT/model."""
+    if modality == "video":
+        adapter = VideoModality(cfg.video_crop_frames, cfg.video_crop_size)
+    else:
+        adapter = AudioModality(cfg.audio_crop_seconds)
+    items = [val_data[i] for i in range(min(len(val_data), cfg.val_clips))]
+    val_batches = [collate_clips(items[i:i + cfg.batch_size]) for i in range(0, len(items), cfg.batch_size)]
+    module = TokenizerModule(model, adapter, cfg, Path(out), val_batches)
+    fit_run(module, train_data, cfg, "tokenizer fit", collate_clips, precision=cfg.precision,
+            run_config=run_config)
+    return Path(out) / "model"
