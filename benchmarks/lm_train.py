@@ -32,10 +32,12 @@ import time
 
 import torch
 
-from videolm.lm.data import PackCollate, TaskSequences, TokenShards
+from videolm.data.shards import TokenShards
+from videolm.lm.data import PackCollate, TaskSequences
 from videolm.lm.model import LMConfig, VideoLM
 from videolm.core.training import cpu_has_native_bf16
-from videolm.train.lm_module import LMModule, output_losses
+from videolm.lm.losses import output_losses
+from videolm.train.lm_module import LMModule
 from videolm.tasks.base import build_tasks
 from videolm.core.config import load_config
 from videolm.core.models import resolve_model
@@ -183,7 +185,7 @@ def main():
     row_len = args.row_len or train_cfg.row_len
     if args.shards:
         samples = TokenShards(args.shards)
-        vocab = samples.vocab()
+        vocab = Vocabulary.load(samples.folder)
     else:
         vocab = Vocabulary.load(resolve_model("shapes-64"))
         vocab.add_resolution(64, 64)

@@ -26,9 +26,10 @@ import json
 import numpy as np
 import torch
 
-from videolm.diffusion.refiner import GATE_SEED, gate, refine
-from videolm.train.refiner import (RefinerDataConfig, load_refiner, load_video_tokenizer, make_pairs,
-                                            probe_agreement)
+from videolm.diffusion.refiner import GATE_SEED, gate, load_refiner, make_pairs, refine
+from videolm.evaluation.refiner import probe_agreement
+from videolm.tasks.tokenizing import load_video_tokenizer
+from videolm.train.refiner import RefinerDataConfig
 from videolm.evaluation.probe import load_probe
 from videolm.tokenizers.video import to_frames, to_tensor
 

@@ -346,7 +346,7 @@ def add_probe(sub) -> None:
 
 def run_probe(args) -> int:
     from videolm.core.outputs import check_output_dir
-    from videolm.evaluation.probe import fit_probe
+    from videolm.train.probe import fit_probe
 
     check_output_dir(args.out, args.overwrite)
     with progress(args.steps, "probe fit", unit="step") as bar:

@@ -189,7 +189,7 @@ def _tokenizer_fit(args) -> int:
 
 
 def _tokenizer_eval(args) -> int:
-    from videolm.train.tokenizer import evaluate_tokenizer
+    from videolm.evaluation.tokenizer import evaluate_tokenizer
 
     if args.data != "shapes":
         input_folder(args.data, "--data")
@@ -277,7 +277,8 @@ def _add_tokenizer(sub) -> None:
 
 def _tokenize(args) -> int:
     from videolm.core.outputs import check_output_dir
-    from videolm.tasks.token_shards import ClipSource, write_token_shards
+    from videolm.data.sources import ClipSource
+    from videolm.train.tokenize import write_token_shards
 
     if args.data != "shapes":
         input_folder(args.data, "--data")

@@ -6,7 +6,11 @@ module imports Lightning, which takes seconds); each command imports it when it 
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 from videolm.core.errors import UsageError
+from videolm.diffusion.refiner import load_refiner, refine
 from videolm.cli.args import (BATCH, COUNT, SEED, THREADS, input_folder, integer, media_input, progress, real,
                                     size)
 from videolm.core.models import DEFAULT_MODEL
@@ -37,7 +41,7 @@ def run_fit_cmd(args) -> int:
 
 
 def run_eval_cmd(args) -> int:
-    from videolm.train.refiner import evaluate_refiner
+    from videolm.evaluation.refiner import evaluate_refiner
     from videolm.cli.main import print_json
 
     _threads(args.threads)
@@ -50,7 +54,6 @@ def run_eval_cmd(args) -> int:
 
 def run_apply_cmd(args) -> int:
     from videolm.core.outputs import check_output_file
-    from videolm.train.refiner import refine_file
     from videolm.cli.main import print_json
 
     media_input(args.video, "--video")
@@ -58,6 +61,28 @@ def run_apply_cmd(args) -> int:
     _threads(args.threads)
     print_json(refine_file(args.video, args.out, model=args.model, steps=args.steps, seed=args.seed, size=args.size))
     return 0
+
+
+def refine_file(video: str | Path, out: str | Path, model: str | Path = "shapes-64", steps: int | None = None,
+                seed: int = 0, size: tuple[int, int] | None = None) -> dict:
+    """Refine every frame of a video file and write the result (mp4, or any format write_video knows)."""
+    from videolm.data.media import probe_video, read_video, write_video
+
+    refiner = load_refiner(model)
+    if steps is not None and steps < 1:
+        raise UsageError(f"--steps {steps} must be >= 1")
+    frames = read_video(video, size=size)  # (T, H, W, 3)
+    _, h, w, _ = frames.shape
+    m = refiner.config.multiple
+    if h % m or w % m:
+        raise UsageError(f"--video {video}: frames of {h}x{w}; the refiner needs height and width multiples of {m} "
+                         f"(resize with --size)")
+    t0 = time.perf_counter()
+    refined = refine(refiner, frames[None], steps, seed=seed)[0]  # (T, H, W, 3)
+    seconds = time.perf_counter() - t0
+    write_video(out, refined, fps=probe_video(video).fps or 8)
+    return {"video": str(out), "frames": len(refined), "height": h, "width": w,
+            "steps": steps or refiner.config.steps, "seconds": round(seconds, 3)}
 
 
 def add_refiner(sub) -> None:

@@ -12,6 +12,14 @@ from pathlib import Path
 
 from videolm.core.errors import UsageError
 
+# what a model folder holds
+LM_DIR = "lm"  # the language model (a transformers checkpoint) with its vocab.json
+REFINER_DIR = "refiner"  # the diffusion refiner that cleans decoded frames (on by default when present)
+DIT_DIR = "dit"  # the DiT baseline (``backend="dit"``)
+PROBE_DIR = "probe"  # the probe classifier evaluation reads clips with
+CUSTOM_TASKS = "tasks.json"  # in lm/: name -> "module:Class" of the tasks not built in
+CUSTOM_CODE = "tasks"  # in lm/: their modules' source, imported from there
+
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "models"  # videolm/models (the repository's models/)
 DEFAULT_MODEL = "shapes-64"
 AR_CFG_SCALE = 4.0  # the LM's default classifier-free guidance for tasks with text: the best t2v

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from videolm.core.errors import ConfigError, UsageError
 from videolm.core.outputs import mark_run_dir
+from videolm.core.schema import check_range
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 METRICS = "metrics.jsonl"
@@ -89,8 +90,6 @@ def cpu_has_native_bf16() -> bool:
 def check_train_numbers(cfg) -> None:
     """The checks every training section shares (for ``__post_init__``): positive step counts and
     sizes, a finite non-negative learning rate, a fraction for the floor of its schedule."""
-    from videolm.core.schema import check_range
-
     check_range(cfg, 1, None, "steps", "batch_size", "log_every", "checkpoint_every", "threads")
     check_range(cfg, 0, None, "warmup_steps", "weight_decay", "grad_clip", "workers")
     check_range(cfg, 0, 2**63 - 1, "seed")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from videolm.core.outputs import atomic_output_dir
+from videolm.data.media import write_audio, write_image, write_video
 from videolm.data.shapes import EVAL_SEED_START, ShapesConfig, make_clip
 
 FILES = {
@@ -31,8 +32,6 @@ def example_mask(height: int = 64, width: int = 64) -> np.ndarray:
 
 def write_examples(out: str | Path, seed: int = 0, overwrite: bool = False) -> Path:
     """Write the example inputs of held-out scene ``seed`` into ``out`` (all or nothing)."""
-    from videolm.data.media import write_audio, write_image, write_video
-
     world = ShapesConfig()
     clip = make_clip(EVAL_SEED_START + seed, world)
     half = len(clip.video) // 2

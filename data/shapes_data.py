@@ -26,9 +26,10 @@ import yaml
 from torch.utils.data import Dataset
 
 from videolm.core.config import to_dict
-from videolm.core.outputs import atomic_output_dir
-from videolm.data.shapes import EVAL_SEED_START, ShapesConfig, make_clip
 from videolm.core.errors import UsageError
+from videolm.core.outputs import atomic_output_dir
+from videolm.data.media import write_audio, write_video
+from videolm.data.shapes import EVAL_SEED_START, ShapesConfig, make_clip
 
 
 def split_seeds(split: str, seed: int, num: int) -> range:
@@ -49,7 +50,6 @@ def split_seeds(split: str, seed: int, num: int) -> range:
 @dataclass
 class ShapesDataConfig:
     """What `videolm data shapes` writes: ``num`` clips of ``split`` from offset ``seed``."""
-
     num: int = 64
     seed: int = 0
     split: Literal["train", "eval"] = "train"
@@ -107,8 +107,6 @@ def write_shapes(out: str | Path, cfg: ShapesDataConfig, overwrite: bool = False
 
 
 def _write_clip(root: Path, seed: int, world: ShapesConfig) -> dict:
-    from videolm.data.media import write_audio, write_video  # PyAV only when writing files
-
     clip = make_clip(seed, world)
     name = clip_id(seed)
     paths = {"video": f"video/{name}.mkv", "audio": f"audio/{name}.wav", "structure": f"structure/{name}.mkv"}

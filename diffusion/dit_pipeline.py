@@ -13,6 +13,7 @@ clips as one call per prompt.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -20,11 +21,12 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
+from videolm.core.errors import UsageError
+from videolm.core.models import resolve_model
 from videolm.diffusion.dit import DiT, null_text, text_batch
 from videolm.diffusion.latents import encode_latents, latents_to_codes
 from videolm.diffusion.process import FlowMatching, seeded_noise
-from videolm.tasks.views import context_latents, frames_of
-from videolm.core.errors import UsageError
+from videolm.tokenizers.geometry import context_latents, frames_of
 from videolm.tokenizers.text import TextTokenizer
 from videolm.tokenizers.video import SPACE_DOWN, VideoTokenizer, to_frames, to_tensor
 
@@ -76,6 +78,21 @@ class Generated(NamedTuple):
     seconds: float
 
 
+def load_dit_tokenizers(dit_dir: str | Path):
+    """The video tokenizer and text tokenizer of a trained DiT folder: ``text.model`` inside it; the
+    video tokenizer of the bundle it sits in (``../video_tokenizer``) or of the model folder its
+    ``training.json`` names."""
+    dit_dir = Path(dit_dir)
+    video_dir = dit_dir.parent / "video_tokenizer"
+    if not (video_dir / "config.json").is_file():
+        record = dit_dir / "training.json"
+        if not record.is_file():
+            raise UsageError(f"{dit_dir}: no video tokenizer beside it and no training.json naming one")
+        video_dir = resolve_model(json.loads(record.read_text())["tokenizer_model"]) / "video_tokenizer"
+    text_path = dit_dir / "text.model" if (dit_dir / "text.model").is_file() else dit_dir.parent / "text.model"
+    return VideoTokenizer.from_pretrained(video_dir), TextTokenizer.load(text_path)
+
+
 class DiTGenerator:
     """A DiT with the video tokenizer it was trained on and the text tokenizer of its captions."""
 
@@ -91,8 +108,6 @@ class DiTGenerator:
                     text_tokenizer: TextTokenizer | None = None, device: str = "cpu") -> DiTGenerator:
         """A trained DiT folder (``RUN/model`` or a bundle's ``dit/``). Missing tokenizers come from
         the folder (``text.model``) and the model folder it names in ``training.json`` (or its parent)."""
-        from videolm.train.dit import load_dit_tokenizers
-
         dit_dir = Path(dit_dir)
         model = DiT.from_pretrained(dit_dir).to(device)
         if tokenizer is None or text_tokenizer is None:
@@ -103,7 +118,6 @@ class DiTGenerator:
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path = "shapes-64", device: str = "cpu") -> DiTGenerator:
         """A model bundle's ``dit/`` (a shipped name or a folder), or a DiT folder itself."""
-        from videolm.core.models import resolve_model
 
         folder = resolve_model(name_or_dir)
         if (folder / DIT_DIR / "config.json").is_file():

@@ -19,16 +19,20 @@ already lands on the network's conditional mean.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
-from videolm.diffusion.process import FlowMatching, seeded_noise
 from videolm.core.errors import UsageError
-from videolm.core.saving import Pretrained
+from videolm.core.models import resolve_model
+from videolm.core.saving import CONFIG_NAME, Pretrained
+from videolm.diffusion.process import FlowMatching, seeded_noise
 from videolm.tokenizers.video import frames_2d, frames_3d, to_frames, to_tensor
 
 
@@ -255,4 +259,34 @@ def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["PRESETS", "Refiner", "RefinerConfig", "gate", "num_parameters", "refine", "start_point", "time_embedding"]
+def load_refiner(name_or_dir: str | Path = "shapes-64") -> Refiner:
+    """A refiner folder, or the ``refiner/`` of a model bundle (a folder or a shipped name)."""
+    folder = resolve_model(name_or_dir)
+    if not (folder / CONFIG_NAME).exists() and (folder / "refiner").is_dir():
+        folder = folder / "refiner"
+    if not (folder / CONFIG_NAME).exists():
+        raise UsageError(f"--model {name_or_dir}: no refiner there (no {CONFIG_NAME} in {folder})")
+    return Refiner.from_pretrained(folder)
+
+
+@torch.no_grad()
+def roundtrip(tokenizer, frames: np.ndarray) -> np.ndarray:
+    """decode(encode(x)) of uint8 clips (B, T, H, W, 3), as uint8 (B, T, H, W, 3)."""
+    x = to_tensor(frames)  # (B, 3, T, H, W)
+    return to_frames(tokenizer.decode(tokenizer.encode(x), x.shape[-2], x.shape[-1]))
+
+
+def make_pairs(clips: Dataset, tokenizer, batch_size: int = 16,
+               progress: Callable[[int], object] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(decoded, clean) uint8 tensors (N, T, H, W, 3) of every clip."""
+    decoded, clean = [], []
+    for start in range(0, len(clips), batch_size):
+        frames = np.stack([clips[i]["video"] for i in range(start, min(start + batch_size, len(clips)))])
+        decoded.append(torch.from_numpy(roundtrip(tokenizer, frames)))
+        clean.append(torch.from_numpy(frames))
+        if progress:
+            progress(len(frames))
+    return torch.cat(decoded), torch.cat(clean)
+
+
+__all__ = ["PRESETS", "Refiner", "RefinerConfig", "gate", "num_parameters", "refine", "start_point", "time_embedding", "load_refiner", "make_pairs", "roundtrip"]

@@ -26,10 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videolm.evaluation.evaluate import ALL_ATTRIBUTES, score
-from videolm.tasks.pipeline import AR_CFG_SCALE, Pipeline
-from videolm.data.shapes_data import ShapesDataset
 from videolm.core.errors import UsageError
+from videolm.core.outputs import atomic_output_dir
+from videolm.data.media import write_grid
+from videolm.data.shapes_data import ShapesDataset
+from videolm.evaluation.evaluate import ALL_ATTRIBUTES, score
+from videolm.evaluation.probe import load_probe
+from videolm.tasks.pipeline import AR_CFG_SCALE, Pipeline
 
 TASKS = ("t2v", "extend")  # what the DiT baseline supports
 SYSTEMS = ("ar", "dit")
@@ -68,7 +71,6 @@ def compare(cfg: CompareConfig, progress: Callable[[str, int], object] | None = 
     refine = cfg.refine and pipe.refiner is not None
     for name in cfg.tasks:
         pipe.task(name)
-    from videolm.evaluation.probe import load_probe
 
     probe = load_probe(pipe.folder)
     data = ShapesDataset(cfg.num, seed=cfg.seed, split="eval")
@@ -161,8 +163,6 @@ def winners(ar: dict, dit: dict) -> dict:
 
 def write_report(results: dict, out: str | Path, overwrite: bool = False) -> Path:
     """results.json, report.md, the plots and the sample grids, into ``out`` (all or nothing)."""
-    from videolm.core.outputs import atomic_output_dir
-
     truth, videos = results.pop("_truth"), results.pop("_videos")
     with atomic_output_dir(out, overwrite=overwrite, command="compare") as tmp:
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -261,8 +261,6 @@ def _plot_attributes(results: dict, path: Path) -> None:
 
 def _sample_grid(truth: np.ndarray, ar: np.ndarray, dit: np.ndarray, path: Path) -> None:
     """Per clip three rows (truth, AR, DiT), frames 0, 4, 8, 12, 16 left to right."""
-    from videolm.data.media import write_grid
-
     frames = [f for f in SAMPLE_FRAMES if f < truth.shape[1]]
     rows = [r[:, frames] for clip in zip(truth, ar, dit) for r in (np.stack(clip),)]
     write_grid(path, np.concatenate(rows))

@@ -29,13 +29,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 
-from videolm.evaluation import metrics as M
-from videolm.tasks.base import BUILTIN
-from videolm.tasks.pipeline import AR_CFG_SCALE, Pipeline
-from videolm.data.shapes_data import ShapesDataset
-from videolm.tasks.views import box_mask, context_latents, frames_of, grid_of, start_latents
 from videolm.core.errors import UsageError
+from videolm.core.models import AR_CFG_SCALE
+from videolm.data.shapes import BACKGROUNDS, DIRECTIONS, PALETTE, SHAPES, SIZES
+from videolm.data.shapes_data import ShapesDataset
+from videolm.evaluation import metrics as M
+from videolm.evaluation.probe import frechet_distance, load_probe
+from videolm.lm.data import TaskBatch
+from videolm.lm.losses import held_out_losses
+from videolm.lm.masks import pad
+from videolm.tasks.base import BUILTIN, Task
+from videolm.tasks.pipeline import Pipeline
+from videolm.tasks.views import box_mask
+from videolm.tokenizers.geometry import context_latents, frames_of, grid_of, start_latents
 
 ALL_ATTRIBUTES = ("shape", "color", "size", "direction")
 STILL_ATTRIBUTES = ("shape", "color", "size")  # where motion cannot be judged (an image, a ping-pong loop)
@@ -67,8 +75,6 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
     names = list(cfg.tasks) or pipe.task_names
     for name in names:
         pipe.task(name)  # unknown tasks fail before any work
-    from videolm.evaluation.probe import load_probe
-
     probe = load_probe(pipe.folder)
     if cfg.split not in ("eval", "train"):
         raise UsageError(f"--split {cfg.split}: choose eval or train")
@@ -102,8 +108,6 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
         if name in BUILTIN:
             report[name] = score(name, made, clips, samples, probe, real_features, per_clip)
         else:  # a fine-tuned task, scored as `videolm finetune` scores it (against its truth where it has one)
-            from videolm.train.finetune import score_task
-
             report[name] = score_task(task, made, clips, samples, probe, real_features, pipe.tokenizer, per_clip)
         if cfg.per_clip:
             report[name]["per_clip"] = per_clip
@@ -141,12 +145,6 @@ def truth_loss(model, task, samples: list[dict], pad_id: int, batch_size: int = 
     """The mean loss per output token of the true outputs, teacher-forced: how likely the model
     finds what it should have made (no sampling). Against the same figure on training clips
     (``split="train"``) it shows how much of the training loss is memory."""
-    import torch
-
-    from videolm.lm.data import TaskBatch
-    from videolm.lm.masks import pad
-    from videolm.train.lm_module import held_out_losses
-
     training, task.training = task.training, False  # the prefix as at generation: no random choices
     try:
         built = [task.build(s) for s in samples]
@@ -172,8 +170,6 @@ def attribute_accuracy(predicted: list[dict], wanted: list[list[dict]], attribut
 
 
 def _frechet(a: np.ndarray, b: np.ndarray) -> float:
-    from videolm.evaluation.probe import frechet_distance
-
     return float(frechet_distance(a, b))
 
 
@@ -330,10 +326,53 @@ def _paired_row(mine: np.ndarray, theirs: np.ndarray) -> dict:
 
 def chance_levels() -> dict:
     """What guessing scores, for reading the attribute accuracies: one over the number of classes."""
-    from videolm.data.shapes import BACKGROUNDS, DIRECTIONS, PALETTE, SHAPES, SIZES
-
     return {"shape": 1 / len(SHAPES), "color": 1 / len(PALETTE), "size": 1 / len(SIZES),
             "direction": 1 / len(DIRECTIONS), "background": 1 / len(BACKGROUNDS)}
 
 
-__all__ = ["EvalConfig", "attribute_accuracy", "chance_levels", "check_same_settings", "evaluate", "paired_changes", "score"]
+
+def score_task(task: Task, made: list, clips: list[dict], samples: list[dict], probe, real_features, tokenizer,
+               per_clip: list[dict] | None = None) -> dict:
+    """A block of metrics: built-in tasks as `videolm eval` scores them; a task with ``truth(clip)``
+    (and optionally ``baseline(clip)``) by PSNR and probe attributes against the truth, beside the
+    ceiling (the truth's own codes decoded: the best the LM can emit) and the copy baseline. The
+    attributes wanted are the clip's objects, or ``truth_objects(clip)`` where the task changes
+    them (``reverse`` turns every direction around). ``per_clip`` (one dict per clip) receives
+    each clip's ``[hits, count]`` per attribute of the model's own outputs, as `score` does."""
+    if task.name in BUILTIN or not hasattr(task, "truth"):
+        return score(task.name, made, clips, samples, probe, real_features, per_clip)
+    truth = [task.truth(c) for c in clips]
+    wanted = [task.truth_objects(c) if hasattr(task, "truth_objects") else c["meta"]["objects"] for c in clips]
+
+    def block(videos, per_clip=None) -> dict:
+        out = attribute_accuracy(probe.predict(np.stack(videos)), wanted, ALL_ATTRIBUTES, per_clip)
+        out["psnr"] = round(float(np.mean([M.region_psnr(v, t) for v, t in zip(videos, truth)])), 2)
+        return out
+
+    result = block([m.video for m in made], per_clip)
+    result["ceiling"] = block([task.to_media(task.target_codes(s), s, tokenizer).video for s in samples])
+    if hasattr(task, "baseline"):
+        result["baseline"] = block([task.baseline(c) for c in clips])
+    return result
+
+
+def evaluate_tasks(pipe: Pipeline, tasks: list[Task], clips: list[dict], samples: list[dict], probe, cfg,
+                   seed: int = 0) -> tuple[dict, dict]:
+    """Scores per task, and the generated output ids per task (to compare runs exactly)."""
+    real = probe.features(np.stack([c["video"] for c in clips])).detach().numpy()
+    scores, outputs = {}, {}
+    for task in tasks:
+        made, codes_all = [], []
+        for i in range(0, len(samples), cfg.batch_size):
+            batch = samples[i:i + cfg.batch_size]
+            codes = pipe.codes(task, batch, seed=seed + i, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
+                               top_k=cfg.top_k)
+            codes_all += codes
+            made += [task.to_media(c, s, pipe.tokenizer) for c, s in zip(codes, batch)]
+        scores[task.name] = score_task(task, made, clips, samples, probe, real, pipe.tokenizer)
+        outputs[task.name] = torch.stack(codes_all)
+    return scores, outputs
+
+
+__all__ = ["EvalConfig", "attribute_accuracy", "chance_levels", "check_same_settings", "evaluate", "evaluate_tasks",
+           "paired_changes", "score", "score_task"]

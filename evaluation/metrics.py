@@ -22,6 +22,7 @@ import itertools
 
 import numpy as np
 import torch
+from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
 from videolm.data.shapes import AMPLITUDES, PALETTE, STRUCTURE_LEVELS, TONES
 from videolm.tokenizers.audio import frequency_agreement
@@ -217,8 +218,6 @@ def region_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) ->
 def clip_ssim(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM between uint8 clips ``a`` and ``b`` (T, H, W, 3) (or one image (H, W, 3)), averaged over
     frames (torchmetrics, Gaussian window, data range 255)."""
-    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
-
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
         raise ValueError(f"clip_ssim: shapes differ, {a.shape} vs {b.shape}")

@@ -15,11 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Literal
 
+from pathlib import Path
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.utils import logging as hf_logging
 
+from videolm.core.errors import ConfigError, UsageError
+from videolm.core.saving import check_weights, read_json, weights_file
 from videolm.lm.masks import attention_bias
-from videolm.core.errors import UsageError
 
 
 @dataclass
@@ -172,4 +176,41 @@ class VideoLM(LlamaForCausalLM):
         return self(input_ids=ids, attention_mask=bias, position_ids=positions, use_cache=False).logits
 
 
-__all__ = ["PRESETS", "LMConfig", "VideoLM", "from_llama_config", "to_llama_config"]
+def load_videolm(folder: str | Path) -> VideoLM:
+    """A saved `VideoLM` (safetensors only), its config and weights checked before anything is
+    allocated; every failure is one line naming the file. Transformers' progress bar and load
+    report stay off stderr."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    data = read_json(config_path, f"{folder}: no config.json (not a saved language model)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config_path}: not a model config (a JSON object is needed)")
+    try:
+        llama = LlamaConfig.from_dict(data)
+        from_llama_config(llama)  # sizes positive and consistent
+    except Exception as e:  # noqa: BLE001  (transformers and our checks raise many kinds; one line each)
+        raise ConfigError(f"{config_path}: not a valid language-model config ({_first(e)[:200]})") from None
+    path = weights_file(folder)
+    with torch.device("meta"):
+        shell = VideoLM(llama)
+    if llama.tie_word_embeddings:
+        shell.lm_head = torch.nn.Identity()  # tied: the file holds the embedding once
+    check_weights(path, shell, config_path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        return VideoLM.from_pretrained(folder, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UsageError(f"{folder}: cannot load the language model ({_first(e)[:200]})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+
+
+def _first(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+__all__ = ["PRESETS", "LMConfig", "VideoLM", "from_llama_config", "load_videolm", "to_llama_config"]

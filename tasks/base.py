@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from videolm.lm.constraints import OutputLayout, audio_layout, video_layout
 from videolm.core.config import resolve
-from videolm.tasks.token_shards import has_field
+from videolm.tasks.tokenizing import has_field
 from videolm.core.errors import ConfigError, UsageError
 from videolm.tokenizers.vocab import Vocabulary
 
@@ -140,7 +140,7 @@ class Task(ABC):
     @abstractmethod
     def encode_inputs(self, inputs: TaskInputs, tokenizer, geometry: dict) -> dict:
         """A sample holding what `condition` reads, from a user's media (`TaskInputs`, at the
-        model's size), encoded by ``tokenizer`` (a `videolm.tasks.token_shards.ClipTokenizer`),
+        model's size), encoded by ``tokenizer`` (a `videolm.tasks.tokenizing.ClipTokenizer`),
         with ``geometry`` (`ClipTokenizer.geometry`: the clip's sizes) merged in. Raise
         `UsageError` naming what is missing."""
 

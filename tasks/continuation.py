@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from videolm.tasks.base import Media, Task, clip_frames, latents, require
-from videolm.tasks.views import context_latents, frames_of, start_latents
+from videolm.tokenizers.geometry import context_latents, frames_of, start_latents
 from videolm.data.media import psnr
 
 # `Interpolate`: below this PSNR between the model's last frames and the end clip, the two clips are

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from videolm.tasks.base import Media, Task, clip_frames, require
-from videolm.tasks.views import box_mask, grid_of, hide, pixel_mask_to_grid
+from videolm.tasks.views import box_mask, hide, pixel_mask_to_grid
+from videolm.tokenizers.geometry import grid_of
 from videolm.core.errors import UsageError
 
 

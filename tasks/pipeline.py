@@ -26,20 +26,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videolm.tasks.base import BUILTIN, Media, Task, TaskInputs, task_class
-from videolm.core.limits import MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SAMPLES, MAX_SEED
-from videolm.core.models import AR_CFG_SCALE, resolve_model
-from videolm.tasks.prompts import PromptTable
-from videolm.tasks.token_shards import ClipTokenizer
-from videolm.tasks.views import context_latents, frames_of
 from videolm.core.errors import ConfigError, MediaError, UsageError, VideolmError
+from videolm.core.limits import MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SAMPLES, MAX_SEED
+from videolm.core.models import AR_CFG_SCALE, CUSTOM_CODE, CUSTOM_TASKS, DIT_DIR, LM_DIR, REFINER_DIR, resolve_model
+from videolm.data.media import probe_video, read_audio, read_image, read_video
+from videolm.diffusion.dit_pipeline import DEFAULT_CFG, DEFAULT_STEPS, TASKS, DiTGenerator
+from videolm.diffusion.refiner import Refiner, refine
+from videolm.lm.model import load_videolm
+from videolm.tasks.base import BUILTIN, Media, Task, TaskInputs, task_class
+from videolm.tasks.generation import generate_codes
+from videolm.tasks.prompts import PromptTable
+from videolm.tasks.tokenizing import ClipTokenizer
+from videolm.tokenizers.geometry import context_latents, frames_of
 from videolm.tokenizers.vocab import Vocabulary
-
-LM_DIR = "lm"
-REFINER_DIR = "refiner"  # the diffusion refiner that cleans decoded frames (on by default when present)
-DIT_DIR = "dit"  # the DiT baseline (``backend="dit"``)
-CUSTOM_TASKS = "tasks.json"  # in lm/: name -> "module:Class" of the tasks not built in
-CUSTOM_CODE = "tasks"  # in lm/: their modules' source, imported from there
 
 
 def check_sampling(num_samples: int = 1, seed: int = 0, frames: int | None = None, cfg_scale: float | None = None,
@@ -75,7 +74,6 @@ def check_sampling(num_samples: int = 1, seed: int = 0, frames: int | None = Non
 @dataclass
 class PromptReading:
     """A prompt as given, as the model reads it, and the words it could not place."""
-
     given: str
     text: str
     unknown: list[str]
@@ -141,7 +139,7 @@ class Pipeline:
                              "a model folder for generation needs one (see `videolm tokenizer bundle --lm`)")
         vocab_dir = lm_dir if (lm_dir / "vocab.json").is_file() else folder
         vocab = Vocabulary.load(vocab_dir)
-        model = load_lm(lm_dir).to(device=device, dtype=torch.float32).eval()
+        model = load_videolm(lm_dir).to(device=device, dtype=torch.float32).eval()
         if len(vocab) > model.config.vocab_size:
             raise ConfigError(f"{vocab_dir / 'vocab.json'}: {len(vocab)} ids, more than the {model.config.vocab_size} of "
                               f"{lm_dir / 'config.json'}: the vocabulary does not fit the model")
@@ -163,15 +161,11 @@ class Pipeline:
     def refiner(self):
         """The folder's refiner (`videolm.diffusion.refiner.Refiner`), or None when it has none."""
         if self._refiner is None and (self.folder / REFINER_DIR / "config.json").is_file():
-            from videolm.diffusion.refiner import Refiner
-
             self._refiner = Refiner.from_pretrained(self.folder / REFINER_DIR).to(self.tokenizer.device)
         return self._refiner
 
     def refine(self, videos: np.ndarray, seed: int = 0, steps: int | None = None) -> np.ndarray:
         """Decoded clips uint8 (B, T, H, W, 3) through the refiner (clip i with noise seed + i)."""
-        from videolm.diffusion.refiner import refine
-
         if self.refiner is None:
             raise UsageError(f"{self.folder} has no refiner ({REFINER_DIR}/config.json); use --no-refine")
         return refine(self.refiner, videos, steps=steps, seed=seed)
@@ -229,8 +223,6 @@ class Pipeline:
         receives one line saying so for each; an array must already be at the model's size. A
         mask must have the shape of the clip (or of the model's frames): it is cropped and resized
         as the clip is, never stretched."""
-        from videolm.data.media import probe_video, read_audio, read_image, read_video
-
         size, fps = (self.clip["height"], self.clip["width"]), self.clip["fps"]
         notes = [] if notes is None else notes
 
@@ -267,8 +259,6 @@ class Pipeline:
     def _mask(self, mask, size: tuple[int, int], video_hw: tuple[int, int] | None, notes: list[str]):
         """A mask at the model's size: an array of that size as it is; a file of the clip's aspect
         (the video file's, or the model's) cropped and resized as the clip is."""
-        from videolm.data.media import probe_video, read_image
-
         if mask is None or isinstance(mask, np.ndarray):
             if mask is not None and tuple(mask.shape[:2]) != size:
                 raise UsageError(f"--mask: {mask.shape[0]}x{mask.shape[1]} pixels, the clip is {size[0]}x{size[1]}")
@@ -431,8 +421,6 @@ class Pipeline:
               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
               progress=None) -> list[torch.Tensor]:
         """The task's output codes for a batch of samples (one draw with generator ``seed``)."""
-        from videolm.train.lm import generate_codes
-
         return generate_codes(self.model, task, samples, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
                               top_p=top_p, generator=seed, progress=progress)
 
@@ -479,8 +467,6 @@ class DiTBackend:
     """The DiT baseline of a model folder, behind the same inputs as the LM's tasks."""
 
     def __init__(self, folder: Path, tokenizer: ClipTokenizer):
-        from videolm.diffusion.dit_pipeline import DEFAULT_CFG, DEFAULT_STEPS, TASKS, DiTGenerator
-
         self.folder, self.tasks = folder, TASKS
         self.default_steps, self.default_cfg = DEFAULT_STEPS, DEFAULT_CFG
         self.generator = DiTGenerator.from_folder(folder, tokenizer=tokenizer.video, text_tokenizer=tokenizer.text,
@@ -528,42 +514,6 @@ def _read_training(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def load_lm(folder: Path):
-    """A saved `VideoLM` (safetensors only), its config and weights checked before anything is
-    allocated; every failure is one line naming the file. Transformers' progress bar and load
-    report stay off stderr."""
-    from transformers import LlamaConfig
-    from transformers.utils import logging as hf_logging
-
-    from videolm.lm.model import VideoLM, from_llama_config
-    from videolm.core.saving import check_weights, read_json, weights_file
-
-    folder = Path(folder)
-    config_path = folder / "config.json"
-    data = read_json(config_path, f"{folder}: no config.json (not a saved language model)")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{config_path}: not a model config (a JSON object is needed)")
-    try:
-        llama = LlamaConfig.from_dict(data)
-        from_llama_config(llama)  # sizes positive and consistent
-    except Exception as e:  # noqa: BLE001  (transformers and our checks raise many kinds; one line each)
-        raise ConfigError(f"{config_path}: not a valid language-model config ({_first_line(e)[:200]})") from None
-    path = weights_file(folder)
-    with torch.device("meta"):
-        shell = VideoLM(llama)
-    if llama.tie_word_embeddings:
-        shell.lm_head = torch.nn.Identity()  # tied: the file holds the embedding once
-    check_weights(path, shell, config_path)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    try:
-        return VideoLM.from_pretrained(folder, use_safetensors=True)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise UsageError(f"{folder}: cannot load the language model ({_first_line(e)[:200]})") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
 
 
 def _fit_note(flag: str, value, info, size: tuple[int, int], fps: float | None) -> list[str]:

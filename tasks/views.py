@@ -23,28 +23,10 @@ from __future__ import annotations
 import numpy as np
 
 from videolm.core.errors import UsageError
-from videolm.tokenizers.video import SPACE_DOWN, TIME_DOWN
+from videolm.tokenizers.geometry import (SPACE_DOWN, context_latents, frames_of, grid_of, latent_frames,
+                                         start_latents)
 
 VIEW_FIELDS = ("tail", "end", "loop", "inpaint", "outpaint")
-
-
-def latent_frames(num_frames: int) -> int:
-    return 1 + (num_frames - 1) // TIME_DOWN
-
-
-def frames_of(latents: int) -> int:
-    """Video frames that ``latents`` latent frames hold."""
-    return 1 + TIME_DOWN * (latents - 1)
-
-
-def context_latents(t: int) -> int:
-    """``extend``: latent frames of context (the first ones); the rest are generated. 3 of 5."""
-    return (t + 1) // 2
-
-
-def start_latents(t: int) -> int:
-    """``interpolate``: latent frames given at the start (and tokenized at the end). 2 of 5."""
-    return max(1, (t - 1) // 2)
 
 
 def ping_pong(video: np.ndarray) -> np.ndarray:
@@ -52,10 +34,6 @@ def ping_pong(video: np.ndarray) -> np.ndarray:
     T frames again when T is odd, and the last frame is the first."""
     m = (len(video) - 1) // 2
     return np.concatenate([video[:m + 1], video[:m][::-1]])
-
-
-def grid_of(height: int, width: int) -> tuple[int, int]:
-    return height // SPACE_DOWN, width // SPACE_DOWN
 
 
 def random_box(rng: np.random.Generator, grid: tuple[int, int], inside: bool) -> tuple[int, int, int, int]:
@@ -118,5 +96,4 @@ def clip_views(video: np.ndarray, seed: int) -> tuple[dict[str, np.ndarray], dic
     return views, {"inpaint_box": list(inpaint_box), "outpaint_box": list(outpaint_box)}
 
 
-__all__ = ["VIEW_FIELDS", "box_mask", "clip_views", "context_latents", "frames_of", "grid_of", "hide",
-           "latent_frames", "pixel_mask_to_grid", "ping_pong", "random_box", "start_latents"]
+__all__ = ["VIEW_FIELDS", "box_mask", "clip_views", "hide", "pixel_mask_to_grid", "ping_pong", "random_box"]

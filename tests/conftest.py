@@ -22,7 +22,7 @@ def _own_cache(tmp_path_factory):
 def debug_shards(tmp_path_factory):
     """16 clips of random codes in token shards: text (3..6,), video (2, 8), audio (8, 2); every
     fourth without audio. For the debug LM (configs/lm/debug.yaml)."""
-    from videolm.lm.data import ShardWriter
+    from videolm.data.shards import ShardWriter
 
     folder = tmp_path_factory.mktemp("shards")
     g = torch.Generator().manual_seed(0)

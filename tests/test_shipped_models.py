@@ -7,7 +7,7 @@ from videolm.core.models import DEFAULT_MODEL, resolve_model, shipped_models
 from videolm.data.shapes import make_clip
 from videolm.tokenizers.audio import AudioTokenizer, frequency_agreement
 from videolm.tokenizers.text import TextTokenizer
-from videolm.train.tokenizer_module import psnr_per_clip
+from videolm.core.metrics import psnr_per_clip
 from videolm.tokenizers.video import VideoTokenizer, to_tensor
 from videolm.tokenizers.vocab import Vocabulary
 

@@ -24,17 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
+from videolm.core.errors import ConfigError
+from videolm.core.models import resolve_model
+from videolm.core.schema import check_range, to_dict
+from videolm.data.shapes_data import ShapesDataset
 from videolm.diffusion.dit import DiT, DiTConfig, null_text
 from videolm.diffusion.dit_pipeline import conditioned
 from videolm.diffusion.latents import encode_latents
 from videolm.diffusion.process import FlowMatching
+from videolm.tokenizers.geometry import context_latents
+from videolm.tokenizers.text import TextTokenizer
+from videolm.tokenizers.video import VideoTokenizer, to_tensor
 from videolm.train.diffusion_module import DiffusionTrainConfig, fit
-from videolm.tasks.views import context_latents
-from videolm.core.errors import ConfigError, UsageError
-from videolm.core.schema import check_range, to_dict
 
 TASKS = ("t2v", "extend")
 TRAINING_JSON = "training.json"
@@ -85,42 +90,16 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def load_dit_tokenizers(dit_dir: str | Path):
-    """The video tokenizer and text tokenizer of a trained DiT folder: ``text.model`` inside it; the
-    video tokenizer of the bundle it sits in (``../video_tokenizer``) or of the model folder its
-    ``training.json`` names."""
-    from videolm.core.models import resolve_model
-    from videolm.tokenizers.text import TextTokenizer
-    from videolm.tokenizers.video import VideoTokenizer
-
-    dit_dir = Path(dit_dir)
-    video_dir = dit_dir.parent / "video_tokenizer"
-    if not (video_dir / "config.json").is_file():
-        record = dit_dir / TRAINING_JSON
-        if not record.is_file():
-            raise UsageError(f"{dit_dir}: no video tokenizer beside it and no {TRAINING_JSON} naming one")
-        video_dir = resolve_model(json.loads(record.read_text())["tokenizer_model"]) / "video_tokenizer"
-    text_path = dit_dir / "text.model" if (dit_dir / "text.model").is_file() else dit_dir.parent / "text.model"
-    return VideoTokenizer.from_pretrained(video_dir), TextTokenizer.load(text_path)
-
-
 def latent_cache(cfg: DiTDataConfig, out: Path, progress=None) -> tuple[dict[str, torch.Tensor], float]:
     """``{"latents": (N, D, t, h, w), "ids": (N, K) int64, -1 padded}`` of the Shapes training clips,
     read from ``out/latents/`` when it holds them for the same clips and tokenizer, else encoded
     (once) and written there; and the seconds the encoding took."""
-    from videolm.core.models import resolve_model
-    from videolm.data.shapes_data import ShapesDataset
-    from videolm.tokenizers.text import TextTokenizer
-    from videolm.tokenizers.video import VideoTokenizer, to_tensor
-
     folder = resolve_model(cfg.model)
     path = out / "latents" / f"shapes-{cfg.seed}-{cfg.num}.safetensors"
     key = {"num": str(cfg.num), "seed": str(cfg.seed),
            "tokenizer": _file_digest(folder / "video_tokenizer" / "model.safetensors"),
            "text": _file_digest(folder / "text.model")}
     if path.is_file():
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as f:
             if f.metadata() == key:
                 return load_file(str(path)), json.loads(path.with_suffix(".json").read_text())["seconds"]
@@ -230,9 +209,6 @@ def training_record(cfg: DiTFitConfig, out: Path, model: DiT, encode_minutes: fl
 
 def run_fit(cfg: DiTFitConfig, progress=None) -> Path:
     """Train as ``cfg`` says; returns OUT/model."""
-    from videolm.core.models import resolve_model
-    from videolm.tokenizers.text import TextTokenizer
-
     out = Path(cfg.out)
     DiTConfig.from_name(cfg.preset, **cfg.model)  # a bad preset or override fails before any work
     if cfg.data.num < cfg.train.batch_size:
@@ -254,4 +230,4 @@ def run_fit(cfg: DiTFitConfig, progress=None) -> Path:
 
 
 __all__ = ["DiTDataConfig", "DiTFitConfig", "LatentClips", "build_model", "dit_loss", "latent_cache",
-           "latent_stats", "load_dit_tokenizers", "run_fit", "task_batch", "text_rows"]
+           "latent_stats", "run_fit", "task_batch", "text_rows"]

@@ -33,17 +33,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 
-from videolm.lm.data import TaskSequences
-from videolm.train.lm_module import LMTrainConfig, fit
-from videolm.tasks.base import Task, task_class
-from videolm.tasks.pipeline import AR_CFG_SCALE, CUSTOM_CODE, CUSTOM_TASKS, LM_DIR, Pipeline
-from videolm.tasks.token_shards import LazySamples
 from videolm.core.errors import ConfigError
+from videolm.core.models import AR_CFG_SCALE, CUSTOM_CODE, CUSTOM_TASKS, LM_DIR
+from videolm.core.saving import weights_file
 from videolm.core.schema import check_range, to_dict
+from videolm.data.shapes_data import ShapesDataset
+from videolm.evaluation.evaluate import evaluate_tasks
+from videolm.evaluation.probe import load_probe
+from videolm.lm.data import TaskSequences
+from videolm.tasks.base import Task, task_class
+from videolm.tasks.pipeline import Pipeline
+from videolm.tasks.tokenizing import LazySamples
 from videolm.tokenizers.vocab import Vocabulary
+from videolm.train.lm_module import LMTrainConfig, fit
 
 ADAPTER_DIR = "adapter"
 
@@ -187,54 +191,6 @@ def _orthogonal_row(known: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------- scoring
 
 
-def score_task(task: Task, made: list, clips: list[dict], samples: list[dict], probe, real_features, tokenizer,
-               per_clip: list[dict] | None = None) -> dict:
-    """A block of metrics: built-in tasks as `videolm eval` scores them; a task with ``truth(clip)``
-    (and optionally ``baseline(clip)``) by PSNR and probe attributes against the truth, beside the
-    ceiling (the truth's own codes decoded: the best the LM can emit) and the copy baseline. The
-    attributes wanted are the clip's objects, or ``truth_objects(clip)`` where the task changes
-    them (``reverse`` turns every direction around). ``per_clip`` (one dict per clip) receives
-    each clip's ``[hits, count]`` per attribute of the model's own outputs, as `score` does."""
-    from videolm.tasks.base import BUILTIN
-    from videolm.evaluation.evaluate import ALL_ATTRIBUTES, attribute_accuracy, score
-
-    if task.name in BUILTIN or not hasattr(task, "truth"):
-        return score(task.name, made, clips, samples, probe, real_features, per_clip)
-    from videolm.evaluation.metrics import region_psnr
-
-    truth = [task.truth(c) for c in clips]
-    wanted = [task.truth_objects(c) if hasattr(task, "truth_objects") else c["meta"]["objects"] for c in clips]
-
-    def block(videos, per_clip=None) -> dict:
-        out = attribute_accuracy(probe.predict(np.stack(videos)), wanted, ALL_ATTRIBUTES, per_clip)
-        out["psnr"] = round(float(np.mean([region_psnr(v, t) for v, t in zip(videos, truth)])), 2)
-        return out
-
-    result = block([m.video for m in made], per_clip)
-    result["ceiling"] = block([task.to_media(task.target_codes(s), s, tokenizer).video for s in samples])
-    if hasattr(task, "baseline"):
-        result["baseline"] = block([task.baseline(c) for c in clips])
-    return result
-
-
-def evaluate_tasks(pipe: Pipeline, tasks: list[Task], clips: list[dict], samples: list[dict], probe, cfg: FinetuneEval,
-                   seed: int = 0) -> tuple[dict, dict]:
-    """Scores per task, and the generated output ids per task (to compare runs exactly)."""
-    real = probe.features(np.stack([c["video"] for c in clips])).detach().numpy()
-    scores, outputs = {}, {}
-    for task in tasks:
-        made, codes_all = [], []
-        for i in range(0, len(samples), cfg.batch_size):
-            batch = samples[i:i + cfg.batch_size]
-            codes = pipe.codes(task, batch, seed=seed + i, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
-                               top_k=cfg.top_k)
-            codes_all += codes
-            made += [task.to_media(c, s, pipe.tokenizer) for c, s in zip(codes, batch)]
-        scores[task.name] = score_task(task, made, clips, samples, probe, real, pipe.tokenizer)
-        outputs[task.name] = torch.stack(codes_all)
-    return scores, outputs
-
-
 # -------------------------------------------------------------------------------------- run
 
 
@@ -256,9 +212,6 @@ def _tokenize(pipe: Pipeline, clips: list[dict], extra, batch_size: int) -> list
 
 def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
     """Fine-tune as ``cfg`` says; returns the report (also written to OUT/report.json)."""
-    from videolm.evaluation.probe import load_probe
-    from videolm.data.shapes_data import ShapesDataset
-
     started = time.perf_counter()
     _import_paths(cfg.paths)
     cls = task_class(cfg.task)
@@ -380,9 +333,7 @@ def load_adapter(base: str | Path, adapter: str | Path, merge: bool = False):
     """The base model folder's LM with a saved LoRA adapter on it (its vocabulary grown as the
     adapter's says): a peft model, or with ``merge`` a plain `VideoLM` with the adapter merged in.
     Returns ``(model, vocab)``."""
-    from peft import PeftModel
-
-    from videolm.core.saving import weights_file
+    from peft import PeftModel  # only for LoRA
 
     weights_file(adapter, "adapter_model.safetensors")  # PEFT would fall back to a pickled .bin: never
     pipe = Pipeline.from_pretrained(base)
@@ -435,5 +386,5 @@ def _summary(name: str, metric: str, before: dict, after: dict, old: list[str]) 
     return summary
 
 
-__all__ = ["FinetuneConfig", "FinetuneData", "FinetuneEval", "LoRASettings", "blend_weights", "evaluate_tasks",
-           "grow_vocab", "load_adapter", "run_finetune", "save_model_folder", "score_task"]
+__all__ = ["FinetuneConfig", "FinetuneData", "FinetuneEval", "LoRASettings", "blend_weights", "grow_vocab",
+           "load_adapter", "run_finetune", "save_model_folder"]

@@ -18,14 +18,19 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from videolm.lm.data import TaskSequences, TokenShards
-from videolm.lm.engine import generate
-from videolm.lm.model import LMConfig, VideoLM
-from videolm.train.lm_module import LMTrainConfig, fit
-from videolm.tasks.base import Task, build_tasks
 from videolm.core.errors import ConfigError
+from videolm.core.models import LM_DIR, resolve_model
 from videolm.core.schema import check_clip_numbers, check_range, to_dict
+from videolm.data.media import write_audio, write_grid, write_video
+from videolm.data.shards import TokenShards
+from videolm.data.sources import ClipSource
+from videolm.lm.data import TaskSequences
+from videolm.lm.model import LMConfig, VideoLM, load_videolm
+from videolm.tasks.base import Task, build_tasks
+from videolm.tasks.generation import generate_codes
+from videolm.tasks.tokenizing import ClipTokenizer, LazySamples
 from videolm.tokenizers.vocab import Vocabulary
+from videolm.train.lm_module import LMTrainConfig, fit
 
 
 @dataclass
@@ -86,8 +91,7 @@ def training_data(cfg: LMDataConfig):
     model folder."""
     if cfg.shards is not None:
         samples, first = _shards(cfg.shards, "data.shards")
-        return samples, first.vocab(), cfg.model or first.model
-    from videolm.tasks.token_shards import ClipSource, ClipTokenizer, LazySamples
+        return samples, Vocabulary.load(first.folder), cfg.model or first.model
 
     source = ClipSource(data=cfg.source, num=cfg.num, frames=cfg.frames, height=cfg.height, width=cfg.width)
     tokenizer = ClipTokenizer(cfg.model or "shapes-64")
@@ -110,7 +114,7 @@ def held_out_data(cfg: LMDataConfig, vocab: dict, tasks, row_len: int) -> TaskSe
     if cfg.val_shards is None:
         return None
     samples, first = _shards(cfg.val_shards, "data.val_shards")
-    if first.vocab().to_dict() != vocab:
+    if Vocabulary.load(first.folder).to_dict() != vocab:
         raise ConfigError("data.val_shards: written with another vocabulary than the training data's")
     return TaskSequences(samples, tasks, list(cfg.tasks.values()), 0.0, row_len)
 
@@ -146,11 +150,9 @@ def warm_start(folder: str, vocab, row_len: int) -> VideoLM:
     path = Path(folder)
     if not (path / "config.json").is_file():
         raise ConfigError(f"init: {folder} is not a model folder (no config.json)")
-    from videolm.tasks.pipeline import load_lm
-
     if (path / "vocab.json").is_file() and Vocabulary.load(path).to_dict() != vocab.to_dict():
         raise ConfigError(f"init: {folder} was trained with another vocabulary than the data's")
-    model = load_lm(path)
+    model = load_videolm(path)
     size = model.config.vocab_size
     if size < len(vocab) or model.config.pad_token_id != vocab["<pad>"]:
         raise ConfigError(f"init: {folder} has {size} ids; the data needs {len(vocab)} with <pad>={vocab['<pad>']}")
@@ -190,8 +192,6 @@ class SampleWriter:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from videolm.tasks.token_shards import ClipTokenizer
-
             if self.model_dir is None:
                 raise ConfigError("samples need the tokenizers: set data.model to a model folder")
             self._tokenizer = ClipTokenizer(self.model_dir)
@@ -211,8 +211,6 @@ class SampleWriter:
                               top_k=self.cfg.top_k, generator=self.cfg.seed)
 
     def write(self, task: Task, items: list[dict], codes: list[torch.Tensor], stem: Path) -> None:
-        from videolm.data.media import write_audio, write_grid, write_video
-
         tok = self.tokenizer
         truth = [task.to_media(task.target_codes(item), item, tok) for item in items]
         made = [task.to_media(c, item, tok) for c, item in zip(codes, items)]
@@ -224,33 +222,12 @@ class SampleWriter:
             write_audio(stem.with_suffix(".wav"), np.concatenate([made[0].audio, truth[0].audio]))
 
 
-def generate_codes(model: VideoLM, task: Task, items: list[dict], *, cfg_scale: float = 1.0,
-                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                   generator=None, progress=None) -> list[torch.Tensor]:
-    """The task's outputs for ``items`` (samples), generated in one batch: local codes of
-    `Task.output_shape` each. Guidance applies to tasks with text when ``cfg_scale != 1``."""
-    training, task.training = task.training, False
-    try:
-        shapes = [task.output_shape(item) for item in items]
-        guided = task.uses_text and cfg_scale != 1
-        ids = generate(model, [task.prefix(item) for item in items], constraint=[task.layout(s) for s in shapes],
-                       cfg_scale=cfg_scale if guided else 1.0,
-                       uncond_prompts=[task.prefix(item, drop_text=True) for item in items] if guided else None,
-                       temperature=temperature, top_k=top_k, top_p=top_p, pad_id=task.vocab["<pad>"],
-                       generator=generator, progress=progress)  # (B, N)
-    finally:
-        task.training = training
-    return [task.output_codes(row, shape) for row, shape in zip(ids.cpu(), shapes)]
 
 
 def bundle_lm(lm: str | Path, out: str | Path, dtype: str = "float16", clip: dict | None = None) -> dict:
     """Put a trained LM (``RUN/model``) into a model folder as ``OUT/lm/`` (weights stored as
     ``dtype``; loaded back as float32), with its vocabulary and the clip size it makes. The LM's
     vocabulary must lay out text, video and audio exactly as the folder's tokenizers do."""
-    from videolm.core.models import resolve_model
-    from videolm.tasks.pipeline import LM_DIR, load_lm
-    from videolm.tokenizers.vocab import Vocabulary
-
     lm, out = Path(lm), resolve_model(out)
     if not (lm / "config.json").is_file():
         raise ConfigError(f"--lm {lm}: not a trained LM folder (no config.json); give RUN/model")
@@ -259,7 +236,7 @@ def bundle_lm(lm: str | Path, out: str | Path, dtype: str = "float16", clip: dic
         if theirs.range(block) != ours.range(block):
             raise ConfigError(f"--lm {lm}: its vocabulary places {block} ids at {theirs.range(block)}, the folder's "
                               f"tokenizers at {ours.range(block)}; train the LM on shards from this folder")
-    model = load_lm(lm)
+    model = load_videolm(lm)
     target = out / LM_DIR
     target.mkdir(parents=True, exist_ok=True)
     model.to(getattr(torch, dtype)).save_pretrained(target)

@@ -11,29 +11,30 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset
+from safetensors.torch import load_file, safe_open, save_file
+from torch.utils.data import Dataset
 
+from videolm.core.errors import ConfigError
+from videolm.core.models import resolve_model
+from videolm.core.saving import CONFIG_NAME
+from videolm.core.schema import check_clip_numbers, check_range, to_dict
+from videolm.data.sources import ClipSource
 from videolm.diffusion.process import FlowMatching
 from videolm.diffusion.refiner import (
     Refiner,
     RefinerConfig,
-    num_parameters,
-    refine,
+    load_refiner,
+    make_pairs,
     start_point,
 )
+from videolm.evaluation.probe import load_probe
+from videolm.tasks.tokenizing import load_video_tokenizer
 from videolm.train.diffusion_module import DiffusionTrainConfig, fit
-from videolm.core.errors import ConfigError, DataError, UsageError
-from videolm.core.saving import CONFIG_NAME
-from videolm.core.schema import check_clip_numbers, check_range, to_dict
-from videolm.tokenizers.video import to_frames, to_tensor
 
 PAIRS_NAME = "pairs.safetensors"
 
@@ -61,19 +62,8 @@ class RefinerDataConfig:
         check_range(self, 0, 1, "focus")
 
     def clips(self, split: str = "train") -> Dataset:
-        if self.source == "shapes":
-            from videolm.data.shapes import ShapesConfig
-            from videolm.data.shapes_data import ShapesDataset
-
-            world = ShapesConfig(height=self.height, width=self.width, frames=self.frames, fps=self.fps,
-                                 backgrounds=list(self.backgrounds))
-            return ShapesDataset(self.num, seed=self.seed, split=split, world=world)
-        from videolm.data.folder import FolderDataset
-
-        folder = FolderDataset(self.source, frames=self.frames, fps=self.fps, size=(self.height, self.width))
-        if self.seed >= len(folder):
-            raise DataError(f"{self.source}: has {len(folder)} clips; none from clip {self.seed} on")
-        return Subset(folder, range(self.seed, min(self.seed + self.num, len(folder))))
+        return ClipSource(self.source, self.num, self.seed, split, self.frames, self.height, self.width, self.fps,
+                          list(self.backgrounds)).dataset()
 
 
 @dataclass
@@ -108,35 +98,6 @@ class RefinerFitConfig:
 # ------------------------------------------------------------------------------------------ pairs
 
 
-def load_video_tokenizer(name: str | Path):
-    from videolm.train.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(str(name), "video")
-    if tok.kind != "video_tokenizer":
-        raise ConfigError(f"{name}: holds a {tok.kind}, not a video tokenizer")
-    return tok
-
-
-@torch.no_grad()
-def roundtrip(tokenizer, frames: np.ndarray) -> np.ndarray:
-    """decode(encode(x)) of uint8 clips (B, T, H, W, 3), as uint8 (B, T, H, W, 3)."""
-    x = to_tensor(frames)  # (B, 3, T, H, W)
-    return to_frames(tokenizer.decode(tokenizer.encode(x), x.shape[-2], x.shape[-1]))
-
-
-def make_pairs(clips: Dataset, tokenizer, batch_size: int = 16,
-               progress: Callable[[int], object] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(decoded, clean) uint8 tensors (N, T, H, W, 3) of every clip."""
-    decoded, clean = [], []
-    for start in range(0, len(clips), batch_size):
-        frames = np.stack([clips[i]["video"] for i in range(start, min(start + batch_size, len(clips)))])
-        decoded.append(torch.from_numpy(roundtrip(tokenizer, frames)))
-        clean.append(torch.from_numpy(frames))
-        if progress:
-            progress(len(frames))
-    return torch.cat(decoded), torch.cat(clean)
-
-
 def _pairs_key(data: RefinerDataConfig, tokenizer_folder: Path) -> str:
     weights = hashlib.sha1((tokenizer_folder / "model.safetensors").read_bytes()).hexdigest()
     keep = {k: v for k, v in to_dict(data).items() if k not in ("crop_frames", "crop_size", "focus", "encode_batch")}
@@ -146,8 +107,6 @@ def _pairs_key(data: RefinerDataConfig, tokenizer_folder: Path) -> str:
 def cached_pairs(data: RefinerDataConfig, out: Path, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The run's pairs: read from ``out/pairs.safetensors`` if it was made from the same data and
     tokenizer, else made (and cached there)."""
-    from safetensors.torch import load_file, safe_open, save_file
-
     tok = load_video_tokenizer(data.tokenizer)  # fails early on a bad tokenizer
     key, path = _pairs_key(data, _tokenizer_folder(data.tokenizer)), out / PAIRS_NAME
     if path.exists():
@@ -167,8 +126,6 @@ def cached_pairs(data: RefinerDataConfig, out: Path, progress=None) -> tuple[tor
 
 
 def _tokenizer_folder(name: str | Path) -> Path:
-    from videolm.core.models import resolve_model
-
     folder = resolve_model(name)
     return folder if (folder / CONFIG_NAME).exists() else folder / "video_tokenizer"
 
@@ -231,8 +188,6 @@ class ConsistencyLoss:
     """``(model, batch) -> loss`` of the consistency stage (see `ConsistencyConfig`)."""
 
     def __init__(self, cfg: ConsistencyConfig, model_cfg: RefinerConfig):
-        from videolm.evaluation.probe import load_probe
-
         self.probe = load_probe(cfg.probe).eval().requires_grad_(False)
         self.weight, self.steps = cfg.weight, cfg.steps or model_cfg.steps
 
@@ -305,106 +260,8 @@ def run_fit(cfg: RefinerFitConfig, progress=None) -> Path:
 # ------------------------------------------------------------------------------------------- eval
 
 
-def load_refiner(name_or_dir: str | Path = "shapes-64") -> Refiner:
-    """A refiner folder, or the ``refiner/`` of a model bundle (a folder or a shipped name)."""
-    from videolm.core.models import resolve_model
-
-    folder = resolve_model(name_or_dir)
-    if not (folder / CONFIG_NAME).exists() and (folder / "refiner").is_dir():
-        folder = folder / "refiner"
-    if not (folder / CONFIG_NAME).exists():
-        raise UsageError(f"--model {name_or_dir}: no refiner there (no {CONFIG_NAME} in {folder})")
-    return Refiner.from_pretrained(folder)
-
-
-ATTRIBUTES = ("shape", "color", "size", "direction")
-
-
-def probe_agreement(a: list[dict], b: list[dict]) -> dict:
-    """Fractions of clips whose probe readings agree: overall (count and every object's attributes),
-    on the count, and per attribute (the count and that attribute of every object)."""
-    same_count = [len(x["objects"]) == len(y["objects"]) for x, y in zip(a, b)]
-    result = {"count": float(np.mean(same_count))}
-    for attr in ATTRIBUTES:
-        result[attr] = float(np.mean([c and all(o[attr] == p[attr] for o, p in zip(x["objects"], y["objects"]))
-                                      for c, x, y in zip(same_count, a, b)]))
-    result["all"] = float(np.mean([c and x["objects"] == y["objects"] for c, x, y in zip(same_count, a, b)]))
-    return result
-
-
-def evaluate_refiner(model_dir: str | Path = "shapes-64", num: int = 256, seed: int = 0, steps: int | None = None,
-                     tokenizer: str = "shapes-64", batch_size: int = 8, probe: str | None = "shapes-64",
-                     progress: Callable[[int], object] | None = None, noise_scale: float | None = None,
-                     gate_tau: float | None = None) -> dict:
-    """The refiner on held-out Shapes clips (eval seeds from 1,000,000 + seed): PSNR and SSIM against
-    the clean clip before and after refining, probe agreement of the refined with the unrefined
-    decode, and the refiner's seconds per clip at the current torch thread count. ``noise_scale``
-    and ``gate_tau`` (0: no gate) override the refiner's own settings."""
-    from videolm.evaluation.probe import load_probe
-    from videolm.train.tokenizer_module import psnr_per_clip, ssim_per_clip
-
-    model = load_refiner(model_dir)
-    steps = steps or model.config.steps
-    if steps < 1:
-        raise UsageError(f"--steps {steps} must be >= 1")
-    data = RefinerDataConfig(num=num, seed=seed, tokenizer=tokenizer)
-    decoded, clean = make_pairs(data.clips("eval"), load_video_tokenizer(tokenizer), data.encode_batch)
-    refined, seconds = [], 0.0
-    for start in range(0, num, batch_size):
-        t0 = time.perf_counter()
-        refined.append(refine(model, decoded[start : start + batch_size].numpy(), steps, seed=seed + start,
-                              batch_size=batch_size, noise_scale=noise_scale, gate_tau=gate_tau))
-        seconds += time.perf_counter() - t0
-        if progress:
-            progress(len(refined[-1]))
-    refined = np.concatenate(refined)  # (N, T, H, W, 3) uint8
-    x, raw, ref = to_tensor(clean.numpy()), to_tensor(decoded.numpy()), to_tensor(refined)  # (N, 3, T, H, W)
-    result = {
-        "clips": num, "steps": steps,
-        "noise_scale": model.config.noise_scale if noise_scale is None else noise_scale,
-        "gate_tau": (model.config.gate_tau if gate_tau is None else gate_tau) or None,
-        "psnr_raw": float(psnr_per_clip(raw, x).mean()), "psnr_refined": float(psnr_per_clip(ref, x).mean()),
-        "ssim_raw": float(ssim_per_clip(raw, x).mean()), "ssim_refined": float(ssim_per_clip(ref, x).mean()),
-    }
-    result["network_evaluations"] = FlowMatching.evaluations(steps) * (2 if result["gate_tau"] else 1)
-    result["psnr_gain"] = result["psnr_refined"] - result["psnr_raw"]
-    for name, y in (("raw", raw), ("refined", ref)):  # PSNR of the mean squared error over all clips
-        result[f"psnr_pooled_{name}"] = float(10 * torch.log10(4 / (y - x).pow(2).mean()))
-    if probe:
-        reader = load_probe(probe)
-        agree = probe_agreement(reader.predict(decoded.numpy()), reader.predict(refined))
-        result["probe_agreement"] = agree.pop("all")
-        result["probe_agreement_by"] = {k: round(v, 4) for k, v in agree.items()}
-    result.update({"seconds_per_clip": seconds / num, "threads": torch.get_num_threads(), "batch_size": batch_size,
-                   "params": num_parameters(model)})
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
-
-
 # ------------------------------------------------------------------------------------------ apply
 
 
-def refine_file(video: str | Path, out: str | Path, model: str | Path = "shapes-64", steps: int | None = None,
-                seed: int = 0, size: tuple[int, int] | None = None) -> dict:
-    """Refine every frame of a video file and write the result (mp4, or any format write_video knows)."""
-    from videolm.data.media import probe_video, read_video, write_video
-
-    refiner = load_refiner(model)
-    if steps is not None and steps < 1:
-        raise UsageError(f"--steps {steps} must be >= 1")
-    frames = read_video(video, size=size)  # (T, H, W, 3)
-    _, h, w, _ = frames.shape
-    m = refiner.config.multiple
-    if h % m or w % m:
-        raise UsageError(f"--video {video}: frames of {h}x{w}; the refiner needs height and width multiples of {m} "
-                         f"(resize with --size)")
-    t0 = time.perf_counter()
-    refined = refine(refiner, frames[None], steps, seed=seed)[0]  # (T, H, W, 3)
-    seconds = time.perf_counter() - t0
-    write_video(out, refined, fps=probe_video(video).fps or 8)
-    return {"video": str(out), "frames": len(refined), "height": h, "width": w,
-            "steps": steps or refiner.config.steps, "seconds": round(seconds, 3)}
-
-
 __all__ = ["ConsistencyConfig", "ConsistencyLoss", "PairCrops", "RefinerDataConfig", "RefinerFitConfig", "cached_pairs",
-           "evaluate_refiner", "load_refiner", "make_pairs", "probe_agreement", "probe_divergence", "refine_file",
-           "refiner_loss", "roundtrip", "run_fit", "stratified_times"]
+           "probe_divergence", "refiner_loss", "run_fit", "stratified_times"]

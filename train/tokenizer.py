@@ -6,7 +6,6 @@ the data (Shapes on the fly, or a folder of videos), builds the model from its p
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -14,14 +13,18 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset, Subset
 
+from videolm.core.errors import UsageError
 from videolm.core.models import resolve_model
-from videolm.tasks.prompts import build_table
-from videolm.data.shapes import ShapesConfig
-from videolm.data.shapes_data import ShapesDataset
-from videolm.core.errors import ConfigError, UsageError
-from videolm.core.saving import CONFIG_NAME, read_json
 from videolm.core.schema import check_clip_numbers, to_dict
-from videolm.train.tokenizer_module import TrainConfig, codebook_stats, fit
+from videolm.data.folder import FolderDataset
+from videolm.data.shapes import BACKGROUNDS, ShapesConfig, make_clip
+from videolm.data.shapes_data import ShapesDataset
+from videolm.tasks.prompts import build_table
+from videolm.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
+from videolm.tokenizers.text import TextTokenizer
+from videolm.tokenizers.video import VideoTokenizer, VideoTokenizerConfig
+from videolm.tokenizers.vocab import Vocabulary
+from videolm.train.tokenizer_module import TrainConfig, fit
 
 VAL_SEED_START = 999_000  # validation during training: the top of the training seed range
 
@@ -56,10 +59,7 @@ class TokenizerFitConfig:
 
 def build_tokenizer(modality: str, preset: str, overrides: dict):
     if modality == "video":
-        from videolm.tokenizers.video import VideoTokenizer, VideoTokenizerConfig
-
         return VideoTokenizer(VideoTokenizerConfig.from_name(preset, **overrides))
-    from videolm.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
 
     return AudioTokenizer(AudioTokenizerConfig.from_name(preset, **overrides))
 
@@ -74,7 +74,6 @@ def clip_dataset(data: DataConfig, split: Literal["train", "val", "eval"], num: 
         if data.num > VAL_SEED_START:
             raise UsageError(f"data.num={data.num}: Shapes training seeds must stay below {VAL_SEED_START}")
         return ShapesDataset(data.num, seed=0, world=data.world())
-    from videolm.data.folder import FolderDataset
 
     ds = FolderDataset(data.source, frames=data.frames, fps=data.fps, size=(data.height, data.width))
     return ds if split == "train" else Subset(ds, range(seed, min(seed + num, len(ds))))
@@ -91,53 +90,6 @@ def run_fit(cfg: TokenizerFitConfig) -> Path:
 # ------------------------------------------------------------------------------------------ eval
 
 
-def load_tokenizer(model: str, modality: str | None = None):
-    """A tokenizer folder, or the `video_tokenizer`/`audio_tokenizer` inside a model bundle."""
-    from videolm.tokenizers.audio import AudioTokenizer
-    from videolm.tokenizers.video import VideoTokenizer
-
-    folder = resolve_model(model)
-    if not (folder / CONFIG_NAME).exists():
-        folder = folder / f"{modality or 'video'}_tokenizer"
-    data = read_json(folder / CONFIG_NAME, f"{folder}: not a saved tokenizer folder (no {CONFIG_NAME})")
-    kinds = {cls.kind: cls for cls in (VideoTokenizer, AudioTokenizer)}
-    kind = data.get("kind") if isinstance(data, dict) else None
-    if kind not in kinds:
-        raise ConfigError(f"{folder / CONFIG_NAME}: holds a {kind!r}, not a video or audio tokenizer")
-    return kinds[kind].from_pretrained(folder)
-
-
-@torch.no_grad()
-def evaluate_tokenizer(model: str, data: str = "shapes", num: int = 256, seed: int = 0, batch_size: int = 8,
-                       modality: str | None = None, frames: int = 17, size: tuple[int, int] = (64, 64)) -> dict:
-    """Reconstruction quality on held-out clips, as one JSON-ready dict."""
-    from videolm.train.tokenizer_module import AudioModality, VideoModality, collate_clips
-
-    tok = load_tokenizer(model, modality)
-    is_video = tok.kind == "video_tokenizer"
-    ds = clip_dataset(DataConfig(source=data, frames=frames, height=size[0], width=size[1]), "eval", num, seed)
-    if len(ds) == 0:
-        raise UsageError(f"--data {data}: no clips to evaluate")
-    adapter = VideoModality() if is_video else AudioModality()
-    metrics: dict[str, list] = {}
-    codes, seconds = [], 0.0
-    for start in range(0, len(ds), batch_size):
-        batch = collate_clips([ds[i] for i in range(start, min(start + batch_size, len(ds)))])
-        x = adapter.inputs(batch, train=False)
-        t0 = time.perf_counter()
-        c = tok.encode(x)
-        recon = tok.decode(c, x.shape[-2], x.shape[-1]) if is_video else tok.decode(c, x.shape[-1])
-        seconds += time.perf_counter() - t0
-        codes.append(adapter.flat_codes(c))
-        for k, v in adapter.metrics(x, recon).items():
-            metrics.setdefault(k, []).append(v)
-    result = {k: round(float(torch.cat(v).mean()), 4) for k, v in metrics.items()}
-    result.update({k: round(v, 4) for k, v in codebook_stats(torch.cat(codes), tok.config.codebook_size).items()})
-    result["clips_per_s"] = round(len(ds) / seconds, 2)
-    result["clips"] = len(ds)
-    return result
-
-
 # ---------------------------------------------------------------------------------------- bundle
 
 
@@ -145,11 +97,8 @@ def corpus_captions(data: str = "shapes", num: int = 4000) -> list[str]:
     """Captions to train the text tokenizer on: Shapes (every background, so every word of the
     grammar appears) or a folder's captions."""
     if data == "shapes":
-        from videolm.data.shapes import BACKGROUNDS, make_clip
-
         world = ShapesConfig(backgrounds=list(BACKGROUNDS))
         return [make_clip(seed, world).caption for seed in range(num)]
-    from videolm.data.folder import FolderDataset
 
     return [c for c in FolderDataset(data).captions() if c][:num]
 
@@ -158,11 +107,6 @@ def build_bundle(out: str | Path, video: str | None, audio: str | None, data: st
                  captions: int = 4000, text_vocab: int = 512, resolutions=((64, 64),)) -> dict:
     """Assemble a model folder: the trained tokenizers, a text tokenizer fit on the data's captions,
     and the unified vocabulary that lays their ids out. Returns a summary."""
-    from videolm.tokenizers.audio import AudioTokenizer
-    from videolm.tokenizers.text import TextTokenizer
-    from videolm.tokenizers.video import VideoTokenizer
-    from videolm.tokenizers.vocab import Vocabulary
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"folder": str(out)}

@@ -10,7 +10,8 @@ import yaml
 from torch import nn
 
 from videolm.diffusion.refiner import GATE_SEED, Refiner, RefinerConfig, gate, refine
-from videolm.train.refiner import PairCrops, probe_agreement, probe_divergence, refiner_loss
+from videolm.evaluation.refiner import probe_agreement
+from videolm.train.refiner import PairCrops, probe_divergence, refiner_loss
 from videolm.cli.main import main
 from videolm.data.shapes_data import ShapesDataset
 from videolm.core.errors import UsageError

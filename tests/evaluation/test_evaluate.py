@@ -10,7 +10,7 @@ from videolm.cli.main import main
 from videolm.evaluation.evaluate import attribute_accuracy, chance_levels, paired_changes, score
 from videolm.evaluation.probe import load_probe
 from videolm.data.shapes_data import ShapesDataset
-from videolm.tasks.token_shards import ClipTokenizer
+from videolm.tasks.tokenizing import ClipTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

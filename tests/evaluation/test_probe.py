@@ -12,13 +12,12 @@ from videolm.evaluation.probe import (
     HEADS,
     Probe,
     ProbeConfig,
-    augment,
     clip_targets,
-    fit_probe,
     frechet_distance,
     load_probe,
     slot_colors,
 )
+from videolm.train.probe import augment, fit_probe
 from videolm.data.shapes import EVAL_SEED_START, PALETTE, ShapesConfig, make_clip
 from videolm.core.errors import UsageError
 

@@ -9,8 +9,9 @@ from videolm.lm.data import TaskSequences
 from videolm.tasks.base import BUILTIN, TaskInputs, build_tasks
 from videolm.data.shapes import make_clip
 from videolm.data.shapes_data import ShapesDataset
-from videolm.tasks.token_shards import ClipTokenizer, LazySamples, image_caption
-from videolm.tasks.views import box_mask, clip_views, grid_of, ping_pong, pixel_mask_to_grid
+from videolm.tasks.tokenizing import ClipTokenizer, LazySamples, image_caption
+from videolm.tasks.views import box_mask, clip_views, ping_pong, pixel_mask_to_grid
+from videolm.tokenizers.geometry import grid_of
 from videolm.core.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

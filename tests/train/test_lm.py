@@ -16,8 +16,9 @@ import yaml
 from videolm.lm.data import PackCollate, TaskExample
 from videolm.lm.masks import token_losses
 from videolm.lm.model import VideoLM
-from videolm.train.lm_module import (LMModule, LMTrainConfig, _scale_row_steps, distill_losses, fit, lr_factor,
-                                 output_logits, output_losses, project_conflict)
+from videolm.core.training import lr_factor
+from videolm.lm.losses import distill_losses, output_logits, output_losses, project_conflict
+from videolm.train.lm_module import LMModule, LMTrainConfig, _scale_row_steps, fit
 from videolm.cli.main import main
 from videolm.core.errors import ConfigError
 from videolm.tokenizers.vocab import Vocabulary
@@ -92,11 +93,12 @@ def test_time_budget_stops_the_run_and_still_saves_the_model(shards, tmp_path):
 
 
 def test_loss_goes_down_and_samples_are_written_every_n_steps_in_eval_mode(shards, tmp_path):
-    from videolm.lm.data import TaskSequences, TokenShards
+    from videolm.data.shards import TokenShards
+    from videolm.lm.data import TaskSequences
     from videolm.tasks.base import build_tasks
 
     data = TokenShards(shards)
-    vocab = data.vocab()
+    vocab = Vocabulary.load(data.folder)
     tasks = build_tasks(["t2v", "v2a"], vocab)
     calls = []
 
@@ -159,11 +161,12 @@ def test_distilled_tasks_log_their_kl_and_train_toward_the_teacher(shards, tmp_p
     """A student trained with v2a distilled from itself (a copy taken before training) stays
     closer to where it was on v2a than one trained on v2a's true tokens (t2v, trained on its
     true tokens either way, moves the shared weights in both)."""
-    from videolm.lm.data import TaskSequences, TokenShards
+    from videolm.data.shards import TokenShards
+    from videolm.lm.data import TaskSequences
     from videolm.tasks.base import build_tasks
 
     data = TokenShards(shards)
-    vocab = data.vocab()
+    vocab = Vocabulary.load(data.folder)
     cfg = LMTrainConfig(steps=6, batch_size=4, row_len=128, lr=1e-2, warmup_steps=1, log_every=6, accelerator="cpu")
     probe = PackCollate(128)([TaskSequences(data, build_tasks(["v2a"], vocab), max_len=128)[i] for i in (1, 2, 3, 5)])  # clips with audio
     drift = {}
@@ -375,7 +378,7 @@ def test_two_process_ddp_on_cpu_ends_with_identical_weights_on_both_ranks(shards
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
     (fingerprints,) = [r["rank_weight_fingerprints"] for r in rows if "rank_weight_fingerprints" in r]
     assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
-    from videolm.train.lm_module import weights_fingerprint
+    from videolm.lm.losses import weights_fingerprint
 
     saved = weights_fingerprint(VideoLM.from_pretrained(run / "model")).tolist()
     assert saved == pytest.approx(fingerprints[0], rel=1e-12)  # rank 0 saved the weights both ranks hold

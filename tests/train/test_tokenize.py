@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from videolm.lm.data import TokenShards
+from videolm.data.shards import TokenShards
 from videolm.cli.main import main
 from videolm.data.shapes import ShapesConfig, make_clip
 from videolm.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig

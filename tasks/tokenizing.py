@@ -1,27 +1,27 @@
-"""`videolm tokenize`: clips encoded once by a model folder's frozen tokenizers into token shards.
-
-`ClipTokenizer` holds the tokenizers of a model folder (``video_tokenizer/``, ``audio_tokenizer/``,
-``text.model``, ``vocab.json``) and turns clips (dicts of media, as `ShapesDataset` and
-`FolderDataset` give them) into samples of local codes, and codes back into media.
-`write_token_shards` runs it over a dataset into a shard folder (`videolm.lm.data`).
+"""A model folder's tokenizers over clips: `ClipTokenizer` holds the tokenizers of a model folder
+(``video_tokenizer/``, ``audio_tokenizer/``, ``text.model``, ``vocab.json``) and turns clips (dicts
+of media, as `ShapesDataset` and `FolderDataset` give them) into samples of local codes, with the
+views the tasks read, and codes back into media; `LazySamples` does it field by field as training
+reads them. `videolm.train.tokenize` runs it over a dataset into token shards.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
-from videolm.lm.data import CODE_FIELDS, ShardWriter
+from videolm.core.errors import ConfigError, UsageError
 from videolm.core.models import resolve_model
-from videolm.core.outputs import atomic_output_dir
-from videolm.core.errors import DataError, UsageError
+from videolm.core.saving import CONFIG_NAME, read_json
+from videolm.tasks.views import VIEW_FIELDS, clip_views
+from videolm.tokenizers.audio import AudioTokenizer
+from videolm.tokenizers.text import TextTokenizer
+from videolm.tokenizers.video import VideoTokenizer, to_frames, to_tensor
 from videolm.tokenizers.vocab import Vocabulary
 
 
@@ -37,24 +37,18 @@ class ClipTokenizer:
     @property
     def video(self):
         if self._video is None:
-            from videolm.tokenizers.video import VideoTokenizer
-
             self._video = self._load(VideoTokenizer, "video_tokenizer")
         return self._video
 
     @property
     def audio(self):
         if self._audio is None:
-            from videolm.tokenizers.audio import AudioTokenizer
-
             self._audio = self._load(AudioTokenizer, "audio_tokenizer")
         return self._audio
 
     @property
     def text(self):
         if self._text is None:
-            from videolm.tokenizers.text import TextTokenizer
-
             if not (self.folder / "text.model").is_file():
                 raise UsageError(f"{self.folder}: has no text.model (a model folder needs video_tokenizer/, "
                                  "audio_tokenizer/, text.model and vocab.json)")
@@ -98,8 +92,6 @@ class ClipTokenizer:
         """One clip -> (its sample without codes: text ids and metadata, which cost little; the
         media each code field is tokenized from: videos ``(T, H, W, 3)`` by field, and
         ``audio (S,)`` where the clip has audio)."""
-        from videolm.tasks.views import VIEW_FIELDS, clip_views
-
         fields = {"video": clip["video"]}
         if clip.get("structure") is not None:
             fields["structure"] = clip["structure"]
@@ -128,8 +120,6 @@ class ClipTokenizer:
     @torch.no_grad()
     def encode_video(self, videos) -> torch.Tensor:
         """Videos of one size, ``(B, T, H, W, 3)`` uint8 (or a list of them) -> codes ``(B, t, n)``."""
-        from videolm.tokenizers.video import to_tensor
-
         return self.video.encode(to_tensor(np.stack(videos)).to(self.device)).cpu()
 
     def geometry(self, frames: int = 17, height: int = 64, width: int = 64, fps: int = 8) -> dict:
@@ -156,8 +146,6 @@ class ClipTokenizer:
     @torch.no_grad()
     def decode_video(self, codes: torch.Tensor, height: int, width: int) -> np.ndarray:
         """Local codes ``(t, n)`` -> uint8 frames ``(T, H, W, 3)``."""
-        from videolm.tokenizers.video import to_frames
-
         return to_frames(self.video.decode(codes[None].to(self.device), height, width))[0]
 
     @torch.no_grad()
@@ -258,83 +246,26 @@ def has_field(sample, name: str) -> bool:
     return sample.get(name) is not None
 
 
-# ---------------------------------------------------------------------------------- datasets
+def load_tokenizer(model: str, modality: str | None = None):
+    """A tokenizer folder, or the `video_tokenizer`/`audio_tokenizer` inside a model bundle."""
+    folder = resolve_model(model)
+    if not (folder / CONFIG_NAME).exists():
+        folder = folder / f"{modality or 'video'}_tokenizer"
+    data = read_json(folder / CONFIG_NAME, f"{folder}: not a saved tokenizer folder (no {CONFIG_NAME})")
+    kinds = {cls.kind: cls for cls in (VideoTokenizer, AudioTokenizer)}
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind not in kinds:
+        raise ConfigError(f"{folder / CONFIG_NAME}: holds a {kind!r}, not a video or audio tokenizer")
+    return kinds[kind].from_pretrained(folder)
 
 
-@dataclass
-class ClipSource:
-    """Which clips to tokenize: Shapes (seeded) or a folder of videos."""
-
-    data: str = "shapes"  # "shapes" or a folder of videos
-    num: int = 1024
-    seed: int = 0  # Shapes: first seed offset; folder: first clip
-    split: Literal["train", "eval"] = "train"  # Shapes only
-    frames: int = 17
-    height: int = 64
-    width: int = 64
-    fps: int = 8
-
-    def dataset(self) -> Dataset:
-        if self.data == "shapes":
-            from videolm.data.shapes import ShapesConfig
-            from videolm.data.shapes_data import ShapesDataset
-
-            world = ShapesConfig(height=self.height, width=self.width, frames=self.frames, fps=self.fps)
-            return ShapesDataset(self.num, seed=self.seed, split=self.split, world=world)
-        from videolm.data.folder import FolderDataset
-
-        folder = FolderDataset(self.data, frames=self.frames, fps=self.fps, size=(self.height, self.width))
-        if self.seed >= len(folder):
-            raise DataError(f"{self.data}: has {len(folder)} clips; none from clip {self.seed} on")
-        return Subset(folder, range(self.seed, min(self.seed + self.num, len(folder))))
+def load_video_tokenizer(name: str | Path) -> VideoTokenizer:
+    """The video tokenizer of a folder or model bundle."""
+    tok = load_tokenizer(str(name), "video")
+    if tok.kind != "video_tokenizer":
+        raise ConfigError(f"{name}: holds a {tok.kind}, not a video tokenizer")
+    return tok
 
 
-def write_token_shards(out: str | Path, source: ClipSource, model: str | Path = "shapes-64", batch_size: int = 16,
-                       shard_size: int = 1024, overwrite: bool = False,
-                       progress: Callable[[int], object] | None = None, device: str = "cpu") -> dict:
-    """Encode ``source``'s clips with ``model``'s tokenizers into a shard folder (all or nothing).
-    The folder's vocabulary is the model's, with the clips' resolution added if it lacked it.
-    ``device``: where the tokenizers run ("cpu", "cuda", "cuda:1", or "auto": a GPU when there is one).
-    Returns a JSON-ready summary."""
-    if batch_size < 1:
-        raise UsageError(f"--batch-size {batch_size} must be >= 1")
-    tokenizer = ClipTokenizer(model, device=resolve_device(device))
-    clips = source.dataset()
-    vocab = tokenizer.vocab
-    vocab.add_resolution(source.height, source.width)
-    tokens = 0
-    with atomic_output_dir(out, overwrite=overwrite, command="tokenize") as tmp:
-        writer = ShardWriter(tmp, shard_size)
-        for start in range(0, len(clips), batch_size):
-            batch = [clips[i] for i in range(start, min(start + batch_size, len(clips)))]
-            for sample in tokenizer.encode(batch):
-                codes = {k: sample.pop(k) for k in CODE_FIELDS if k in sample}
-                tokens += sum(codes[k].numel() for k in ("text", "video", "audio") if k in codes)
-                writer.add(codes, sample)
-            if progress:
-                progress(len(batch))
-        vocab.save(tmp)
-        writer.close({"model": str(tokenizer.folder), "source": vars(source)})
-    return {"out": str(out), "clips": len(clips), "shards": len(writer.shards),
-            "tokens_per_clip": round(tokens / max(1, len(clips)), 1), "vocabulary": len(vocab)}
-
-
-def resolve_device(device: str) -> str:
-    """``device`` checked against this machine: "auto" is "cuda" where a GPU is present, else "cpu";
-    a named GPU that is not there is a UsageError rather than a CUDA error later."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"--device {device}: not a device name (cpu, cuda, cuda:N or auto)") from None
-    if parsed.type == "cuda" and (not torch.cuda.is_available()
-                                  or (parsed.index or 0) >= torch.cuda.device_count()):
-        raise UsageError(f"--device {device}: no such CUDA device on this machine")
-    if parsed.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {device}: only cpu and cuda are supported")
-    return device
-
-
-__all__ = ["ClipSource", "ClipTokenizer", "LazySample", "LazySamples", "clip_meta", "has_field", "resolve_device",
-           "write_token_shards"]
+__all__ = ["ClipTokenizer", "LazySample", "LazySamples", "clip_meta", "has_field", "image_caption", "load_tokenizer",
+           "load_video_tokenizer"]
