@@ -1,83 +1,95 @@
-"""Flag types and input checks for the command line: every number bounded, every input file looked
-at before a model is loaded or work starts. All failures are usage errors (exit 2, one line)."""
+"""What every command shares: its flags derived from a dataclass (`videolm.core.config.add_flags`), a
+YAML ``--config`` the flags lie over, input files looked at before any work, and progress bars.
+Failures are usage errors (exit 2, one line)."""
 
 from __future__ import annotations
 
 import argparse
-import math
+import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from videolm.core.errors import MediaError, UsageError
+from tqdm import tqdm
 
-from videolm.core.limits import MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SAMPLES, MAX_SEED, MAX_STEPS  # noqa: F401
+from videolm.core.config import add_flags, from_flags, read_config
+from videolm.core.errors import ConfigError, MediaError, UsageError
+from videolm.core.outputs import check_run_dir
+from videolm.data import media
 
 
-def integer(low: int, high: int | None = None):
-    """An argparse type: an integer in [low, high]."""
+class Parser(argparse.ArgumentParser):
+    """argparse that raises a one-line UsageError instead of printing usage and exiting."""
 
-    def parse(text: str) -> int:
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+@dataclass
+class Command:
+    """One command: the dataclass its flags come from, what runs it, and its help. ``config``: the
+    name a YAML file's ``entry:`` must give for ``--config`` to read it (None: no ``--config``);
+    ``schema``: the dataclass such a file describes (default: ``args``; the library's config, where
+    ``args`` adds what only the command line has, such as ``--out``)."""
+
+    args: type
+    run: Callable[[Any], int]
+    help: str
+    description: str = ""
+    config: str | None = None
+    schema: type | None = None
+
+    def parser(self, prog: str) -> tuple[Parser, list[str]]:
+        parser = Parser(prog=prog, description=self.description or self.help)
+        if self.config:
+            parser.add_argument("--config", help=f"a YAML config with 'entry: {self.config}'; flags override it")
+        return parser, add_flags(parser, self.args)
+
+    def __call__(self, prog: str, argv: list[str]) -> int:
+        parser, keys = self.parser(prog)
+        parsed = parser.parse_args(argv)
+        base = read_config(parsed.config, self.config) if self.config and parsed.config else None
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low or (high is not None and value > high):
-            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
-            raise argparse.ArgumentTypeError(f"{text} is out of range: give a whole number {bound}")
-        return value
-
-    return parse
+            args = from_flags(parsed, self.args, keys, base, getattr(parser, "flag_names", {}))
+        except ConfigError as e:  # name the file, unless a flag was the trouble
+            from_file = self.config and parsed.config and not str(e).startswith(("-", "ROOT", "INPUT", "OUTPUT"))
+            raise ConfigError(f"{parsed.config}: {e}" if from_file else str(e)) from None
+        return self.run(args)
 
 
-def real(low: float, high: float | None = None, low_open: bool = False):
-    """An argparse type: a finite number in [low, high] (``(low, high]`` with ``low_open``)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        if (value <= low if low_open else value < low) or (high is not None and value > high):
-            lo = f"{'above' if low_open else 'at least'} {low:g}"
-            raise argparse.ArgumentTypeError(f"{text} is out of range: give a number {lo}"
-                                             + (f" and at most {high:g}" if high is not None else ""))
-        return value
-
-    return parse
+def run_folder(cfg, entry: str):
+    """A fit command's run folder checked (new, empty, or this command's own, to resume) before any work."""
+    check_run_dir(cfg.out, entry)
+    return cfg
 
 
-def size(text: str) -> tuple[int, int]:
-    """'64' -> (64, 64); '64x96' -> (64, 96) as (height, width)."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use N or HxW, e.g. 64 or 64x96") from None
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1 or max(parts) > 8192:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use N or HxW (1 to 8192), e.g. 64 or 64x96")
-    return parts[0], parts[1]
-
-
-POSITIVE = integer(1)
-COUNT = integer(1, 100_000_000)
-SEED = integer(0, MAX_SEED)
-STEPS = integer(1, MAX_STEPS)
-THREADS = integer(1, 4096)
-BATCH = integer(1, 65_536)
-MINUTES = real(0, None, low_open=True)
-GUIDANCE = real(0, 100)
-TEMPERATURE = real(0, 100)
-TOP_P = real(0, 1, low_open=True)
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=None, sort_keys=False))
 
 
 def progress(total: int | None, desc: str, unit: str = "clip"):
     """A progress bar on stderr that appears only if the work takes longer than a second."""
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit=unit, delay=1.0, file=sys.stderr, leave=False)
+
+
+def size(text: str | None) -> tuple[int, int] | None:
+    """'64' -> (64, 64); '64x96' -> (64, 96) as (height, width); None stays None."""
+    if text is None:
+        return None
+    try:
+        parts = [int(p) for p in str(text).lower().split("x")]
+    except ValueError:
+        raise UsageError(f"--size {text}: use N or HxW, e.g. 64 or 64x96") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1 or max(parts) > 8192:
+        raise UsageError(f"--size {text}: use N or HxW (1 to 8192), e.g. 64 or 64x96")
+    return parts[0], parts[1]
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -111,8 +123,6 @@ def input_folder(path, flag: str) -> Path:
 def media_input(path, flag: str, kind: str = "video"):
     """Look into a media input before any work: a video or image must have a picture, a sound file
     sound. Returns what `probe_video` learns (None for sound files)."""
-    from videolm.data import media
-
     p = input_file(path, flag)
     try:
         if kind == "audio":
@@ -123,6 +133,11 @@ def media_input(path, flag: str, kind: str = "video"):
         raise UsageError(f"{flag} {path}: {e.cause}") from None
 
 
-__all__ = ["BATCH", "COUNT", "GUIDANCE", "MAX_FRAMES", "MAX_SAMPLES", "MAX_SEED", "MINUTES", "POSITIVE", "SEED",
-           "STEPS", "TEMPERATURE", "THREADS", "TOP_P", "input_file", "input_folder", "integer", "media_input",
-           "progress", "real", "size"]
+def data_input(data: str | None, flag: str = "--data") -> None:
+    """'shapes' or a folder of videos."""
+    if data and data != "shapes":
+        input_folder(data, flag)
+
+
+__all__ = ["Command", "Parser", "data_input", "input_file", "input_folder", "media_input", "print_json", "progress", "run_folder",
+           "size"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+
 def psnr_per_clip(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """PSNR of uint8-rounded clips in [-1, 1] (the same figure as on 0..255 pixels), (B,)."""
     q = lambda v: v.float().clamp(-1, 1).add(1).mul(127.5).round()  # noqa: E731

@@ -21,8 +21,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from videolm.core.config import from_dict, to_dict
 from videolm.core.errors import ConfigError, UsageError, VideolmError
-from videolm.core.schema import from_dict, to_dict
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

@@ -30,6 +30,7 @@ import random
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -37,9 +38,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from videolm.core.config import check_range
 from videolm.core.errors import ConfigError, UsageError
 from videolm.core.outputs import mark_run_dir
-from videolm.core.schema import check_range
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 METRICS = "metrics.jsonl"
@@ -87,15 +88,34 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
-def check_train_numbers(cfg) -> None:
-    """The checks every training section shares (for ``__post_init__``): positive step counts and
-    sizes, a finite non-negative learning rate, a fraction for the floor of its schedule."""
-    check_range(cfg, 1, None, "steps", "batch_size", "log_every", "checkpoint_every", "threads")
-    check_range(cfg, 0, None, "warmup_steps", "weight_decay", "grad_clip", "workers")
-    check_range(cfg, 0, 2**63 - 1, "seed")
-    check_range(cfg, 0, None, "lr")
-    check_range(cfg, 0, None, "max_minutes", low_open=True)
-    check_range(cfg, 0, 1, "min_lr_ratio")
+@dataclass
+class TrainArgs:
+    """The training section every run shares (the tokenizers', the LM's, fine-tuning's, the
+    refiner's and the DiT's configs extend it): budget, schedule, hardware, checkpoints."""
+
+    steps: int = field(default=10_000, metadata={"flags": ["--steps"]})  # optimizer steps
+    max_minutes: float | None = field(default=None, metadata={"flags": ["--max-minutes"]})  # wall-clock budget,
+    #   kept across resumes; training stops at whichever limit comes first
+    batch_size: int = field(default=16, metadata={"flags": ["--batch-size"]})  # items per step (and process)
+    lr: float = 1e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # the cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 200  # linear warmup
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # gradient norm clip (0: none)
+    precision: str = "auto"  # auto: bf16-mixed on a GPU with bf16, else 32-true; or any Lightning precision
+    accelerator: str = "auto"  # cpu, gpu or auto
+    log_every: int = 50  # a metrics.jsonl line every N steps
+    checkpoint_every: int = 200  # checkpoints/last.ckpt (what a rerun resumes from) every N steps
+    threads: int | None = field(default=None, metadata={"flags": ["--threads"]})  # torch CPU threads per process
+    workers: int = 0  # DataLoader workers
+    seed: int = 0
+
+    def __post_init__(self):
+        check_range(self, 1, None, "steps", "batch_size", "log_every", "checkpoint_every", "threads")
+        check_range(self, 0, None, "warmup_steps", "weight_decay", "grad_clip", "workers", "lr")
+        check_range(self, 0, 2**63 - 1, "seed")
+        check_range(self, 0, None, "max_minutes", low_open=True)
+        check_range(self, 0, 1, "min_lr_ratio")
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -429,6 +449,6 @@ def fit_run(module: RunModule, data: Dataset, cfg, command: str, collate_fn=None
     return trainer
 
 
-__all__ = ["CHECKPOINT", "METRICS", "WALL_CLOCK_FIELDS", "MetricsLog", "ResumableSampler", "RunModule", "SeededItems",
+__all__ = ["CHECKPOINT", "METRICS", "WALL_CLOCK_FIELDS", "MetricsLog", "ResumableSampler", "RunModule", "SeededItems", "TrainArgs",
            "cpu_has_native_bf16", "fit_run", "item_seed", "lr_factor", "quiet_training", "read_checkpoint",
            "resolve_precision", "rng_state", "seeded_item", "set_rng_state"]

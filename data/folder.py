@@ -18,15 +18,15 @@ import os
 import uuid
 import warnings
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from torch.utils.data import Dataset
 
+from videolm.core.config import check_range
 from videolm.core.errors import DataError, MediaError, UsageError
-from videolm.core.schema import check_range
 from videolm.data.media import num_frames_at, probe_video, read_audio, read_video
 
 VIDEO_EXTS = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".gif"}
@@ -46,14 +46,14 @@ class _Video:
 class FolderConfig:
     """A folder of videos as a dataset of clips (the fields of FolderDataset)."""
 
-    root: str
-    frames: int = 17
-    fps: float = 8.0
+    root: str = field(metadata={"positional": True})  # the folder of videos
+    frames: int = 17  # frames per clip
+    fps: float = 8.0  # the frame rate clips are resampled to
     height: int = 64
     width: int = 64
-    fit: Literal["crop", "pad", "stretch"] = "crop"
+    fit: Literal["crop", "pad", "stretch"] = "crop"  # aspect rule: cover then centre-crop, pad, or stretch
     sample_rate: int = 16000
-    stride: int | None = None
+    stride: int | None = None  # frames between clip starts (None: --frames, no overlap)
 
     def __post_init__(self):
         check_range(self, 1, None, "frames", "height", "width", "stride")

@@ -56,15 +56,18 @@ EVAL_SEED_START = 1_000_000  # evaluation draws seeds from here up; training nev
 class ShapesConfig:
     """The geometry and timing of a Shapes world. The defaults are the design's."""
 
-    height: int = 64
+    height: int = 64  # multiples of 8, at least 32
     width: int = 64
-    frames: int = 17
-    fps: int = 8
+    frames: int = field(default=17, metadata={"flags": ["--frames"]})  # 1 + 4k
+    fps: int = field(default=8, metadata={"flags": ["--fps"]})
     sample_rate: int = 16000
-    backgrounds: list[str] = field(default_factory=lambda: ["black"])
+    backgrounds: list[str] = field(default_factory=lambda: ["black"], metadata={"flags": ["--background"],
+                                                                                "comma": True})  # or 'all'
     max_objects: int = 2
 
     def __post_init__(self):
+        if self.backgrounds == ["all"]:
+            self.backgrounds = list(BACKGROUNDS)
         if self.height % 8 or self.width % 8 or min(self.height, self.width) < 32:
             raise UsageError(f"frame size {self.height}x{self.width}: H and W must be multiples of 8, at least 32")
         if self.frames < 1 or (self.frames - 1) % 4:

@@ -25,7 +25,7 @@ from typing import Literal
 import yaml
 from torch.utils.data import Dataset
 
-from videolm.core.config import to_dict
+from videolm.core.config import check_range, to_dict
 from videolm.core.errors import UsageError
 from videolm.core.outputs import atomic_output_dir
 from videolm.data.media import write_audio, write_video
@@ -50,12 +50,14 @@ def split_seeds(split: str, seed: int, num: int) -> range:
 @dataclass
 class ShapesDataConfig:
     """What `videolm data shapes` writes: ``num`` clips of ``split`` from offset ``seed``."""
-    num: int = 64
-    seed: int = 0
-    split: Literal["train", "eval"] = "train"
+    num: int = 64  # clips
+    seed: int = 0  # first seed; clip i uses seed + i
+    split: Literal["train", "eval"] = "train"  # eval draws the held-out seeds (>= 1,000,000)
     world: ShapesConfig = field(default_factory=ShapesConfig)
 
     def __post_init__(self):
+        check_range(self, 1, None, "num")
+        check_range(self, 0, 2**63 - 1, "seed")
         self.seeds = split_seeds(self.split, self.seed, self.num)
 
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 from torch.utils.data import Dataset, Subset
 
+from videolm.core.config import check_clip_numbers, check_range
 from videolm.core.errors import DataError
 from videolm.data.folder import FolderDataset
 from videolm.data.shapes import ShapesConfig
@@ -17,15 +18,19 @@ from videolm.data.shapes_data import ShapesDataset
 class ClipSource:
     """Which clips to tokenize: Shapes (seeded) or a folder of videos."""
 
-    data: str = "shapes"  # "shapes" or a folder of videos
-    num: int = 1024
-    seed: int = 0  # Shapes: first seed offset; folder: first clip
-    split: Literal["train", "eval"] = "train"  # Shapes only
-    frames: int = 17
+    data: str = "shapes"  # "shapes" (seeded clips) or a folder of videos
+    num: int = 1024  # clips
+    seed: int = 0  # Shapes: first seed offset (clip i uses seed + i); folder: first clip
+    split: Literal["train", "eval"] = "train"  # Shapes only: eval draws the held-out seeds (>= 1,000,000)
+    frames: int = 17  # frames per clip, 1 + 4k
     height: int = 64
     width: int = 64
     fps: int = 8
-    backgrounds: list[str] = field(default_factory=lambda: ["black"])  # Shapes only
+    backgrounds: list[str] = field(default_factory=lambda: ["black"], metadata={"comma": True})  # Shapes only
+
+    def __post_init__(self):
+        check_clip_numbers(self)
+        check_range(self, 0, 2**63 - 1, "seed")
 
     def dataset(self) -> Dataset:
         if self.data == "shapes":

@@ -20,12 +20,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from videolm.core.config import check_range
 from videolm.core.errors import UsageError
 from videolm.core.outputs import atomic_output_dir
 from videolm.data.media import write_grid
@@ -45,16 +46,23 @@ SAMPLE_FRAMES = (0, 4, 8, 12, 16)  # the frames each row of a sample grid shows
 
 @dataclass
 class CompareConfig:
-    model: str = "shapes-64"
-    tasks: tuple[str, ...] = TASKS
-    num: int = 64
+    model: str = "shapes-64"  # a model folder with lm/ and dit/
+    tasks: tuple[str, ...] = field(default=TASKS, metadata={"comma": True})  # t2v, extend
+    num: int = 64  # held-out clips per task
     seed: int = 0  # offset among the held-out seeds; clip i is drawn with seed + i by both systems
-    batch_size: int = 16
+    batch_size: int = 16  # clips generated at once
     cfg_scale: float = AR_CFG_SCALE  # the AR model's guidance (t2v)
-    dit_cfg_scale: float | None = None  # None: the DiT's own default
-    dit_steps: int | None = None  # None: the DiT's own default
+    dit_cfg_scale: float | None = None  # the DiT's guidance (None: its own default)
+    dit_steps: int | None = None  # the DiT's sampling steps (None: its own default)
     refine: bool = True  # both systems' frames through the refiner, when the model folder has one
     samples: int = 4  # clips per task in the sample grid
+
+    def __post_init__(self):
+        self.tasks = tuple(self.tasks)
+        check_range(self, 1, None, "num", "batch_size", "samples")
+        check_range(self, 1, 10_000, "dit_steps")
+        check_range(self, 0, 2**63 - 1, "seed")
+        check_range(self, 0, 100, "cfg_scale", "dit_cfg_scale")
 
 
 def compare(cfg: CompareConfig, progress: Callable[[str, int], object] | None = None) -> dict:

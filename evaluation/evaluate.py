@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 import torch
 
+from videolm.core.config import check_range
 from videolm.core.errors import UsageError
 from videolm.core.models import AR_CFG_SCALE
 from videolm.data.shapes import BACKGROUNDS, DIRECTIONS, PALETTE, SHAPES, SIZES
@@ -51,18 +53,28 @@ STILL_ATTRIBUTES = ("shape", "color", "size")  # where motion cannot be judged (
 
 @dataclass
 class EvalConfig:
-    model: str = "shapes-64"
-    tasks: tuple[str, ...] = ()  # empty: every task the model knows
-    num: int = 128
+    model: str = "shapes-64"  # a model folder or a shipped name
+    tasks: tuple[str, ...] = field(default=(), metadata={"comma": True})  # task names, or all (empty: every task
+    #   the model knows)
+    num: int = 128  # held-out clips per task
     seed: int = 0  # offset among the held-out seeds
-    sample_seed: int | None = None  # seed of the first batch's sampling (None: `seed`); other values redraw the samples
-    batch_size: int = 16
-    cfg_scale: float = AR_CFG_SCALE
+    sample_seed: int | None = None  # seed of the first batch's sampling (None: `seed`); other values redraw the
+    #   samples for the same clips, which shows how much a figure moves by chance alone
+    batch_size: int = 16  # clips generated at once
+    cfg_scale: float = AR_CFG_SCALE  # the LM's guidance for tasks with text
     temperature: float = 1.0
     top_k: int | None = None
     refine: bool = False  # score the frames after the model folder's refiner (what `generate` gives)
-    split: str = "eval"  # held-out clips; "train": the training seeds, to set their loss beside the held-out one
-    per_clip: bool = False  # also keep each clip's [hits, count] per figure (for paired comparisons of two models)
+    split: Literal["eval", "train"] = "eval"  # held-out clips; train: the training seeds, to set their loss beside
+    #   the held-out one (how much the model has memorized)
+    per_clip: bool = False  # keep each clip's [hits, count] per figure (what --against reads)
+
+    def __post_init__(self):
+        self.tasks = () if tuple(self.tasks) == ("all",) else tuple(self.tasks)
+        check_range(self, 2, None, "num")
+        check_range(self, 1, None, "batch_size", "top_k")
+        check_range(self, 0, 2**63 - 1, "seed", "sample_seed")
+        check_range(self, 0, 100, "cfg_scale", "temperature")
 
 
 def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = None) -> dict:

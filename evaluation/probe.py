@@ -57,12 +57,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videolm.evaluation.metrics import match_objects
+from videolm.core.errors import UsageError
 from videolm.core.models import resolve_model
+from videolm.core.saving import CONFIG_NAME, Pretrained
 from videolm.data.shapes import BACKGROUNDS, DIRECTIONS, PALETTE, SHAPES, SIZES, ShapesConfig, make_clip
 from videolm.data.shapes_data import split_seeds
-from videolm.core.errors import UsageError
-from videolm.core.saving import CONFIG_NAME, Pretrained
+from videolm.evaluation.metrics import match_objects
 
 SLOTS = 2
 COLORS = tuple(PALETTE)

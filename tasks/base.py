@@ -24,10 +24,11 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from videolm.lm.constraints import OutputLayout, audio_layout, video_layout
+
 from videolm.core.config import resolve
-from videolm.tasks.tokenizing import has_field
 from videolm.core.errors import ConfigError, UsageError
+from videolm.lm.constraints import OutputLayout, audio_layout, video_layout
+from videolm.tasks.tokenizing import has_field
 from videolm.tokenizers.vocab import Vocabulary
 
 # name -> "module:Class"

@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from videolm.data.media import psnr
 from videolm.tasks.base import Media, Task, clip_frames, latents, require
 from videolm.tokenizers.geometry import context_latents, frames_of, start_latents
-from videolm.data.media import psnr
 
 # `Interpolate`: below this PSNR between the model's last frames and the end clip, the two clips are
 # taken for different scenes (measured on held-out Shapes clips: docs/tasks.md, "interpolate")

@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from videolm.core.errors import UsageError
 from videolm.tasks.base import Media, Task, clip_frames, require
 from videolm.tasks.views import box_mask, hide, pixel_mask_to_grid
 from videolm.tokenizers.geometry import grid_of
-from videolm.core.errors import UsageError
 
 
 class Inpaint(Task):

@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -69,6 +70,34 @@ def check_sampling(num_samples: int = 1, seed: int = 0, frames: int | None = Non
         number(top_p, 0, 1, "--top-p", low_open=True)
     if steps is not None:
         whole(steps, 1, 10_000, "--steps")
+
+
+@dataclass
+class GenerateConfig:
+    """What a generation asks for (`Pipeline.generate`'s arguments; `videolm generate`'s flags)."""
+
+    task: str  # a task name (see `videolm tasks`)
+    prompt: str | None = None  # the caption, for tasks with text (read in the model's words: see strict_prompt)
+    image: str | None = None  # an image file (i2v)
+    video: list[str] = field(default_factory=list)  # a video file; interpolate takes two (start, end)
+    audio: str | None = None  # an audio file (a2v)
+    mask: str | None = None  # a mask image of the clip's shape, white = the region to generate (inpaint, outpaint)
+    num_samples: int = 1  # samples to draw, made and written one by one; sample i uses seed + i
+    seed: int = 0  # seed of the first sample
+    frames: int | None = None  # video length; beyond the clip length, chains extend
+    cfg_scale: float | None = None  # classifier-free guidance for tasks with text (1: none; default: the model's)
+    temperature: float = 1.0  # sampling temperature (0: greedy)
+    top_k: int | None = None  # sample among the k most likely ids
+    top_p: float | None = None  # sample from the smallest set of ids holding this probability
+    with_audio: bool = False  # add a soundtrack made by v2a (muxed into the mp4)
+    refine: bool | None = None  # clean the frames with the model's diffusion refiner (default: when it has one)
+    backend: Literal["ar", "dit"] = "ar"  # ar: the prefix LM; dit: the DiT baseline (t2v, extend)
+    steps: int | None = None  # sampling steps of the DiT baseline (default: its own)
+    strict_prompt: bool = False  # a prompt word the model does not know is an error (default: a warning)
+
+    def __post_init__(self):
+        check_sampling(self.num_samples, self.seed, self.frames, self.cfg_scale, self.temperature, self.top_k,
+                       self.top_p, self.steps)
 
 
 @dataclass

@@ -6,8 +6,8 @@
 
 from __future__ import annotations
 
-from videolm.tasks.base import Media, Task, clip_frames, require
 from videolm.core.errors import UsageError
+from videolm.tasks.base import Media, Task, clip_frames, require
 
 
 class VideoToAudio(Task):

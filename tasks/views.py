@@ -23,8 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from videolm.core.errors import UsageError
-from videolm.tokenizers.geometry import (SPACE_DOWN, context_latents, frames_of, grid_of, latent_frames,
-                                         start_latents)
+from videolm.tokenizers.geometry import SPACE_DOWN, context_latents, frames_of, grid_of, latent_frames, start_latents
 
 VIEW_FIELDS = ("tail", "end", "loop", "inpaint", "outpaint")
 

@@ -6,8 +6,10 @@ from typing import Literal
 
 import pytest
 
-from videolm.core.config import ENTRY_POINTS, entry_class, from_dict, load_config
+from videolm.cli.main import command
+from videolm.core.config import from_dict, load_config, read_yaml
 from videolm.core.errors import ConfigError
+from videolm.data.shapes_data import ShapesDataConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -18,15 +20,12 @@ def test_there_are_configs():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
-def test_config_validates_against_its_entry_point(path):
-    entry, cfg = load_config(path)
-    assert entry in ENTRY_POINTS
-    assert isinstance(cfg, entry_class(entry))
-
-
-def test_every_entry_point_resolves():
-    for entry in ENTRY_POINTS:
-        assert isinstance(entry_class(entry), type)
+def test_config_validates_against_the_command_it_names(path):
+    entry = read_yaml(path)["entry"]
+    _, cmd = command(entry)
+    assert cmd.config == entry  # the command reads configs
+    schema = cmd.schema or cmd.args
+    assert isinstance(load_config(path, schema, entry), schema)
 
 
 @dataclass
@@ -70,15 +69,17 @@ def test_load_config_names_the_file_and_the_problem(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("entry: data shapes\nnum: 4\nworld: {heigth: 64}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'world.heigth'"):
-        load_config(bad)
+        load_config(bad, ShapesDataConfig, "data shapes")
     wrong = tmp_path / "wrong.yaml"
     wrong.write_text("num: 4\n")
     with pytest.raises(ConfigError, match="missing 'entry:'"):
-        load_config(wrong)
+        load_config(wrong, ShapesDataConfig, "data shapes")
     (tmp_path / "broken.yaml").write_text("entry: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        load_config(tmp_path / "broken.yaml")
+        load_config(tmp_path / "broken.yaml", ShapesDataConfig, "data shapes")
     world = tmp_path / "world.yaml"
     world.write_text("entry: data shapes\nworld: {frames: 16}\n")
     with pytest.raises(ConfigError, match="1 \\+ 4k"):
-        load_config(world)
+        load_config(world, ShapesDataConfig, "data shapes")
+    with pytest.raises(ConfigError, match="a config for 'videolm data shapes', not 'videolm lm fit'"):
+        load_config(world, ShapesDataConfig, "lm fit")

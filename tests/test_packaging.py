@@ -37,3 +37,12 @@ def test_pyproject_maps_every_code_folder():
     for folder in CODE_FOLDERS:
         assert mapping[f"videolm.{folder}"] == folder
     assert project["project"]["scripts"]["videolm"] == "videolm.cli.main:main"
+
+
+def test_the_front_door_imports_without_lightning_and_help_without_torch(tmp_path):
+    code = "import sys; from videolm import Pipeline; assert 'lightning' not in sys.modules, 'lightning'; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    code = "import sys, videolm.cli.main; print('torch' in sys.modules)"  # `videolm --help` needs no torch
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

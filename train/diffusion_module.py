@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -26,31 +26,19 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import Dataset
 
 from videolm.core.errors import ConfigError
-from videolm.core.training import RunModule, check_train_numbers, fit_run, lr_factor, resolve_precision
+from videolm.core.training import RunModule, TrainArgs, fit_run, lr_factor, resolve_precision
 
 
 @dataclass
-class DiffusionTrainConfig:
-    steps: int = 20_000
-    max_minutes: float | None = None  # wall-clock budget, kept across resumes; the first limit reached stops
-    batch_size: int = 32
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 200
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
+class DiffusionTrainConfig(TrainArgs):
+    steps: int = field(default=20_000, metadata={"flags": ["--steps"]})  # optimizer steps
+    batch_size: int = field(default=32, metadata={"flags": ["--batch-size"]})  # crops or clips per step
+    lr: float = 3e-4  # peak learning rate
     ema_decay: float = 0.999  # 0: export the raw weights
-    precision: str = "auto"  # auto: bf16-mixed on a GPU with bf16, else 32-true
-    accelerator: str = "auto"
-    log_every: int = 50
-    checkpoint_every: int = 200
-    threads: int | None = None
-    workers: int = 0
-    seed: int = 0
     save_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
 
     def __post_init__(self):
-        check_train_numbers(self)
+        super().__post_init__()
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay={self.ema_decay} must be in [0, 1)")
 

@@ -28,9 +28,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
+from videolm.core.config import check_range, to_dict
 from videolm.core.errors import ConfigError
 from videolm.core.models import resolve_model
-from videolm.core.schema import check_range, to_dict
 from videolm.data.shapes_data import ShapesDataset
 from videolm.diffusion.dit import DiT, DiTConfig, null_text
 from videolm.diffusion.dit_pipeline import conditioned

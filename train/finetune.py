@@ -35,10 +35,10 @@ from typing import Literal
 
 import torch
 
+from videolm.core.config import check_range, to_dict
 from videolm.core.errors import ConfigError
 from videolm.core.models import AR_CFG_SCALE, CUSTOM_CODE, CUSTOM_TASKS, LM_DIR
 from videolm.core.saving import weights_file
-from videolm.core.schema import check_range, to_dict
 from videolm.data.shapes_data import ShapesDataset
 from videolm.evaluation.evaluate import evaluate_tasks
 from videolm.evaluation.probe import load_probe

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from videolm.core.config import check_clip_numbers, check_range, to_dict
 from videolm.core.errors import ConfigError
 from videolm.core.models import LM_DIR, resolve_model
-from videolm.core.schema import check_clip_numbers, check_range, to_dict
 from videolm.data.media import write_audio, write_grid, write_video
 from videolm.data.shards import TokenShards
 from videolm.data.sources import ClipSource
@@ -35,7 +35,8 @@ from videolm.train.lm_module import LMTrainConfig, fit
 
 @dataclass
 class LMDataConfig:
-    shards: str | list[str] | None = None  # a folder written by `videolm tokenize`, or several (same tokenizers)
+    shards: str | list[str] | None = field(default=None, metadata={"flags": ["--shards"]})  # a folder written by
+    #   `videolm tokenize`, or several (same tokenizers)
     source: str | None = None  # or tokenize on the fly: "shapes" or a folder of videos
     num: int = 100_000  # on the fly: Shapes training clips (seeds 0 .. num-1) or a folder's first clips
     frames: int = 17  # on the fly: clip size
@@ -49,7 +50,8 @@ class LMDataConfig:
 
     def __post_init__(self):
         if (self.shards is None) == (self.source is None):
-            raise ConfigError("data: give exactly one of shards (token shards) or source (tokenize on the fly)")
+            raise ConfigError("data: give exactly one of shards (token shards) or source (tokenize on the fly; "
+                              "with --shards, pass --data.source null if the config has a source)")
         if not self.tasks:
             raise ConfigError("data.tasks: name at least one task")
         check_clip_numbers(self)
@@ -76,12 +78,12 @@ class SampleConfig:
 
 @dataclass
 class LMFitConfig:
-    preset: str = "tiny"
+    preset: str = "tiny"  # the model's size (a preset of LMConfig)
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the LMConfig preset's fields
     data: LMDataConfig = field(default_factory=lambda: LMDataConfig(shards="runs/tokens/shapes-64"))
     train: LMTrainConfig = field(default_factory=LMTrainConfig)
     samples: SampleConfig = field(default_factory=SampleConfig)
-    out: str = "runs/lm"
+    out: str = "runs/lm"  # the run folder (a rerun resumes it)
     init: str | None = None  # start from these weights (a model folder: save_pretrained's, or a run's
     #                          model/); the preset and model overrides are then not used
 

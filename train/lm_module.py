@@ -32,11 +32,11 @@ from torch.utils.data import Dataset
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 from transformers.utils import logging as hf_logging
 
+from videolm.core.config import check_range
 from videolm.core.errors import ConfigError
-from videolm.core.schema import check_range
 from videolm.core.training import (
     RunModule,
-    check_train_numbers,
+    TrainArgs,
     fit_run,
     lr_factor,
     resolve_precision,
@@ -54,35 +54,25 @@ from videolm.lm.model import VideoLM
 
 
 @dataclass
-class LMTrainConfig:
-    steps: int = 10_000
-    max_minutes: float | None = None  # wall-clock budget, kept across resumes; the first limit reached stops
-    batch_size: int = 16  # sequences per step and device, packed into rows of row_len tokens
-    row_len: int = 1024
-    packing: bool = True  # False: one sequence per row, padded to the batch's longest (the baseline)
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
-    warmup_steps: int = 200
+class LMTrainConfig(TrainArgs):
+    batch_size: int = field(default=16, metadata={"flags": ["--batch-size"]})  # sequences per step and device,
+    #   packed into rows of row_len tokens
     weight_decay: float = 0.1  # on matrices and embeddings, not on norms
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    grad_clip: float = 1.0
     precision: str = "auto"  # auto: bf16-mixed on a GPU with bf16, else 32-true; auto-bf16: also bf16-mixed on
-    #                          a CPU with native bf16 (AVX512-BF16 or AMX); or any Lightning precision
-    accelerator: str = "auto"
+    #   a CPU with native bf16 (AVX512-BF16 or AMX); or any Lightning precision
+    checkpoint_every: int = 500  # checkpoints/last.ckpt (what a rerun resumes from) every N steps
+    row_len: int = 1024  # tokens per packed row
+    packing: bool = True  # False: one sequence per row, padded to the batch's longest (the baseline)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW's
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     devices: int | str = "auto"
     num_nodes: int = 1
-    log_every: int = 50
-    checkpoint_every: int = 500
     sample_every: int = 0  # 0: no samples
     val_every: int = 0  # held-out loss every N steps and at the end (0: never; needs held-out data)
     val_sequences: int = 64  # held-out sequences scored each time (a fixed draw from the held-out data)
-    threads: int | None = None  # torch CPU threads per process (None: torch's default)
-    workers: int = 0  # DataLoader workers
-    seed: int = 0
 
     def __post_init__(self):
-        check_train_numbers(self)
+        super().__post_init__()
         check_range(self, 1, None, "row_len", "num_nodes", "val_sequences")
         check_range(self, 0, None, "sample_every", "val_every")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

@@ -15,8 +15,15 @@ from videolm.core.outputs import atomic_output_dir, check_output_dir
 from videolm.core.saving import write_json
 from videolm.data.shapes import make_clip
 from videolm.data.shapes_data import split_seeds
-from videolm.evaluation.probe import (TRAIN_FRAMES, Probe, ProbeConfig, clip_targets, evaluate_probe, probe_loss,
-                                      shapes_world)
+from videolm.evaluation.probe import (
+    TRAIN_FRAMES,
+    Probe,
+    ProbeConfig,
+    clip_targets,
+    evaluate_probe,
+    probe_loss,
+    shapes_world,
+)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

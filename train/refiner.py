@@ -19,10 +19,10 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 from torch.utils.data import Dataset
 
+from videolm.core.config import check_clip_numbers, check_range, to_dict
 from videolm.core.errors import ConfigError
 from videolm.core.models import resolve_model
 from videolm.core.saving import CONFIG_NAME
-from videolm.core.schema import check_clip_numbers, check_range, to_dict
 from videolm.data.sources import ClipSource
 from videolm.diffusion.process import FlowMatching
 from videolm.diffusion.refiner import (
@@ -41,7 +41,8 @@ PAIRS_NAME = "pairs.safetensors"
 
 @dataclass
 class RefinerDataConfig:
-    source: str = "shapes"  # "shapes" (training seeds) or a folder of videos
+    source: str = field(default="shapes", metadata={"flags": ["--data"]})  # "shapes" (training seeds) or a folder
+    #   of videos
     num: int = 4096  # clips made into pairs (Shapes seeds seed .. seed+num-1, or a folder's first clips)
     seed: int = 0
     frames: int = 17

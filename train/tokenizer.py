@@ -13,9 +13,9 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset, Subset
 
+from videolm.core.config import check_clip_numbers, to_dict
 from videolm.core.errors import UsageError
 from videolm.core.models import resolve_model
-from videolm.core.schema import check_clip_numbers, to_dict
 from videolm.data.folder import FolderDataset
 from videolm.data.shapes import BACKGROUNDS, ShapesConfig, make_clip
 from videolm.data.shapes_data import ShapesDataset
@@ -31,13 +31,14 @@ VAL_SEED_START = 999_000  # validation during training: the top of the training 
 
 @dataclass
 class DataConfig:
-    source: str = "shapes"  # "shapes" (drawn on the fly) or a folder of videos
+    source: str = field(default="shapes", metadata={"flags": ["--data"]})  # "shapes" (drawn on the fly) or a folder
+    #   of videos
     num: int = 900_000  # Shapes training clips (seeds 0 .. num-1)
-    frames: int = 17
+    frames: int = 17  # frames per clip, 1 + 4k
     height: int = 64
     width: int = 64
     fps: int = 8
-    backgrounds: list[str] = field(default_factory=lambda: ["black"])
+    backgrounds: list[str] = field(default_factory=lambda: ["black"], metadata={"comma": True})
 
     def __post_init__(self):
         check_clip_numbers(self)
@@ -50,11 +51,11 @@ class DataConfig:
 @dataclass
 class TokenizerFitConfig:
     modality: Literal["video", "audio"] = "video"
-    preset: str = "default"
+    preset: str = "default"  # the tokenizer's size (a preset of its config)
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's fields
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    out: str = "runs/tokenizer"
+    out: str = "runs/tokenizer"  # the run folder (a rerun resumes it)
 
 
 def build_tokenizer(modality: str, preset: str, overrides: dict):

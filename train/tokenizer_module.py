@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from videolm.core.config import check_range
 from videolm.core.errors import ConfigError
+from videolm.core.training import RunModule, TrainArgs, fit_run, lr_factor
 from videolm.tokenizers.modality import AudioModality, VideoModality, codebook_stats, collate_clips
-from videolm.core.training import RunModule, check_train_numbers, fit_run, lr_factor
-from videolm.core.schema import check_range
 
 # ------------------------------------------------------------------------------------- configs
 
@@ -48,15 +48,11 @@ class AdversarialConfig:
 
 
 @dataclass
-class TrainConfig:
-    steps: int = 20_000
-    max_minutes: float | None = None  # wall-clock budget: training stops at whichever limit comes first
-    batch_size: int = 8
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
-    warmup_steps: int = 200
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
+class TrainConfig(TrainArgs):
+    steps: int = field(default=20_000, metadata={"flags": ["--steps"]})  # optimizer steps
+    batch_size: int = field(default=8, metadata={"flags": ["--batch-size"]})  # clips per step
+    precision: str = "32-true"  # "bf16-mixed" where the hardware has it
+    checkpoint_every: int = 100  # checkpoints/last.ckpt (what a rerun resumes from) every N steps
     l1_weight: float = 1.0
     mse_weight: float = 1.0
     contrast_weight: float = 0.0  # video: extra loss weight on pixels that differ from their frame's median
@@ -64,20 +60,13 @@ class TrainConfig:
     audio_crop_seconds: float = 1.0  # audio trains on random crops of this length
     video_crop_frames: int | None = None  # video trains on random windows of 1 + 4k frames (None: whole clips)
     video_crop_size: int | None = None  # ... and random square crops of this size, a multiple of 8 (None: whole)
-    precision: str = "32-true"  # "bf16-mixed" where the hardware has it
-    accelerator: str = "auto"
-    log_every: int = 50
     val_every: int = 500  # validation, sample grids and GIFs, and model export every N steps
-    checkpoint_every: int = 100  # Lightning checkpoint (for resuming) every N steps
     val_clips: int = 32
-    threads: int | None = None  # torch CPU threads (None: torch's default)
-    workers: int = 0  # DataLoader workers
-    seed: int = 0
     save_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
     def __post_init__(self):
-        check_train_numbers(self)
+        super().__post_init__()
         check_range(self, 1, None, "val_every", "val_clips")
         check_range(self, 0, None, "l1_weight", "mse_weight", "contrast_weight", "aux_weight")
         check_range(self, 0, None, "audio_crop_seconds", low_open=True)

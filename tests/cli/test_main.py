@@ -28,8 +28,9 @@ def _digest(folder: Path) -> dict:
 def test_help_everywhere(capsys):
     out = _run("--help")  # the installed console script
     assert out.returncode == 0 and "usage: videolm" in out.stdout
-    for args in (["data"], ["data", "shapes"], ["data", "folder"], ["data", "examples"], ["generate"]):
-        with pytest.raises(SystemExit) as done:
+    assert main(["data", "--help"]) == 0 and "usage: videolm data" in capsys.readouterr().out
+    for args in (["data", "shapes"], ["data", "folder"], ["data", "examples"], ["generate"], ["lm", "fit"]):
+        with pytest.raises(SystemExit) as done:  # argparse prints the command's help and exits 0
             main([*args, "--help"])
         assert done.value.code == 0 and "usage: videolm" in capsys.readouterr().out
 
