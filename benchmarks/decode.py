@@ -38,10 +38,10 @@ import time
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from videolm.core.models import resolve_model
 from videolm.lm import engine
 from videolm.lm.constraints import video_layout
 from videolm.lm.model import VideoLM
-from videolm.core.models import resolve_model
 from videolm.tokenizers.vocab import Vocabulary
 
 GOALS = {"ratio_vs_hf": 2.5, "batch8_over_batch1": 4.0, "cache_speedup": 10.0}

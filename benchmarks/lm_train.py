@@ -32,16 +32,16 @@ import time
 
 import torch
 
-from videolm.data.shards import TokenShards
-from videolm.lm.data import PackCollate, TaskSequences
-from videolm.lm.model import LMConfig, VideoLM
-from videolm.core.training import cpu_has_native_bf16
-from videolm.lm.losses import output_losses
-from videolm.train.lm_module import LMModule
-from videolm.tasks.base import build_tasks
 from videolm.core.config import load_config
 from videolm.core.models import resolve_model
+from videolm.core.training import cpu_has_native_bf16
+from videolm.data.shards import TokenShards
+from videolm.lm.data import PackCollate, TaskSequences
+from videolm.lm.losses import output_losses
+from videolm.lm.model import LMConfig, VideoLM
+from videolm.tasks.base import build_tasks
 from videolm.tokenizers.vocab import Vocabulary
+from videolm.train.lm_module import LMModule
 
 VIDEO_SHAPE = (5, 64)  # latent frames x tokens per frame: 17 x 64 x 64 through the video tokenizer
 AUDIO_SHAPE = (107, 4)  # frames x levels: 34000 samples at hop 320, 4 residual levels

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from videolm.data.shapes import BACKGROUNDS, ShapesConfig, make_clip
 from videolm.data.media import psnr, read_video, write_video
+from videolm.data.shapes import BACKGROUNDS, ShapesConfig, make_clip
 
 CASES = {  # name -> (extension, quality)
     "mp4 default (H.264 yuv420p)": (".mp4", "default"),

@@ -18,10 +18,10 @@ import warnings
 import numpy as np
 import torch
 
-from videolm.evaluation.evaluate import ALL_ATTRIBUTES, attribute_accuracy
-from videolm.tasks.pipeline import Pipeline
-from videolm.evaluation.probe import load_probe
 from videolm.data.shapes import parse_caption
+from videolm.evaluation.evaluate import ALL_ATTRIBUTES, attribute_accuracy
+from videolm.evaluation.probe import load_probe
+from videolm.tasks.pipeline import Pipeline
 
 PAIRS = [
     ("a large red circle moves left", "A LARGE RED CIRCLE MOVES LEFT."),

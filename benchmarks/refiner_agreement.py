@@ -26,12 +26,13 @@ import json
 import numpy as np
 import torch
 
+from videolm.core.metrics import psnr
 from videolm.diffusion.refiner import GATE_SEED, gate, load_refiner, make_pairs, refine
+from videolm.evaluation.probe import load_probe
 from videolm.evaluation.refiner import probe_agreement
 from videolm.tasks.tokenizing import load_video_tokenizer
-from videolm.train.refiner import RefinerDataConfig
-from videolm.evaluation.probe import load_probe
 from videolm.tokenizers.video import to_frames, to_tensor
+from videolm.train.refiner import RefinerDataConfig
 
 CAPS = (4, 8, 16, 32)  # of 255
 NOISE = (2, 4, 8)  # sigma, of 255
@@ -39,8 +40,7 @@ GATES = (8, 16, 24, 32, 40, 48)  # tau, of 255
 
 
 def pooled_gain(clean: np.ndarray, raw: np.ndarray, out: np.ndarray) -> float:
-    err = lambda y: float(np.mean((y.astype(np.float64) - clean) ** 2))  # noqa: E731
-    return 10 * np.log10(err(raw) / err(out))
+    return psnr(out, clean) - psnr(raw, clean)
 
 
 def main() -> None:

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from videolm.data.shapes import make_clip
 from videolm.core.metrics import psnr_per_clip
+from videolm.data.shapes import make_clip
 from videolm.tokenizers.video import VideoTokenizer, VideoTokenizerConfig, to_tensor
 
 R, S, T = "residual", "compress_space", "compress_time"

@@ -613,10 +613,3 @@ def write_grid(path, frames, **kw) -> None:
     write_image(path, frame_grid(frames, **kw))
 
 
-def psnr(a, b, max_val=255.0) -> float:
-    """Peak signal-to-noise ratio in dB between two same-shaped arrays (inf if identical)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    mse = np.mean((a - b) ** 2)
-    return math.inf if mse == 0 else float(10 * np.log10(max_val**2 / mse))

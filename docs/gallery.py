@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from videolm.tasks.pipeline import Pipeline
-from videolm.data.shapes import EVAL_SEED_START, make_clip
 from videolm.data.media import write_grid, write_video
+from videolm.data.shapes import EVAL_SEED_START, make_clip
+from videolm.tasks.pipeline import Pipeline
 
 CLIP_SEED = EVAL_SEED_START + 17
 

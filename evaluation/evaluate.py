@@ -34,6 +34,7 @@ import torch
 
 from videolm.core.config import check_range
 from videolm.core.errors import UsageError
+from videolm.core import metrics as quality
 from videolm.core.models import AR_CFG_SCALE
 from videolm.data.shapes import BACKGROUNDS, DIRECTIONS, PALETTE, SHAPES, SIZES
 from videolm.data.shapes_data import ShapesDataset
@@ -186,9 +187,9 @@ def _frechet(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _psnr_ssim(made: np.ndarray, truth: np.ndarray, mask=None) -> tuple[float, float]:
-    psnr = float(np.mean([M.region_psnr(m, t, None if mask is None else mask[i]) for i, (m, t) in
+    psnr = float(np.mean([quality.psnr(m, t, None if mask is None else mask[i]) for i, (m, t) in
                           enumerate(zip(made, truth))]))
-    ssim = float(np.mean([M.clip_ssim(m, t) for m, t in zip(made, truth)])) if mask is None else None
+    ssim = float(np.mean([quality.ssim(m, t) for m, t in zip(made, truth)])) if mask is None else None
     return round(psnr, 2), (None if ssim is None else round(ssim, 4))
 
 
@@ -243,7 +244,7 @@ def _pooled_psnr(made: np.ndarray, truth: np.ndarray, mask=None) -> float:
     """PSNR of the squared error averaged over every clip (and pixel of ``mask``) at once. The mean
     of per-clip PSNRs lets a few exact clips dominate: copying the last frame of a clip whose
     objects stand still is exact (~148 dB), and no generator that is not exact can match it."""
-    return round(M.region_psnr(made, truth, mask), 2)
+    return round(quality.psnr(made, truth, mask), 2)
 
 
 def _compare(made: np.ndarray, truth: np.ndarray, baseline: np.ndarray) -> dict:
@@ -358,7 +359,7 @@ def score_task(task: Task, made: list, clips: list[dict], samples: list[dict], p
 
     def block(videos, per_clip=None) -> dict:
         out = attribute_accuracy(probe.predict(np.stack(videos)), wanted, ALL_ATTRIBUTES, per_clip)
-        out["psnr"] = round(float(np.mean([M.region_psnr(v, t) for v, t in zip(videos, truth)])), 2)
+        out["psnr"] = round(float(np.mean([quality.psnr(v, t) for v, t in zip(videos, truth)])), 2)
         return out
 
     result = block([m.video for m in made], per_clip)

@@ -12,7 +12,7 @@ with the request:
   from the bounces.
 - ``silhouette_iou`` / ``silhouette_colors``: for ``stylize``, how well the generated objects
   cover the structure video's silhouettes, and which palette colours fill them.
-- ``region_psnr`` / ``clip_ssim``: pixel fidelity against a ground truth clip, optionally only
+- PSNR / SSIM (`videolm.core.metrics`): pixel fidelity against a ground truth clip, optionally only
   inside a mask (the filled region of inpaint/outpaint).
 """
 
@@ -21,8 +21,6 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import torch
-from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
 from videolm.data.shapes import AMPLITUDES, PALETTE, STRUCTURE_LEVELS, TONES
 from videolm.tokenizers.audio import frequency_agreement
@@ -198,45 +196,14 @@ def _gray(structure: np.ndarray) -> np.ndarray:
     return structure[..., 0] if structure.ndim == 4 else structure
 
 
-def region_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """PSNR in dB between uint8 clips ``a`` and ``b`` (T, H, W, 3), over the pixels where ``mask``
-    ((T, H, W) or (T, H, W, 1) bool) is true, or all pixels. Identical regions give ~148 dB (the
-    squared error is floored at 1e-10), as in the tokenizer evaluation."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"region_psnr: shapes differ, {a.shape} vs {b.shape}")
-    err = (a - b) ** 2
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        mask = np.broadcast_to(mask if mask.ndim == a.ndim else mask[..., None], a.shape)
-        if not mask.any():
-            raise ValueError("region_psnr: the mask selects no pixels")
-        err = err[mask]
-    return float(10 * np.log10(255.0**2 / max(float(err.mean()), 1e-10)))
-
-
-def clip_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """SSIM between uint8 clips ``a`` and ``b`` (T, H, W, 3) (or one image (H, W, 3)), averaged over
-    frames (torchmetrics, Gaussian window, data range 255)."""
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape:
-        raise ValueError(f"clip_ssim: shapes differ, {a.shape} vs {b.shape}")
-    # float32: SSIM of uint8 clips agrees with float64's to ~1e-8, and CPU convolutions in float64
-    # run some 50 times slower (they made SSIM most of `videolm eval`'s time)
-    to = lambda v: torch.from_numpy(v.reshape(-1, *v.shape[-3:])).permute(0, 3, 1, 2).float()  # noqa: E731  (T, 3, H, W)
-    return float(ssim(to(a), to(b), data_range=255.0, reduction="none").double().mean())
-
-
 __all__ = [
     "ATTRIBUTES",
     "bounce_timing_error",
     "click_times",
-    "clip_ssim",
     "expected_hum",
     "foreground",
     "match_objects",
     "nearest_color",
-    "region_psnr",
     "silhouette_colors",
     "silhouette_iou",
     "tone_accuracy",

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from videolm.core.errors import UsageError
-from videolm.core.metrics import psnr_per_clip, ssim_per_clip
+from videolm.core.metrics import psnr, psnr_per_clip, ssim_per_clip
 from videolm.data.sources import ClipSource
 from videolm.diffusion.process import FlowMatching
 from videolm.diffusion.refiner import load_refiner, make_pairs, num_parameters, refine
@@ -67,8 +67,8 @@ def evaluate_refiner(model_dir: str | Path = "shapes-64", num: int = 256, seed: 
     }
     result["network_evaluations"] = FlowMatching.evaluations(steps) * (2 if result["gate_tau"] else 1)
     result["psnr_gain"] = result["psnr_refined"] - result["psnr_raw"]
-    for name, y in (("raw", raw), ("refined", ref)):  # PSNR of the mean squared error over all clips
-        result[f"psnr_pooled_{name}"] = float(10 * torch.log10(4 / (y - x).pow(2).mean()))
+    for name, made in (("raw", decoded.numpy()), ("refined", refined)):  # PSNR of the squared error over all clips
+        result[f"psnr_pooled_{name}"] = psnr(made, clean.numpy())
     if probe:
         reader = load_probe(probe)
         agree = probe_agreement(reader.predict(decoded.numpy()), reader.predict(refined))

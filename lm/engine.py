@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from transformers.activations import SiLUActivation
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
 
+from videolm.core.errors import UsageError
 from videolm.lm.constraints import AllowedIds, Constraint
 from videolm.lm.masks import attention_bias, prefix_lm_mask
-from videolm.core.errors import UsageError
 
 Prompts = Sequence[Sequence[int] | torch.Tensor]
 

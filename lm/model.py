@@ -13,9 +13,8 @@ transformers passes through to its attention as it is: `VideoLM.logits` does the
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Literal
-
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM

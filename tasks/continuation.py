@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from videolm.data.media import psnr
+from videolm.core.metrics import psnr
 from videolm.tasks.base import Media, Task, clip_frames, latents, require
 from videolm.tokenizers.geometry import context_latents, frames_of, start_latents
 

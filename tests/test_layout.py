@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import ast
 import sys
-import tomllib
 from collections import defaultdict
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

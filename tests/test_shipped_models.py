@@ -3,11 +3,11 @@
 import numpy as np
 import torch
 
+from videolm.core.metrics import psnr_per_clip
 from videolm.core.models import DEFAULT_MODEL, resolve_model, shipped_models
 from videolm.data.shapes import make_clip
 from videolm.tokenizers.audio import AudioTokenizer, frequency_agreement
 from videolm.tokenizers.text import TextTokenizer
-from videolm.core.metrics import psnr_per_clip
 from videolm.tokenizers.video import VideoTokenizer, to_tensor
 from videolm.tokenizers.vocab import Vocabulary
 
@@ -101,8 +101,8 @@ def test_shipped_dit_baseline_draws_the_asked_colors():
 
 def test_shipped_lm_follows_the_caption_colors():
     from videolm.evaluation.evaluate import attribute_accuracy
-    from videolm.tasks.pipeline import Pipeline
     from videolm.evaluation.probe import load_probe
+    from videolm.tasks.pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(DEFAULT_MODEL)
     clips = [make_clip(1_000_000 + i) for i in range(8)]

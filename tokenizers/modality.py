@@ -15,6 +15,7 @@ from videolm.data.media import write_audio, write_grid, write_video
 from videolm.tokenizers.audio import frequency_agreement, stft_distance
 from videolm.tokenizers.video import to_frames
 
+
 def video_batch(batch: dict) -> torch.Tensor:
     """uint8 (B, T, H, W, 3) -> float (B, 3, T, H, W) in [-1, 1]."""
     return batch["video"].permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from videolm.core.config import from_dict
 from videolm.core.errors import ConfigError, VideolmError
 from videolm.core.saving import read_json, write_json
-from videolm.core.config import from_dict
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<mask>", "<bot_i>", "<eot_i>", "<bov_i>", "<eov_i>",
             "<boa_i>", "<eoa_i>", "<bov_o>", "<eov_o>", "<boa_o>", "<eoa_o>")

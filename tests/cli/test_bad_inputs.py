@@ -15,11 +15,11 @@ import pytest
 import torch
 import yaml
 
-from videolm.core.outputs import MARKER
 from videolm.cli.main import main
+from videolm.core.outputs import MARKER
 from videolm.data.examples import write_examples
-from videolm.data.shapes import make_clip
 from videolm.data.media import write_image, write_video
+from videolm.data.shapes import make_clip
 from videolm.tokenizers.vocab import Vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from videolm.cli.main import main
-from videolm.data.shapes import make_clip, parse_caption
 from videolm.data.media import read_audio, read_video
+from videolm.data.shapes import make_clip, parse_caption
 
 
 def _run(*args, cwd=None):

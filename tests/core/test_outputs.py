@@ -9,8 +9,16 @@ import os
 import pytest
 
 from videolm.core.errors import UsageError
-from videolm.core.outputs import (MARKER, StreamingOutput, atomic_output_dir, check_output_file, check_run_dir,
-                                  foreign_files, mark_run_dir, write_json_atomic)
+from videolm.core.outputs import (
+    MARKER,
+    StreamingOutput,
+    atomic_output_dir,
+    check_output_file,
+    check_run_dir,
+    foreign_files,
+    mark_run_dir,
+    write_json_atomic,
+)
 
 
 def test_an_atomic_output_appears_whole_with_a_marker_listing_its_files(tmp_path):

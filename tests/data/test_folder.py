@@ -6,9 +6,9 @@ import warnings
 import numpy as np
 import pytest
 
+from videolm.core.errors import DataError, UsageError
 from videolm.data import folder
 from videolm.data.folder import FolderDataset
-from videolm.core.errors import DataError, UsageError
 from videolm.data.media import write_audio, write_video
 
 RATE = 16000

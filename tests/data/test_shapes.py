@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from videolm.core.errors import DataError, UsageError
 from videolm.data.shapes import (
     AMPLITUDES,
     BACKGROUNDS,
@@ -17,7 +18,6 @@ from videolm.data.shapes import (
     render,
 )
 from videolm.data.shapes_data import ShapesDataset
-from videolm.core.errors import DataError, UsageError
 
 SEEDS = range(200)
 STEP = {"left": (-2, 0), "right": (2, 0), "up": (0, -2), "down": (0, 2), "still": (0, 0)}

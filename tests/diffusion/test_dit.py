@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from videolm.cli.main import main
+from videolm.core.errors import UsageError
+from videolm.core.models import resolve_model
+from videolm.data.shapes_data import ShapesDataset
 from videolm.diffusion.dit import DiT, DiTConfig, null_text, text_batch
 from videolm.diffusion.dit_pipeline import DiTGenerator, sample_latents, seeded_noise
-from videolm.train.dit import DiTDataConfig, dit_loss, text_rows
 from videolm.diffusion.latents import (
     encode_latents,
     latents_to_codes,
@@ -16,12 +19,9 @@ from videolm.diffusion.latents import (
     unrounded,
 )
 from videolm.diffusion.process import FlowMatching
-from videolm.cli.main import main
-from videolm.core.models import resolve_model
-from videolm.data.shapes_data import ShapesDataset
-from videolm.core.errors import UsageError
 from videolm.tokenizers.text import TextTokenizer
 from videolm.tokenizers.video import VideoTokenizer, to_tensor
+from videolm.train.dit import DiTDataConfig, dit_loss, text_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = ["a large red circle moves left and a small blue square stays still", "a small green triangle moves up"]

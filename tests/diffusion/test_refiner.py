@@ -9,13 +9,13 @@ import torch
 import yaml
 from torch import nn
 
+from videolm.cli.main import main
+from videolm.core.errors import UsageError
+from videolm.data.media import read_video, write_video
+from videolm.data.shapes_data import ShapesDataset
 from videolm.diffusion.refiner import GATE_SEED, Refiner, RefinerConfig, gate, refine
 from videolm.evaluation.refiner import probe_agreement
 from videolm.train.refiner import PairCrops, probe_divergence, refiner_loss
-from videolm.cli.main import main
-from videolm.data.shapes_data import ShapesDataset
-from videolm.core.errors import UsageError
-from videolm.data.media import read_video, write_video
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DEBUG_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "refiner" / "debug.yaml"

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from videolm.core.errors import UsageError
 from videolm.core.outputs import MARKER
-
 from videolm.evaluation.compare import CompareConfig, compare, report_markdown, winners, write_report
 from videolm.tasks.pipeline import Pipeline
-from videolm.core.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from videolm.tasks.base import BUILTIN, Media, build_tasks
 from videolm.cli.main import main
+from videolm.data.shapes_data import ShapesDataset
 from videolm.evaluation.evaluate import attribute_accuracy, chance_levels, paired_changes, score
 from videolm.evaluation.probe import load_probe
-from videolm.data.shapes_data import ShapesDataset
+from videolm.tasks.base import BUILTIN, Media, build_tasks
 from videolm.tasks.tokenizing import ClipTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from videolm.core.errors import ConfigError, DataError
 from videolm.lm.data import PackCollate, TaskExample, TaskSequences
 from videolm.lm.masks import IGNORE
 from videolm.tasks.base import build_tasks
-from videolm.core.errors import ConfigError, DataError
 from videolm.tokenizers.vocab import Vocabulary
 
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
+from videolm.core.errors import UsageError
 from videolm.lm import engine
 from videolm.lm.constraints import OutputLayout, audio_layout, video_layout
 from videolm.lm.model import VideoLM
-from videolm.core.errors import UsageError
 from videolm.tokenizers.vocab import Vocabulary
 
 VOCAB = Vocabulary(text_size=16, video_codes=32, audio_levels=2, audio_codes=8, resolutions=[(64, 64)],

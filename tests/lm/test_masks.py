@@ -3,10 +3,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from videolm.lm.masks import (IGNORE, PackedBatch, attention_bias, pack, pad, prefix_lm_loss, prefix_lm_mask,
-                              token_losses)
-from videolm.lm.model import VideoLM
 from videolm.core.errors import UsageError
+from videolm.lm.masks import (
+    IGNORE,
+    PackedBatch,
+    attention_bias,
+    pack,
+    pad,
+    prefix_lm_loss,
+    prefix_lm_mask,
+    token_losses,
+)
+from videolm.lm.model import VideoLM
 
 LENGTHS = [(30, 9), (5, 3), (12, 4), (20, 20), (8, 1), (3, 2), (25, 10), (17, 6)]  # (length, prefix_len)
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+from videolm.core.config import from_dict, to_dict
+from videolm.core.errors import UsageError
 from videolm.lm import engine
 from videolm.lm.masks import pad
 from videolm.lm.model import PRESETS, LMConfig, VideoLM, from_llama_config, to_llama_config
-from videolm.core.errors import UsageError
-from videolm.core.config import from_dict, to_dict
 
 
 def ids_of(length, seed, batch=1):  # (B, N)

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from videolm.tasks.base import BUILTIN
-from videolm.core.models import resolve_model
-from videolm.tasks.pipeline import Pipeline
-from videolm.data.shapes import make_clip
 from videolm.core.errors import UsageError
+from videolm.core.models import resolve_model
 from videolm.data.media import read_audio, read_video, write_audio, write_image, write_video
+from videolm.data.shapes import make_clip
+from videolm.tasks.base import BUILTIN
+from videolm.tasks.pipeline import Pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from videolm.lm.data import TaskSequences
-from videolm.tasks.base import BUILTIN, TaskInputs, build_tasks
+from videolm.core.errors import UsageError
 from videolm.data.shapes import make_clip
 from videolm.data.shapes_data import ShapesDataset
+from videolm.lm.data import TaskSequences
+from videolm.tasks.base import BUILTIN, TaskInputs, build_tasks
 from videolm.tasks.tokenizing import ClipTokenizer, LazySamples, image_caption
 from videolm.tasks.views import box_mask, clip_views, ping_pong, pixel_mask_to_grid
 from videolm.tokenizers.geometry import grid_of
-from videolm.core.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -98,7 +98,7 @@ def test_lazy_samples_tokenize_only_what_a_task_reads(tok, samples, tasks):
 
 def test_truth_decoded_through_each_task_matches_the_clip(tasks, samples, clips, tok):
     """Reassembling condition and target gives back the clip (up to the tokenizer's error)."""
-    from videolm.data.media import psnr
+    from videolm.core.metrics import psnr
 
     for name in ("extend", "extend_back", "interpolate", "i2v", "t2v"):
         task = tasks[name]

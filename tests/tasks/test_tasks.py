@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from videolm.tasks.base import BUILTIN, Task, build_tasks, task_class
 from videolm.core.errors import ConfigError, UsageError
+from videolm.tasks.base import BUILTIN, Task, build_tasks, task_class
 from videolm.tokenizers.vocab import Vocabulary
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -5,11 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from videolm.data.shapes import TONES, make_clip
-from videolm.tokenizers.audio import (AudioTokenizer, AudioTokenizerConfig, dominant_frequency,
-                                      frequency_agreement, stft_distance)
-from videolm.core.errors import ConfigError
 from videolm.core.config import from_dict, to_dict
+from videolm.core.errors import ConfigError
+from videolm.data.shapes import TONES, make_clip
+from videolm.tokenizers.audio import (
+    AudioTokenizer,
+    AudioTokenizerConfig,
+    dominant_frequency,
+    frequency_agreement,
+    stft_distance,
+)
 
 RATE = 16000
 CLIP = 34000  # samples in a 2.125 s Shapes clip

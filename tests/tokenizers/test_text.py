@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from videolm.data.shapes import BACKGROUNDS, ShapesConfig, make_clip, sample_scene
 from videolm.core.errors import DataError, UsageError, VideolmError
+from videolm.data.shapes import BACKGROUNDS, ShapesConfig, make_clip, sample_scene
 from videolm.tokenizers.text import MODEL_NAME, TextTokenizer
 
 EVERY_BACKGROUND = ShapesConfig(backgrounds=list(BACKGROUNDS))

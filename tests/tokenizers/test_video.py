@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from videolm.data.shapes import make_clip
 from videolm.core.errors import UsageError
+from videolm.data.shapes import make_clip
 from videolm.tokenizers.video import VideoTokenizer, VideoTokenizerConfig, to_frames, to_tensor
 
 VARIANTS = {

@@ -11,13 +11,13 @@ import pytest
 import torch
 import yaml
 
-from videolm.lm.model import VideoLM
 from videolm.cli.main import main
-from videolm.train.finetune import blend_weights, grow_vocab, load_adapter
-from videolm.tasks.pipeline import Pipeline
-from videolm.data.shapes import make_clip
 from videolm.core.errors import ConfigError
+from videolm.data.shapes import make_clip
+from videolm.lm.model import VideoLM
+from videolm.tasks.pipeline import Pipeline
 from videolm.tokenizers.vocab import Vocabulary
+from videolm.train.finetune import blend_weights, grow_vocab, load_adapter
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")

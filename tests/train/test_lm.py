@@ -13,15 +13,15 @@ import pytest
 import torch
 import yaml
 
-from videolm.lm.data import PackCollate, TaskExample
-from videolm.lm.masks import token_losses
-from videolm.lm.model import VideoLM
-from videolm.core.training import lr_factor
-from videolm.lm.losses import distill_losses, output_logits, output_losses, project_conflict
-from videolm.train.lm_module import LMModule, LMTrainConfig, _scale_row_steps, fit
 from videolm.cli.main import main
 from videolm.core.errors import ConfigError
+from videolm.core.training import lr_factor
+from videolm.lm.data import PackCollate, TaskExample
+from videolm.lm.losses import distill_losses, output_logits, output_losses, project_conflict
+from videolm.lm.masks import token_losses
+from videolm.lm.model import VideoLM
 from videolm.tokenizers.vocab import Vocabulary
+from videolm.train.lm_module import LMModule, LMTrainConfig, _scale_row_steps, fit
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBUG = ROOT / "configs" / "lm" / "debug.yaml"

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from videolm.data.shards import TokenShards
 from videolm.cli.main import main
 from videolm.data.shapes import ShapesConfig, make_clip
+from videolm.data.shards import TokenShards
 from videolm.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
 from videolm.tokenizers.text import TextTokenizer
 from videolm.tokenizers.video import VideoTokenizer, VideoTokenizerConfig, to_tensor
