@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from videolm.tasks.pipeline import AR_CFG_SCALE, Pipeline
+    from videolm.tasks.pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(args.model)
     task = pipe.task("t2v")
@@ -90,7 +90,7 @@ def main() -> None:
               "goal_command_s": GOAL_S, "meets_goal": median(commands) <= GOAL_S}
     print(f"{'part':<28}{'median s':>10}")
     print(f"{'videolm generate (process)':<28}{result['command_s']:>10.2f}")
-    print(f"{f'LM: 320 ids, cfg {AR_CFG_SCALE:g} (2 rows)':<28}{result['lm_s']:>10.2f}")
+    print(f"{f'LM: 320 ids, cfg {pipe.guidance():g} (2 rows)':<28}{result['lm_s']:>10.2f}")
     print(f"{'video tokenizer decode':<28}{result['decode_s']:>10.3f}")
     if refine:
         print(f"{'refiner (default steps)':<28}{result['refine_s']:>10.3f}")

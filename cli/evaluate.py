@@ -10,6 +10,7 @@ import torch
 
 from videolm.cli.args import Command, progress
 from videolm.core.errors import UsageError
+from videolm.core.models import LM_DIR, generation_defaults, resolve_model
 from videolm.core.outputs import check_output_file, write_atomic
 from videolm.evaluation.evaluate import EvalConfig, check_same_settings, evaluate, paired_changes
 
@@ -29,6 +30,8 @@ def run(args: EvalArgs) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     fields = {name: getattr(args, name) for name in EvalConfig.__dataclass_fields__}
+    if fields["cfg_scale"] is None:  # the model's own, recorded as used (and matched against --against)
+        fields["cfg_scale"] = float(generation_defaults(resolve_model(args.model) / LM_DIR).get("guidance_scale", 1.0))
     cfg = EvalConfig(**{**fields, "per_clip": args.per_clip or bool(args.against)})
     base = _against(args.against, cfg) if args.against and Path(args.against).suffix == ".json" else None
     with progress(None, "eval") as bar:

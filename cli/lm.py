@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from videolm.cli.args import Command, input_folder, print_json, run_folder
+from videolm.core.config import check_range
 from videolm.train.lm import LMFitConfig, bundle_lm, run_fit
 
 
@@ -23,11 +24,16 @@ class BundleArgs:
     lm: str  # the trained LM folder (RUN/model)
     out: str  # the model folder (e.g. models/shapes-64)
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # how the weights are stored
+    guidance_scale: float = 4.0  # the model's default classifier-free guidance for tasks with text (written to
+    #   lm/generation_config.json; 4 was the best t2v direction of scales 2-6 for the shipped model, docs/tasks.md)
+
+    def __post_init__(self):
+        check_range(self, 0, 100, "guidance_scale")
 
 
 def run_bundle(args: BundleArgs) -> int:
     input_folder(args.lm, "--lm")
-    print_json(bundle_lm(args.lm, args.out, args.dtype))
+    print_json(bundle_lm(args.lm, args.out, args.dtype, guidance_scale=args.guidance_scale))
     return 0
 
 

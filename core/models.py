@@ -8,9 +8,10 @@ A shipped model folder is a bundle: ``video_tokenizer/``, ``audio_tokenizer/``, 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from videolm.core.errors import UsageError
+from videolm.core.errors import ConfigError, UsageError
 
 # what a model folder holds
 LM_DIR = "lm"  # the language model (a transformers checkpoint) with its vocab.json
@@ -22,8 +23,7 @@ CUSTOM_CODE = "tasks"  # in lm/: their modules' source, imported from there
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "models"  # videolm/models (the repository's models/)
 DEFAULT_MODEL = "shapes-64"
-AR_CFG_SCALE = 4.0  # the LM's default classifier-free guidance for tasks with text: the best t2v
-#   direction of scales 2-6 on held-out seeds apart from those `videolm eval` reports (docs/tasks.md)
+GENERATION_CONFIG = "generation_config.json"  # in lm/ and dit/: how the model generates by default
 
 
 def shipped_models() -> list[str]:
@@ -39,3 +39,19 @@ def resolve_model(name_or_dir: str | Path) -> Path:
         return SHIPPED_DIR / str(name_or_dir)
     shipped = ", ".join(shipped_models()) or "none yet"
     raise UsageError(f"--model {name_or_dir}: no such folder, and not a shipped model (shipped: {shipped})")
+
+
+def generation_defaults(folder: str | Path) -> dict:
+    """A model's generation defaults, from ``folder/generation_config.json`` (``guidance_scale``,
+    ``temperature``, ``num_inference_steps``, ...): the one place each default is set. Missing: {}."""
+    path = Path(folder) / GENERATION_CONFIG
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a mapping of settings is needed")
+    return data
+

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from videolm.core.errors import UsageError
-from videolm.core.models import resolve_model
+from videolm.core.models import generation_defaults, resolve_model
 from videolm.diffusion.dit import DiT, null_text, text_batch
 from videolm.diffusion.latents import encode_latents, latents_to_codes
 from videolm.diffusion.process import FlowMatching, seeded_noise
@@ -31,8 +31,6 @@ from videolm.tokenizers.text import TextTokenizer
 from videolm.tokenizers.video import SPACE_DOWN, VideoTokenizer, to_frames, to_tensor
 
 DIT_DIR = "dit"  # a model bundle's DiT folder
-DEFAULT_STEPS = 32
-DEFAULT_CFG = 4.0
 TASKS = ("t2v", "extend")
 
 
@@ -53,7 +51,7 @@ def conditioned(model: DiT, given: torch.Tensor | None, given_mask: torch.Tensor
 
 @torch.no_grad()
 def sample_latents(model: DiT, text: torch.Tensor, noise: torch.Tensor, *, given: torch.Tensor | None = None,
-                   given_mask: torch.Tensor | None = None, steps: int = DEFAULT_STEPS, cfg_scale: float = DEFAULT_CFG,
+                   given_mask: torch.Tensor | None = None, steps: int = 32, cfg_scale: float = 1.0,
                    process: FlowMatching | None = None, callback=None) -> torch.Tensor:
     """Latents (B, D, t, h, w) on the tokenizer's scale, from text ids (B, L) (`text_batch`) and
     normal noise (B, D, t, h, w); ``given`` (tokenizer scale) is copied into the output where
@@ -100,6 +98,7 @@ class DiTGenerator:
                  process: FlowMatching | None = None):
         self.model, self.tokenizer, self.text_tokenizer = model.eval(), tokenizer.eval(), text_tokenizer
         self.process = process or FlowMatching()
+        self.defaults = {"num_inference_steps": 32, "guidance_scale": 1.0}  # from_folder: the folder's own
         t, h, w = model.config.latent_shape
         self.frames, self.height, self.width = frames_of(t), h * SPACE_DOWN, w * SPACE_DOWN
 
@@ -113,7 +112,9 @@ class DiTGenerator:
         if tokenizer is None or text_tokenizer is None:
             video, text = load_dit_tokenizers(dit_dir)
             tokenizer, text_tokenizer = tokenizer or video, text_tokenizer or text
-        return cls(model, tokenizer.to(device), text_tokenizer)
+        generator = cls(model, tokenizer.to(device), text_tokenizer)
+        generator.defaults.update(generation_defaults(dit_dir))
+        return generator
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path = "shapes-64", device: str = "cpu") -> DiTGenerator:
@@ -149,12 +150,14 @@ class DiTGenerator:
 
     @torch.no_grad()
     def generate(self, task: Literal["t2v", "extend"] = "t2v", prompts: list[str] | None = None, video=None,
-                 seed: int | list[int] = 0, steps: int = DEFAULT_STEPS, cfg_scale: float = DEFAULT_CFG,
+                 seed: int | list[int] = 0, steps: int | None = None, cfg_scale: float | None = None,
                  callback=None) -> Generated:
         """``t2v``: one clip per prompt. ``extend``: the clips of ``video`` continued from their first
         frames (captions optional: without them there is no guidance). Seeds: ``seed + i`` per sample,
-        or one per sample."""
+        or one per sample. ``steps`` and ``cfg_scale`` default to the folder's generation_config.json."""
         start = time.perf_counter()
+        steps = self.defaults["num_inference_steps"] if steps is None else steps
+        cfg_scale = self.defaults["guidance_scale"] if cfg_scale is None else cfg_scale
         if task not in TASKS:
             raise UsageError(f"the DiT does {', '.join(TASKS)}, not {task!r}")
         if task == "t2v" and not prompts:
@@ -180,5 +183,5 @@ class DiTGenerator:
                          round(time.perf_counter() - start, 3))
 
 
-__all__ = ["DEFAULT_CFG", "DEFAULT_STEPS", "DIT_DIR", "DiTGenerator", "Generated", "conditioned", "sample_latents",
+__all__ = ["DIT_DIR", "DiTGenerator", "Generated", "conditioned", "sample_latents",
            "seeded_noise"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from videolm.data.media import write_grid
 from videolm.data.shapes_data import ShapesDataset
 from videolm.evaluation.evaluate import ALL_ATTRIBUTES, score
 from videolm.evaluation.probe import load_probe
-from videolm.tasks.pipeline import AR_CFG_SCALE, Pipeline
+from videolm.tasks.pipeline import Pipeline
 
 TASKS = ("t2v", "extend")  # what the DiT baseline supports
 SYSTEMS = ("ar", "dit")
@@ -51,7 +51,7 @@ class CompareConfig:
     num: int = 64  # held-out clips per task
     seed: int = 0  # offset among the held-out seeds; clip i is drawn with seed + i by both systems
     batch_size: int = 16  # clips generated at once
-    cfg_scale: float = AR_CFG_SCALE  # the AR model's guidance (t2v)
+    cfg_scale: float | None = None  # the AR model's guidance (t2v; None: its generation_config.json)
     dit_cfg_scale: float | None = None  # the DiT's guidance (None: its own default)
     dit_steps: int | None = None  # the DiT's sampling steps (None: its own default)
     refine: bool = True  # both systems' frames through the refiner, when the model folder has one
@@ -79,7 +79,7 @@ def compare(cfg: CompareConfig, progress: Callable[[str, int], object] | None = 
     refine = cfg.refine and pipe.refiner is not None
     for name in cfg.tasks:
         pipe.task(name)
-
+    cfg = replace(cfg, cfg_scale=pipe.guidance() if cfg.cfg_scale is None else cfg.cfg_scale)
     probe = load_probe(pipe.folder)
     data = ShapesDataset(cfg.num, seed=cfg.seed, split="eval")
     clips = [data[i] for i in range(cfg.num)]

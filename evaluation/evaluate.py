@@ -32,10 +32,9 @@ from typing import Literal
 import numpy as np
 import torch
 
+from videolm.core import metrics as quality
 from videolm.core.config import check_range
 from videolm.core.errors import UsageError
-from videolm.core import metrics as quality
-from videolm.core.models import AR_CFG_SCALE
 from videolm.data.shapes import BACKGROUNDS, DIRECTIONS, PALETTE, SHAPES, SIZES
 from videolm.data.shapes_data import ShapesDataset
 from videolm.evaluation import metrics as M
@@ -62,7 +61,8 @@ class EvalConfig:
     sample_seed: int | None = None  # seed of the first batch's sampling (None: `seed`); other values redraw the
     #   samples for the same clips, which shows how much a figure moves by chance alone
     batch_size: int = 16  # clips generated at once
-    cfg_scale: float = AR_CFG_SCALE  # the LM's guidance for tasks with text
+    cfg_scale: float | None = None  # the LM's guidance for tasks with text (None: the model's
+    #   generation_config.json)
     temperature: float = 1.0
     top_k: int | None = None
     refine: bool = False  # score the frames after the model folder's refiner (what `generate` gives)
@@ -85,6 +85,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
     pipe = Pipeline.from_pretrained(cfg.model)
     if cfg.refine and pipe.refiner is None:
         raise UsageError(f"--refine: {pipe.folder} has no refiner")
+    cfg = replace(cfg, cfg_scale=pipe.guidance() if cfg.cfg_scale is None else cfg.cfg_scale)
     names = list(cfg.tasks) or pipe.task_names
     for name in names:
         pipe.task(name)  # unknown tasks fail before any work

@@ -29,9 +29,17 @@ import torch
 
 from videolm.core.errors import ConfigError, MediaError, UsageError, VideolmError
 from videolm.core.limits import MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SAMPLES, MAX_SEED
-from videolm.core.models import AR_CFG_SCALE, CUSTOM_CODE, CUSTOM_TASKS, DIT_DIR, LM_DIR, REFINER_DIR, resolve_model
+from videolm.core.models import (
+    CUSTOM_CODE,
+    CUSTOM_TASKS,
+    DIT_DIR,
+    LM_DIR,
+    REFINER_DIR,
+    generation_defaults,
+    resolve_model,
+)
 from videolm.data.media import probe_video, read_audio, read_image, read_video
-from videolm.diffusion.dit_pipeline import DEFAULT_CFG, DEFAULT_STEPS, TASKS, DiTGenerator
+from videolm.diffusion.dit_pipeline import TASKS, DiTGenerator
 from videolm.diffusion.refiner import Refiner, refine
 from videolm.lm.model import load_videolm
 from videolm.tasks.base import BUILTIN, Media, Task, TaskInputs, task_class
@@ -157,6 +165,7 @@ class Pipeline:
         self._tasks: dict[str, Task] = {}
         self._refiner = self._dit = None
         self.prompts: PromptTable | None = None  # how prompts are read (`read_prompt`)
+        self.defaults: dict = {}  # lm/generation_config.json: guidance_scale, temperature, ...
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path = "shapes-64", device: str = "cpu") -> Pipeline:
@@ -182,6 +191,7 @@ class Pipeline:
             custom = json.loads((lm_dir / CUSTOM_TASKS).read_text())
         pipe = cls(folder, model, vocab, tokenizer, clip, custom)
         pipe.prompts = PromptTable.load(lm_dir) or PromptTable.load(folder)
+        pipe.defaults = generation_defaults(lm_dir)
         return pipe
 
     # -- the diffusion stages
@@ -331,7 +341,7 @@ class Pipeline:
         if backend == "dit":
             self.dit_backend().check_task(task)
         elif cfg_scale is None:
-            cfg_scale = AR_CFG_SCALE
+            cfg_scale = self.guidance()
         t = self.task(task)
         if frames is not None and frames > self.clip["frames"] and t.output != "video":
             raise UsageError(f"--frames applies to video outputs; {task} makes audio")
@@ -446,10 +456,16 @@ class Pipeline:
                                strict_prompt=strict_prompt)
         return [self.draw(request, i, progress) for i in range(num_samples)]
 
-    def codes(self, task: Task, samples: list[dict], seed: int, cfg_scale: float = AR_CFG_SCALE,
+    def guidance(self) -> float:
+        """The LM's classifier-free guidance for tasks with text, as its generation_config.json sets it
+        (1: none)."""
+        return float(self.defaults.get("guidance_scale", 1.0))
+
+    def codes(self, task: Task, samples: list[dict], seed: int, cfg_scale: float | None = None,
               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
               progress=None) -> list[torch.Tensor]:
         """The task's output codes for a batch of samples (one draw with generator ``seed``)."""
+        cfg_scale = self.guidance() if cfg_scale is None else cfg_scale
         return generate_codes(self.model, task, samples, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
                               top_p=top_p, generator=seed, progress=progress)
 
@@ -497,9 +513,10 @@ class DiTBackend:
 
     def __init__(self, folder: Path, tokenizer: ClipTokenizer):
         self.folder, self.tasks = folder, TASKS
-        self.default_steps, self.default_cfg = DEFAULT_STEPS, DEFAULT_CFG
         self.generator = DiTGenerator.from_folder(folder, tokenizer=tokenizer.video, text_tokenizer=tokenizer.text,
                                                   device=str(tokenizer.device))
+        self.default_steps = self.generator.defaults["num_inference_steps"]
+        self.default_cfg = self.generator.defaults["guidance_scale"]
 
     def check_task(self, task: str) -> None:
         if task not in self.tasks:

@@ -78,4 +78,5 @@ def diffusion_model_dir(debug_model_dir, tmp_path_factory):
     Refiner(RefinerConfig.from_name("debug")).save_pretrained(folder / "refiner")
     text_vocab = TextTokenizer.load(folder).vocab_size
     DiT(DiTConfig.from_name("debug", text_vocab=text_vocab)).save_pretrained(folder / "dit")
+    (folder / "dit" / "generation_config.json").write_text('{"guidance_scale": 4.0, "num_inference_steps": 32}')
     return folder

@@ -30,7 +30,8 @@ from torch.utils.data import Dataset
 
 from videolm.core.config import check_range, to_dict
 from videolm.core.errors import ConfigError
-from videolm.core.models import resolve_model
+from videolm.core.models import GENERATION_CONFIG, resolve_model
+from videolm.core.outputs import write_json_atomic
 from videolm.data.shapes_data import ShapesDataset
 from videolm.diffusion.dit import DiT, DiTConfig, null_text
 from videolm.diffusion.dit_pipeline import conditioned
@@ -80,7 +81,13 @@ class DiTFitConfig:
     data: DiTDataConfig = field(default_factory=DiTDataConfig)
     process: FlowMatching = field(default_factory=FlowMatching)
     train: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
-    out: str = "runs/dit"
+    out: str = "runs/dit"  # the run folder (a rerun resumes it)
+    sample_steps: int = 32  # the model's default Euler steps when it generates (its generation_config.json)
+    guidance_scale: float = 4.0  # and its default classifier-free guidance
+
+    def __post_init__(self):
+        check_range(self, 1, 10_000, "sample_steps")
+        check_range(self, 0, 100, "guidance_scale")
 
 
 # ------------------------------------------------------------------------------------ data
@@ -223,6 +230,8 @@ def run_fit(cfg: DiTFitConfig, progress=None) -> Path:
     def export(trained: DiT, folder: Path) -> None:
         trained.save_pretrained(folder, dtype=cfg.train.save_dtype)
         text.save(folder)
+        write_json_atomic(folder / GENERATION_CONFIG, {"guidance_scale": cfg.guidance_scale,
+                                                       "num_inference_steps": cfg.sample_steps})
         (folder / TRAINING_JSON).write_text(json.dumps(training_record(cfg, out, trained, encode_seconds / 60), indent=2) + "\n")
 
     return fit(model, dit_loss(cfg.process, cfg.data), LatentClips(tensors), cfg.train, out, export,

@@ -37,7 +37,7 @@ import torch
 
 from videolm.core.config import check_range, to_dict
 from videolm.core.errors import ConfigError
-from videolm.core.models import AR_CFG_SCALE, CUSTOM_CODE, CUSTOM_TASKS, LM_DIR
+from videolm.core.models import CUSTOM_CODE, CUSTOM_TASKS, LM_DIR
 from videolm.core.saving import weights_file
 from videolm.data.shapes_data import ShapesDataset
 from videolm.evaluation.evaluate import evaluate_tasks
@@ -101,7 +101,7 @@ class FinetuneEval:
     tasks: list[str] = field(default_factory=list)  # old tasks scored before and after
     metric: str = "color"  # the new task's headline metric: psnr, shape, color, size or direction
     batch_size: int = 16
-    cfg_scale: float = AR_CFG_SCALE
+    cfg_scale: float | None = None  # the base model's guidance (None: its generation_config.json)
     temperature: float = 1.0
     top_k: int | None = None
 

@@ -226,10 +226,13 @@ class SampleWriter:
 
 
 
-def bundle_lm(lm: str | Path, out: str | Path, dtype: str = "float16", clip: dict | None = None) -> dict:
+def bundle_lm(lm: str | Path, out: str | Path, dtype: str = "float16", clip: dict | None = None,
+              guidance_scale: float = 4.0) -> dict:
     """Put a trained LM (``RUN/model``) into a model folder as ``OUT/lm/`` (weights stored as
-    ``dtype``; loaded back as float32), with its vocabulary and the clip size it makes. The LM's
-    vocabulary must lay out text, video and audio exactly as the folder's tokenizers do."""
+    ``dtype``; loaded back as float32), with its vocabulary, the clip size it makes and its default
+    classifier-free guidance for tasks with text (in ``generation_config.json``, the one place every
+    command reads it from). The LM's vocabulary must lay out text, video and audio exactly as the
+    folder's tokenizers do."""
     lm, out = Path(lm), resolve_model(out)
     if not (lm / "config.json").is_file():
         raise ConfigError(f"--lm {lm}: not a trained LM folder (no config.json); give RUN/model")
@@ -241,6 +244,7 @@ def bundle_lm(lm: str | Path, out: str | Path, dtype: str = "float16", clip: dic
     model = load_videolm(lm)
     target = out / LM_DIR
     target.mkdir(parents=True, exist_ok=True)
+    model.generation_config.guidance_scale = guidance_scale
     model.to(getattr(torch, dtype)).save_pretrained(target)
     theirs.save(target)
     (target / "clip.json").write_text(json.dumps(clip or {"frames": 17, "height": 64, "width": 64, "fps": 8}) + "\n")

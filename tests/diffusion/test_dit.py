@@ -118,7 +118,7 @@ def test_extend_keeps_the_given_frames(tokenizer, clips):
     context = tokenizer.encode(to_tensor(clips[:2, :9]))  # (2, 3, 64): the first 9 frames, on their own
     assert torch.equal(out.codes[:, :3], context)
     assert out.evaluations == 2  # no caption: nothing to guide
-    assert gen.generate("extend", PROMPTS, video=clips[:2], steps=2).evaluations == 4
+    assert gen.generate("extend", PROMPTS, video=clips[:2], steps=2, cfg_scale=4.0).evaluations == 4
     with pytest.raises(UsageError, match="extend needs video"):
         gen.generate("extend", video=clips[:1, :5])
 
