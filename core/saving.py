@@ -1,13 +1,18 @@
-"""Self-describing model folders: safetensors weights beside a JSON config, never a pickle.
+"""Self-describing model folders in one format: huggingface_hub's `PyTorchModelHubMixin`.
 
 A model class mixes in `Pretrained`, names its config dataclass and a `kind`, and is built as
-``cls(config)``. ``save_pretrained(dir)`` writes::
+``cls(config)``. ``save_pretrained(dir)`` (the mixin's) writes::
 
-    DIR/config.json        {"kind": ..., "format": 1, "config": {...the dataclass...}}
-    DIR/model.safetensors  the state dict (optionally stored as fp16/bf16 to save space)
+    DIR/config.json        the config dataclass's fields
+    DIR/model.safetensors  the state dict (optionally stored as fp16/bf16 to save space), its kind
+                           and dtype in the file's metadata
+    DIR/README.md          a model card
 
-``from_pretrained(dir)`` reads the config strictly, rebuilds the model from it and loads the
-weights (in fp32 unless asked otherwise). Nothing executes code from the folder.
+so `push_to_hub` and the Hub's tooling work on it as they are. ``from_pretrained(dir)`` reads a
+local folder strictly: the config through `videolm.core.config.from_dict` (a wrong key or size is
+one line naming the file), the weights checked against the model that config builds (on the
+meta device, before anything is allocated), safetensors only. Nothing executes code from the
+folder. The LM is a transformers model and keeps transformers' own format (`videolm.lm.model`).
 """
 
 from __future__ import annotations
@@ -18,15 +23,15 @@ from pathlib import Path
 from typing import ClassVar, NamedTuple
 
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from videolm.core.config import from_dict, to_dict
+from videolm.core.config import from_dict
 from videolm.core.errors import ConfigError, UsageError, VideolmError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-FORMAT = 1
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -87,20 +92,32 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         raise UsageError(f"{path}: cannot load weights (truncated or corrupt: {str(e).splitlines()[0][:160]})") from e
 
 
+def saved_kind(folder: str | Path) -> str | None:
+    """What a model folder holds (its weights' metadata, or an older config.json's ``kind``)."""
+    folder = Path(folder)
+    try:
+        with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:
+            kind = (f.metadata() or {}).get("kind")
+    except (OSError, SafetensorError):
+        kind = None
+    if kind is None and (folder / CONFIG_NAME).is_file():
+        data = read_json(folder / CONFIG_NAME, "")
+        kind = data.get("kind") if isinstance(data, dict) else None
+    return kind
+
+
 def read_config_json(folder: str | Path, kind: str) -> dict:
-    """The ``config`` block of ``folder/config.json``, checked to be of ``kind``."""
+    """The config fields of ``folder/config.json`` (the mixin's flat form; a folder written before
+    it nests them under ``config``), its weights checked to be a ``kind``."""
     path = Path(folder) / CONFIG_NAME
     data = read_json(path, f"{folder}: not a saved model folder (no {CONFIG_NAME})")
-    if not isinstance(data, dict) or data.get("kind") != kind:
-        found = data.get("kind") if isinstance(data, dict) else None
-        raise ConfigError(f"{path}: holds a {found!r}, not a {kind!r}")
-    return data.get("config", {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a mapping of config fields is needed")
+    found = saved_kind(folder)
+    if found is not None and found != kind:
+        raise ConfigError(f"{Path(folder) / WEIGHTS_NAME}: holds a {found!r}, not a {kind!r}")
+    return data["config"] if "config" in data and "format" in data else data
 
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 class TokenizerOutput(NamedTuple):
@@ -111,33 +128,51 @@ class TokenizerOutput(NamedTuple):
     aux_loss: torch.Tensor  # scalar: the quantizer's own loss (commitment, entropy, ...)
 
 
-class Pretrained:
-    """Mixin for `nn.Module`s that are built from one config dataclass."""
+CARD = """---
+{{ card_data }}
+---
+
+A part of a videolm model folder, saved with huggingface_hub's
+PyTorchModelHubMixin: `config.json` holds its config and `model.safetensors` its weights (their kind and
+dtype are in the file's metadata). videolm loads it with `from_pretrained(folder)` of its class.
+"""
+
+
+class Pretrained(PyTorchModelHubMixin, library_name="videolm", tags=["videolm"], model_card_template=CARD):
+    """Mixin for `nn.Module`s built from one config dataclass, ``cls(config)``: `PyTorchModelHubMixin`'s
+    save format, read back strictly."""
 
     config_class: ClassVar[type]
     kind: ClassVar[str]
 
-    def save_pretrained(self, folder: str | Path, dtype: str = "float32") -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        cast = DTYPES[dtype]
+    def save_pretrained(self, folder: str | Path, dtype: str = "float32", **kwargs) -> Path:
+        """The mixin's save, with the weights stored as ``dtype`` (loaded back as float32)."""
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype {dtype!r}: choose {', '.join(DTYPES)}")
+        self._save_dtype = dtype
+        super().save_pretrained(folder, **kwargs)
+        return Path(folder)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        cast = DTYPES[getattr(self, "_save_dtype", "float32")]
         state = {k: (v.to(cast) if v.is_floating_point() else v).contiguous() for k, v in self.state_dict().items()}
-        tmp = folder / f".{WEIGHTS_NAME}.tmp"
-        save_file(state, str(tmp), metadata={"kind": self.kind, "dtype": dtype})
+        tmp = save_directory / f".{WEIGHTS_NAME}.tmp"
+        save_file(state, str(tmp), metadata={"kind": self.kind, "dtype": str(cast).removeprefix("torch.")})
         os.chmod(tmp, 0o644)  # the library creates it private; a model folder is meant to be shared
-        os.replace(tmp, folder / WEIGHTS_NAME)
-        write_json(folder / CONFIG_NAME, {"kind": self.kind, "format": FORMAT, "config": to_dict(self.config)})
-        return folder
+        os.replace(tmp, save_directory / WEIGHTS_NAME)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32):
-        """The model a folder holds: its config read strictly, the weights checked against the
+        """The model a local folder holds: its config read strictly, the weights checked against the
         config before anything is allocated, then loaded (safetensors only, never a pickle)."""
-        config_path = Path(folder) / CONFIG_NAME
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise UsageError(f"{folder}: no such model folder")
+        config_path = folder / CONFIG_NAME
         try:
             config = from_dict(cls.config_class, read_config_json(folder, cls.kind))
         except ConfigError as e:
-            raise ConfigError(str(e) if str(e).startswith(str(config_path)) else f"{config_path}: {e}") from None
+            raise ConfigError(str(e) if str(e).startswith(str(folder)) else f"{config_path}: {e}") from None
         except VideolmError as e:
             raise ConfigError(f"{config_path}: {e}") from None
         path = weights_file(folder)
@@ -157,3 +192,7 @@ class Pretrained:
         except RuntimeError as e:
             raise ConfigError(f"{config_path} does not describe {path} ({str(e).splitlines()[0]})") from e
         return model.to(dtype).eval()
+
+
+__all__ = ["CONFIG_NAME", "DTYPES", "PICKLED", "WEIGHTS_NAME", "Pretrained", "TokenizerOutput", "check_weights",
+           "load_weights", "read_config_json", "read_json", "saved_kind", "weights_file"]

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from videolm.core.errors import ConfigError, UsageError
 from videolm.core.models import resolve_model
-from videolm.core.saving import CONFIG_NAME, read_json
+from videolm.core.saving import CONFIG_NAME, saved_kind
 from videolm.tasks.views import VIEW_FIELDS, clip_views
 from videolm.tokenizers.audio import AudioTokenizer
 from videolm.tokenizers.text import TextTokenizer
@@ -251,11 +251,12 @@ def load_tokenizer(model: str, modality: str | None = None):
     folder = resolve_model(model)
     if not (folder / CONFIG_NAME).exists():
         folder = folder / f"{modality or 'video'}_tokenizer"
-    data = read_json(folder / CONFIG_NAME, f"{folder}: not a saved tokenizer folder (no {CONFIG_NAME})")
+    if not (folder / CONFIG_NAME).is_file():
+        raise UsageError(f"{folder}: not a saved tokenizer folder (no {CONFIG_NAME})")
     kinds = {cls.kind: cls for cls in (VideoTokenizer, AudioTokenizer)}
-    kind = data.get("kind") if isinstance(data, dict) else None
+    kind = saved_kind(folder)
     if kind not in kinds:
-        raise ConfigError(f"{folder / CONFIG_NAME}: holds a {kind!r}, not a video or audio tokenizer")
+        raise ConfigError(f"{folder}: holds a {kind!r}, not a video or audio tokenizer")
     return kinds[kind].from_pretrained(folder)
 
 

@@ -23,7 +23,8 @@ import torch
 
 from videolm.core.config import from_dict
 from videolm.core.errors import ConfigError, VideolmError
-from videolm.core.saving import read_json, write_json
+from videolm.core.outputs import write_json_atomic as write_json
+from videolm.core.saving import read_json
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<mask>", "<bot_i>", "<eot_i>", "<bov_i>", "<eov_i>",
             "<boa_i>", "<eoa_i>", "<bov_o>", "<eov_o>", "<boa_o>", "<eoa_o>")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from videolm.core.outputs import atomic_output_dir, check_output_dir
-from videolm.core.saving import write_json
+from videolm.core.outputs import write_json_atomic as write_json
 from videolm.data.shapes import make_clip
 from videolm.data.shapes_data import split_seeds
 from videolm.evaluation.probe import (
