@@ -18,9 +18,9 @@ import warnings
 import numpy as np
 import torch
 
-from videolm.data.shapes import parse_caption
-from videolm.evaluation.evaluate import ALL_ATTRIBUTES, attribute_accuracy
+from videolm.data.shapes import ATTRIBUTES, parse_caption
 from videolm.evaluation.probe import load_probe
+from videolm.evaluation.scoring import attribute_accuracy
 from videolm.tasks.pipeline import Pipeline
 
 PAIRS = [
@@ -37,7 +37,7 @@ def accuracy(pipe: Pipeline, probe, prompt: str, caption: str, seeds: int) -> tu
         warnings.simplefilter("ignore")
         results = pipe.generate("t2v", prompt, num_samples=seeds, seed=0)
     videos = np.stack([r.video for r in results])
-    return attribute_accuracy(probe.predict(videos), wanted, ALL_ATTRIBUTES), results[0].extra["rewritten_prompt"]
+    return attribute_accuracy(probe.predict(videos), wanted, ATTRIBUTES), results[0].extra["rewritten_prompt"]
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 12, "large": 20}  # side of the bounding box in pixels at 64x64
 DIRECTIONS = ("left", "right", "up", "down", "still")
+ATTRIBUTES = ("shape", "color", "size", "direction")  # what each object of a clip is described by
 VELOCITY = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}
 SPEED = 2  # pixels per frame at 64x64
 TONES = {"circle": 330.0, "square": 494.0, "triangle": 740.0}  # Hz

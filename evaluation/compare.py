@@ -3,7 +3,7 @@
 Both systems get the same conditions (the captions of held-out Shapes clips for ``t2v``, their
 first 9 frames for ``extend``) and the same per-clip seeds; both decode through the same video
 decoder and, unless ``refine`` is off, go through the same refiner. Each is scored with
-`videolm eval`'s own metric code (`videolm.evaluation.evaluate.score`): probe attribute accuracy,
+`videolm eval`'s own metric code (each task's `score`): probe attribute accuracy,
 ``fd_probe`` and, for ``extend``, PSNR/SSIM against the truth beside the copy-last-frame baseline.
 Beside quality: wall-clock seconds per clip (batches of ``batch_size``, generation + decode +
 refine), network evaluations per clip (AR: one forward per output token, two with guidance;
@@ -30,16 +30,18 @@ from videolm.core.config import check_range
 from videolm.core.errors import UsageError
 from videolm.core.outputs import atomic_output_dir
 from videolm.data.media import write_grid
+from videolm.data.shapes import ATTRIBUTES
 from videolm.data.shapes_data import ShapesDataset
-from videolm.evaluation.evaluate import ALL_ATTRIBUTES, score
 from videolm.evaluation.probe import load_probe
+from videolm.evaluation.scoring import Scorer
+from videolm.tasks.base import Media
 from videolm.tasks.pipeline import Pipeline
 
 TASKS = ("t2v", "extend")  # what the DiT baseline supports
 SYSTEMS = ("ar", "dit")
 LABELS = {"ar": "AR prefix LM", "dit": "DiT baseline"}
 # metric -> True when higher is better
-DIRECTION = {**{a: True for a in ALL_ATTRIBUTES}, "attribute_mean": True, "fd_probe": False, "psnr": True,
+DIRECTION = {**{a: True for a in ATTRIBUTES}, "attribute_mean": True, "fd_probe": False, "psnr": True,
              "psnr_pooled": True, "ssim": True, "seconds_per_clip": False, "evaluations_per_clip": False}
 SAMPLE_FRAMES = (0, 4, 8, 12, 16)  # the frames each row of a sample grid shows
 
@@ -86,7 +88,7 @@ def compare(cfg: CompareConfig, progress: Callable[[str, int], object] | None = 
     samples = []
     for i in range(0, cfg.num, cfg.batch_size):
         samples += pipe.tokenizer.encode(clips[i:i + cfg.batch_size])
-    real_features = probe.features(np.stack([c["video"] for c in clips])).detach().numpy()
+    scorer = Scorer(probe, clips, samples, pipe.tokenizer)
 
     results: dict = {"tasks": {}, "videos": {}}
     for name in cfg.tasks:
@@ -129,9 +131,8 @@ def compare(cfg: CompareConfig, progress: Callable[[str, int], object] | None = 
         block = {}
         for system in SYSTEMS:
             videos = np.concatenate(made[system])
-            media = [_Video(v) for v in videos]
-            metrics = score(name, media, clips, samples, probe, real_features)
-            attrs = [metrics[a] for a in ALL_ATTRIBUTES if a in metrics]
+            metrics = task.score([Media(video=v) for v in videos], scorer)
+            attrs = [metrics[a] for a in ATTRIBUTES if a in metrics]
             metrics["attribute_mean"] = round(float(np.mean(attrs)), 4) if attrs else None
             metrics["seconds_per_clip"] = round(seconds[system] / cfg.num, 4)
             metrics["refine_seconds_per_clip"] = round(refine_seconds[system] / cfg.num, 4)
@@ -149,13 +150,6 @@ def compare(cfg: CompareConfig, progress: Callable[[str, int], object] | None = 
     results["_truth"] = {name: np.stack([c["video"] for c in clips[:cfg.samples]]) for name in cfg.tasks}
     results["_videos"] = videos
     return results
-
-
-class _Video:
-    """What `score` reads of a generated sample: its frames."""
-
-    def __init__(self, video: np.ndarray):
-        self.video = video
 
 
 def winners(ar: dict, dit: dict) -> dict:
@@ -252,7 +246,7 @@ def _plot_attributes(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
         block = results["tasks"][name]
-        attrs = [a for a in ALL_ATTRIBUTES if a in block["ar"]]
+        attrs = [a for a in ATTRIBUTES if a in block["ar"]]
         x = np.arange(len(attrs))
         for k, system in enumerate(SYSTEMS):
             ax.bar(x + (k - 0.5) * 0.38, [block[system][a] for a in attrs], 0.38, label=LABELS[system])

@@ -22,10 +22,9 @@ import itertools
 
 import numpy as np
 
-from videolm.data.shapes import AMPLITUDES, PALETTE, STRUCTURE_LEVELS, TONES
+from videolm.data.shapes import AMPLITUDES, ATTRIBUTES, PALETTE, STRUCTURE_LEVELS, TONES
 from videolm.tokenizers.audio import frequency_agreement
 
-ATTRIBUTES = ("shape", "color", "size", "direction")
 FOREGROUND_THRESHOLD = 128  # max channel: every palette colour has one >= 230, every background <= 110
 
 

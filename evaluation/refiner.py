@@ -12,14 +12,13 @@ import torch
 
 from videolm.core.errors import UsageError
 from videolm.core.metrics import psnr, psnr_per_clip, ssim_per_clip
+from videolm.data.shapes import ATTRIBUTES
 from videolm.data.sources import ClipSource
 from videolm.diffusion.process import FlowMatching
 from videolm.diffusion.refiner import load_refiner, make_pairs, num_parameters, refine
 from videolm.evaluation.probe import load_probe
 from videolm.tasks.tokenizing import load_video_tokenizer
 from videolm.tokenizers.video import to_tensor
-
-ATTRIBUTES = ("shape", "color", "size", "direction")
 
 
 def probe_agreement(a: list[dict], b: list[dict]) -> dict:

@@ -12,8 +12,11 @@ token and ``<eos>``. Samples hold *local* codes (``text (n,)``, ``video (t, n)``
 the task maps them into the vocabulary's ranges. Video is laid out latent frame by latent frame,
 rows then columns; audio frame by frame, levels 0..Q-1.
 
-Built-in tasks are registered by name in ``BUILTIN`` (an import path each, so nothing loads until
-used); a task of your own is named by its import path, ``"my_package.my_module:MyTask"``.
+A task is one class in one file: its sequence (`condition`), its training views (`views`), what a
+user gives it (`encode_inputs`), its decoding back to media (`to_media`) and its metrics with their
+copy baselines (`score`). Built-in tasks are registered by name in ``BUILTIN`` (an import path each,
+``videolm/tasks/NAME.py``, so nothing loads until used); a task of your own is named by its import
+path, ``"my_package.my_module:MyTask"``, and is trained and scored the same way.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 
 from videolm.core.config import resolve
 from videolm.core.errors import ConfigError, UsageError
+from videolm.data.shapes import ATTRIBUTES
 from videolm.lm.constraints import OutputLayout, audio_layout, video_layout
 from videolm.tasks.tokenizing import has_field
 from videolm.tokenizers.vocab import Vocabulary
@@ -34,18 +38,18 @@ from videolm.tokenizers.vocab import Vocabulary
 # name -> "module:Class"
 BUILTIN: dict[str, str] = {
     "t2v": "videolm.tasks.t2v:TextToVideo",
-    "t2i": "videolm.tasks.t2v:TextToImage",
-    "i2v": "videolm.tasks.t2v:ImageToVideo",
-    "extend": "videolm.tasks.continuation:Extend",
-    "extend_back": "videolm.tasks.continuation:ExtendBack",
-    "interpolate": "videolm.tasks.continuation:Interpolate",
-    "loop": "videolm.tasks.t2v:Loop",
-    "inpaint": "videolm.tasks.editing:Inpaint",
-    "outpaint": "videolm.tasks.editing:Outpaint",
-    "stylize": "videolm.tasks.editing:Stylize",
+    "t2i": "videolm.tasks.t2i:TextToImage",
+    "i2v": "videolm.tasks.i2v:ImageToVideo",
+    "extend": "videolm.tasks.extend:Extend",
+    "extend_back": "videolm.tasks.extend_back:ExtendBack",
+    "interpolate": "videolm.tasks.interpolate:Interpolate",
+    "loop": "videolm.tasks.loop:Loop",
+    "inpaint": "videolm.tasks.inpaint:Inpaint",
+    "outpaint": "videolm.tasks.outpaint:Outpaint",
+    "stylize": "videolm.tasks.stylize:Stylize",
     "v2a": "videolm.tasks.v2a:VideoToAudio",
-    "a2v": "videolm.tasks.v2a:AudioToVideo",
-    "uncond": "videolm.tasks.t2v:Unconditional",
+    "a2v": "videolm.tasks.a2v:AudioToVideo",
+    "uncond": "videolm.tasks.uncond:Unconditional",
 }
 
 _OUTPUT_MARKERS = {"video": ("<bov_o>", "<eov_o>"), "audio": ("<boa_o>", "<eoa_o>")}
@@ -129,6 +133,54 @@ class Task(ABC):
     def output_latents(self, t: int) -> int:
         """Latent frames of a video output for clips of ``t`` latent frames."""
         return t
+
+    # -- scoring (`videolm eval`, `videolm finetune`): how well outputs did what the clip asked
+
+    attributes: ClassVar[tuple[str, ...]] = ATTRIBUTES  # what the probe reads of a video output and checks
+    #   against the objects asked for (empty: an output asks for no particular objects)
+    frechet: ClassVar[bool] = True  # report ``fd_probe``: how far the outputs' spread is from real clips'
+
+    def truth(self, clip: dict) -> np.ndarray | None:
+        """The video this task should make from a held-out Shapes ``clip``, where there is one right
+        answer (scored by PSNR beside the ceiling and `baseline`); None where there is not."""
+        return None
+
+    def baseline(self, clip: dict) -> np.ndarray | None:
+        """A copy baseline for `truth`: the video a trivial rule would make (None: none)."""
+        return None
+
+    def truth_objects(self, clip: dict) -> list[dict]:
+        """The objects a correct output shows (default: the clip's own)."""
+        return clip["meta"]["objects"]
+
+    def score(self, made: list[Media], scorer) -> dict:
+        """Metrics of ``made``, one `Media` per clip of ``scorer`` (a `videolm.evaluation.scoring.Scorer`).
+
+        The default: probe accuracy of `attributes` against `truth_objects` and ``fd_probe``; for
+        a task with a `truth`, that accuracy and PSNR against the truth, beside the ``ceiling`` (the
+        truth's own codes decoded: the best the LM can emit) and the copy `baseline`; for audio,
+        the tones and bounce timing. Built-in tasks add what fits them (copy baselines of their
+        own, masked PSNR, silhouettes)."""
+        if self.output == "audio":
+            return scorer.soundtrack([m.audio for m in made])
+        videos = scorer.videos(made)
+        wanted = [self.truth_objects(c) for c in scorer.clips]
+        truth = [self.truth(c) for c in scorer.clips]
+        if truth[0] is None:
+            return {**scorer.attributes(videos, self.attributes, wanted),
+                    **(scorer.frechet(videos) if self.frechet else {})}
+
+        def block(videos, record=False) -> dict:
+            return {**scorer.attributes(videos, self.attributes, wanted, record), "psnr": scorer.mean_psnr(videos, truth)}
+
+        result = block(videos, record=True)
+        result["ceiling"] = block(scorer.decoded_targets(self))
+        baselines = [self.baseline(c) for c in scorer.clips]
+        if baselines[0] is not None:
+            result["baseline"] = block(np.stack(baselines))
+        return result
+
+    # -- training data
 
     def views(self, clip: dict) -> dict[str, np.ndarray]:
         """Videos (name -> ``(T, H, W, 3)`` uint8) this task reads besides the built-in views

@@ -88,8 +88,8 @@ def test_shipped_refiner_cleans_held_out_decodes():
 
 def test_shipped_dit_baseline_draws_the_asked_colors():
     from videolm.diffusion.dit_pipeline import DiTGenerator
-    from videolm.evaluation.evaluate import attribute_accuracy
     from videolm.evaluation.probe import load_probe
+    from videolm.evaluation.scoring import attribute_accuracy
 
     gen = DiTGenerator.from_folder(resolve_model(DEFAULT_MODEL) / "dit")
     clips = [make_clip(1_000_000 + i) for i in range(8)]
@@ -100,8 +100,8 @@ def test_shipped_dit_baseline_draws_the_asked_colors():
 
 
 def test_shipped_lm_follows_the_caption_colors():
-    from videolm.evaluation.evaluate import attribute_accuracy
     from videolm.evaluation.probe import load_probe
+    from videolm.evaluation.scoring import attribute_accuracy
     from videolm.tasks.pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(DEFAULT_MODEL)

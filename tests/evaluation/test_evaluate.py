@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 
 from videolm.cli.main import main
+from videolm.core.models import resolve_model
 from videolm.data.shapes_data import ShapesDataset
-from videolm.evaluation.evaluate import attribute_accuracy, chance_levels, paired_changes, score
+from videolm.evaluation.evaluate import chance_levels, paired_changes
 from videolm.evaluation.probe import load_probe
+from videolm.evaluation.scoring import Scorer, attribute_accuracy
 from videolm.tasks.base import BUILTIN, Media, build_tasks
 from videolm.tasks.tokenizing import ClipTokenizer
+from videolm.tokenizers.vocab import Vocabulary
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,27 +40,31 @@ def test_the_truth_scores_perfectly_and_beats_every_copy_baseline(held_out):
     """Scoring the ground truth itself as the output: PSNR far above each copy baseline, the
     probe reading what was asked, silhouettes matching."""
     clips, samples = held_out
-    probe = load_probe("shapes-64")
-    real = probe.features(np.stack([c["video"] for c in clips])).detach().numpy()
+    scorer = Scorer(load_probe("shapes-64"), clips, samples)
+    tasks = {t.name: t for t in build_tasks(BUILTIN, Vocabulary.load(resolve_model("shapes-64")))}
+
+    def score(name, made):
+        return tasks[name].score(made, scorer)
+
     truth = [Media(video=c["video"]) for c in clips]
     for name in ("extend", "extend_back", "interpolate", "i2v"):
-        block = score(name, truth, clips, samples, probe, real)
+        block = score(name, truth)
         assert block["psnr"] > 60 and block["psnr"] > block["baseline_psnr"] + 20, (name, block)
         assert block["psnr_pooled"] > 140 and block["pooled_over_baseline"] > 20, (name, block)  # exact: floored
     for name in ("inpaint", "outpaint"):
-        block = score(name, truth, clips, samples, probe, real)
+        block = score(name, truth)
         assert block["psnr_masked"] > 60 and block["psnr_masked"] >= block["baseline_psnr_masked"]
-    t2v = score("t2v", truth, clips, samples, probe, real)
+    t2v = score("t2v", truth)
     assert min(t2v[a] for a in ("shape", "color", "size", "direction")) >= 0.75
     assert t2v["fd_probe"] < 1e-6  # the same clips: no distance
-    stylize = score("stylize", truth, clips, samples, probe, real)
+    stylize = score("stylize", truth)
     assert stylize["silhouette_iou"] > 0.9 and stylize["color"] >= 0.75
-    v2a = score("v2a", [Media(audio=c["audio"]) for c in clips], clips, samples, probe, real)
+    v2a = score("v2a", [Media(audio=c["audio"]) for c in clips])
     assert v2a["tone"] >= 0.75
     # a wrong output scores worse: black clips have no objects to read
     black = [Media(video=np.zeros_like(c["video"])) for c in clips]
-    assert score("t2v", black, clips, samples, probe, real)["color"] < t2v["color"]
-    black_extend = score("extend", black, clips, samples, probe, real)
+    assert score("t2v", black)["color"] < t2v["color"]
+    black_extend = score("extend", black)
     assert black_extend["psnr_over_baseline"] < 0 and black_extend["pooled_over_baseline"] < 0
 
 

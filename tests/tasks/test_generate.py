@@ -286,7 +286,7 @@ def test_prompt_rewriter_from_the_command_line(model_dir, tmp_path, monkeypatch)
 
 
 def test_interpolate_ends_on_the_end_clip_and_warns_when_the_clips_differ(pipe):
-    from videolm.tasks.continuation import CONNECT_DB
+    from videolm.tasks.interpolate import CONNECT_DB
 
     start, end = make_clip(11).video, make_clip(12).video
     with pytest.warns(UserWarning, match="different scenes"):

@@ -1,13 +1,14 @@
-"""Tasks that edit a clip in place.
+"""``inpaint``: fills the region a mask hides.
 
-- ``inpaint`` / ``outpaint``: ``<res> <bot_i> text <eot_i> <bov_i> video, hidden positions as
-  <mask> <eov_i> <bov_o> | video``. The hidden latent cells (a box, or all but a box) are blacked
-  out in the pixels *before* tokenizing (the ``inpaint``/``outpaint`` views) and their positions
-  replaced by ``<mask>`` in every latent frame, so nothing of the hidden content reaches the
-  prefix. The output is the whole clip; the result keeps the given pixels outside the hidden
-  cells.
-- ``stylize``: a structure video (silhouettes) and a caption -> a video with that structure and
-  the caption's look.
+    <bos> <task:inpaint> <res:HxW> <bot_i> [caption] <eot_i> <bov_i> video, hidden positions as <mask> <eov_i>
+          <bov_o> | video
+
+The hidden latent cells (a box of the latent grid in training, the cells a user's mask touches at
+generation) are blacked out in the pixels *before* tokenizing (the ``inpaint`` view) and their
+positions replaced by ``<mask>`` in every latent frame, so nothing of the hidden content reaches
+the prefix. The output is the whole clip; the result keeps the given pixels outside the hidden
+cells. Scored by the probe attributes and ``fd_probe``, and PSNR inside the hidden region beside
+leaving it black.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from videolm.core.errors import UsageError
 from videolm.tasks.base import Media, Task, clip_frames, require
 from videolm.tasks.views import box_mask, hide, pixel_mask_to_grid
-from videolm.tokenizers.geometry import grid_of
+from videolm.tokenizers.geometry import SPACE_DOWN, grid_of
 
 
 class Inpaint(Task):
@@ -64,31 +65,13 @@ class Inpaint(Task):
             made[:, shown] = sample["pixels"][:, shown]
         return Media(video=made)
 
-
-class Outpaint(Inpaint):
-    name = "outpaint"
-    description = "extends a clip beyond the region a mask keeps (white = generate)"
-    inputs = ("outpaint",)
-    inside = False
-
-
-class Stylize(Task):
-    name = "stylize"
-    description = "a video with a structure video's shapes and motion, styled by a caption"
-    inputs = ("structure", "text")
-    target = "video"
-    needs = "--video STRUCTURE --prompt"
-    uses_text = True
-
-    def condition(self, sample, drop_text):
-        return [self.resolution(sample), self.text(sample, drop_text), self.video(sample["structure"])]
-
-    def encode_inputs(self, inputs, tokenizer, geometry):
-        require(inputs, self.name, "video", "text")
-        sample = self.text_sample(inputs, tokenizer, geometry)
-        frames = clip_frames(inputs.video, geometry, self.name)
-        sample["structure"] = tokenizer.encode_video([frames])[0]
-        return sample
+    def score(self, made, scorer):
+        videos, truth = scorer.videos(made), scorer.truth
+        cells = [self.hidden(s) for s in scorer.samples]  # (gh, gw) per clip
+        masks = np.stack([np.broadcast_to(np.repeat(np.repeat(c, SPACE_DOWN, 0), SPACE_DOWN, 1), truth.shape[1:4])
+                          for c in cells])  # (N, T, H, W)
+        blank = np.where(masks[..., None], 0, truth).astype(np.uint8)
+        return {**super().score(made, scorer), **scorer.masked(videos, truth, masks, blank, "hidden region left black")}
 
 
-__all__ = ["Inpaint", "Outpaint", "Stylize"]
+__all__ = ["Inpaint"]
