@@ -20,8 +20,8 @@ Also measured: the KV cache's speedup at ``--context`` tokens, the time per toke
 decoding step against recomputing the whole sequence with the model's own forward (what
 ``generate(use_cache=False)`` does each step), over a few tokens at that length.
 
-``--modules`` adds a row for our engine running the model's modules instead of its own layout of
-the weights (``new_cache(lean=False)``, what it does for LoRA-wrapped models), to show what that
+``--modules`` adds a row for our engine running the model's modules instead of the CPU fast path's
+layout of the weights (``generate(fast=None)``, what it does for LoRA-wrapped models), to show what that
 layout buys. ``--device cuda`` (with ``--dtype`` and ``--preset``) runs both systems on a GPU and
 adds, per batch size, the memory-bandwidth bound (`bandwidth_bound`). Prints a table, then one
 JSON line.
@@ -40,6 +40,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from videolm.core.models import resolve_model
 from videolm.lm import engine
+from videolm.lm.cpu_packing import cpu_fast_path
 from videolm.lm.constraints import video_layout
 from videolm.lm.model import VideoLM
 from videolm.tokenizers.vocab import Vocabulary
@@ -72,17 +73,12 @@ def t2v_prompts(vocab: Vocabulary, batch: int, length: int, seed: int) -> list[l
 
 
 def ours(model, prompts, layout, new_tokens: int) -> torch.Tensor:
-    return engine.generate(model, prompts, new_tokens, temperature=0, constraint=layout)
+    return engine.generate(model, prompts, new_tokens, temperature=0, constraint=layout, fast=cpu_fast_path)
 
 
 def ours_modules(model, prompts, layout, new_tokens: int) -> torch.Tensor:
-    """`engine.generate` step by step, with the cache running the model's modules."""
-    with torch.no_grad():
-        cache = engine.new_cache(model, len(prompts), len(prompts[0]) + new_tokens, lean=False)
-        chooser = engine.TokenChooser(len(prompts), model.config.vocab_size, temperature=0,
-                                      constraints=[layout] * len(prompts))
-        logits = engine.prefill(model, cache, prompts)
-        return engine.decode_n_tokens(model, cache, logits, new_tokens, chooser)
+    """`engine.generate` with the cache filled by the model's modules (no fast path)."""
+    return engine.generate(model, prompts, new_tokens, temperature=0, constraint=layout)
 
 
 def theirs(model, prompts, video: tuple[int, int], new_tokens: int) -> torch.Tensor:
@@ -133,7 +129,7 @@ def cache_speedup(model, vocab: Vocabulary, context: int, tokens: int, repeats: 
     cached, full = [], []
     with torch.no_grad():
         for r in range(repeats):
-            cache = engine.new_cache(model, 1, context)
+            cache = engine.new_cache(model, 1, context, cpu_fast_path)
             engine.prefill(model, cache, [prompt])
             for t in range(tokens):
                 seconds, _ = timed(engine.decode_one_token, model, cache, new[:, t])

@@ -1,10 +1,12 @@
 """A task's outputs drawn by the generation engine: the one place where a task's prefix, its output
-layout (the ids allowed at each position) and classifier-free guidance meet `videolm.lm.engine`."""
+layout (the ids allowed at each position) and classifier-free guidance meet `videolm.lm.engine`,
+with the CPU fast path (`videolm.lm.cpu_packing`) applied where it fits."""
 
 from __future__ import annotations
 
 import torch
 
+from videolm.lm.cpu_packing import cpu_fast_path
 from videolm.lm.engine import generate
 from videolm.lm.model import VideoLM
 from videolm.tasks.base import Task
@@ -23,7 +25,7 @@ def generate_codes(model: VideoLM, task: Task, items: list[dict], *, cfg_scale: 
                        cfg_scale=cfg_scale if guided else 1.0,
                        uncond_prompts=[task.prefix(item, drop_text=True) for item in items] if guided else None,
                        temperature=temperature, top_k=top_k, top_p=top_p, pad_id=task.vocab["<pad>"],
-                       generator=generator, progress=progress)  # (B, N)
+                       generator=generator, fast=cpu_fast_path, progress=progress)  # (B, N)
     finally:
         task.training = training
     return [task.output_codes(row, shape) for row, shape in zip(ids.cpu(), shapes)]

@@ -3,6 +3,7 @@ import torch
 
 from videolm.core.errors import UsageError
 from videolm.lm import engine
+from videolm.lm.cpu_packing import HUGE_PAGE, _huge_empty, cpu_fast_path, decode_weights
 from videolm.lm.constraints import OutputLayout, audio_layout, video_layout
 from videolm.lm.model import VideoLM
 from videolm.tokenizers.vocab import Vocabulary
@@ -18,8 +19,15 @@ def prompt(length, seed):
 PROMPTS = [prompt(9, 0), prompt(4, 1), prompt(13, 2)]  # different lengths: the batch is left-padded
 
 
-def test_cached_decoding_matches_a_full_forward_at_every_step(model):
-    cache = engine.new_cache(model, len(PROMPTS), 13 + 16)
+FORWARDS = pytest.mark.parametrize("fast", [None, cpu_fast_path], ids=["modules", "cpu-packed"])
+
+
+@FORWARDS
+def test_cached_decoding_matches_a_full_forward_at_every_step(model, fast):
+    """Both cached forwards (the model's modules, and the CPU fast path) against the reference,
+    transformers' own forward of the whole sequence."""
+    cache = engine.new_cache(model, len(PROMPTS), 13 + 16, fast)
+    assert (cache.fast is None) == (fast is None)
     with torch.no_grad():
         logits = engine.prefill(model, cache, PROMPTS)  # (B, V)
         outputs = torch.zeros(len(PROMPTS), 0, dtype=torch.long)
@@ -40,9 +48,9 @@ def test_each_weight_layout_decodes_as_a_full_forward(model, threads, rows):
     torch.set_num_threads(threads)
     try:
         prompts = PROMPTS[:rows]
-        cache = engine.new_cache(model, rows, 13 + 8)
-        weights = cache.weights
-        assert weights is not None
+        cache = engine.new_cache(model, rows, 13 + 8, cpu_fast_path)
+        assert cache.fast is not None
+        weights = cache.fast.weights
         if rows == 1:
             assert not weights.packed and weights.qkv[0].shape[0] == threads  # debug: D 64, H Dh 64, F 128
         with torch.no_grad():
@@ -64,11 +72,11 @@ def test_each_weight_layout_decodes_as_a_full_forward(model, threads, rows):
 def test_the_engine_reuses_its_weights_and_follows_them_when_they_change():
     torch.manual_seed(1)
     fresh = VideoLM.from_lm_config("debug").eval()
-    assert engine.decode_weights(fresh) is engine.decode_weights(fresh)  # built once
-    before = engine.generate(fresh, PROMPTS, 8, temperature=0)
+    assert decode_weights(fresh) is decode_weights(fresh)  # built once
+    before = engine.generate(fresh, PROMPTS, 8, temperature=0, fast=cpu_fast_path)
     with torch.no_grad():
         fresh.model.layers[0].mlp.down_proj.weight.mul_(4)  # in place: same tensor, new version
-    after = engine.generate(fresh, PROMPTS, 8, temperature=0)
+    after = engine.generate(fresh, PROMPTS, 8, temperature=0, fast=cpu_fast_path)
     assert not torch.equal(before, after)
     assert torch.equal(after, engine.generate(fresh, PROMPTS, 8, temperature=0, use_cache=False))
 
@@ -80,39 +88,42 @@ def test_generated_ids_are_an_ordinary_tensor(model):
 
 
 def test_large_engine_buffers_start_on_a_huge_page_boundary():
-    buffer = engine._huge_empty(engine.HUGE_PAGE // 4 + 5)
-    assert buffer.numel() == engine.HUGE_PAGE // 4 + 5 and buffer.dtype == torch.float32
+    buffer = _huge_empty(HUGE_PAGE // 4 + 5)
+    assert buffer.numel() == HUGE_PAGE // 4 + 5 and buffer.dtype == torch.float32
     buffer.fill_(1.5)
     assert buffer.sum().item() == 1.5 * buffer.numel()
     if hasattr(__import__("mmap"), "MADV_HUGEPAGE"):
-        assert buffer.data_ptr() % engine.HUGE_PAGE == 0
+        assert buffer.data_ptr() % HUGE_PAGE == 0
 
 
-def test_greedy_generation_is_identical_with_and_without_the_cache(model):
-    cached = engine.generate(model, PROMPTS, 24, temperature=0)
+@FORWARDS
+def test_greedy_generation_is_identical_with_and_without_the_cache(model, fast):
+    cached = engine.generate(model, PROMPTS, 24, temperature=0, fast=fast)
     uncached = engine.generate(model, PROMPTS, 24, temperature=0, use_cache=False)
     assert cached.shape == (3, 24)
     assert torch.equal(cached, uncached)
     assert len(set(cached.flatten().tolist())) > 10  # a real sequence, not one repeated id
 
 
-def test_after_a_one_token_prompt_greedy_decoding_equals_transformers_generate(model):
+@FORWARDS
+def test_after_a_one_token_prompt_greedy_decoding_equals_transformers_generate(model, fast):
     """A one-token prefix has nothing to attend to bidirectionally, so the prefix LM is then the
     plain causal LM that transformers' own cached generate() decodes."""
     ids = torch.tensor([[7], [42]])  # (2, 1)
     theirs = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False)
-    ours = engine.generate(model, ids.tolist(), 20, temperature=0)
+    ours = engine.generate(model, ids.tolist(), 20, temperature=0, fast=fast)
     assert torch.equal(ours, theirs[:, 1:])
 
 
-def test_batched_equals_unbatched(model):
-    batched = engine.generate(model, PROMPTS, 20, temperature=0)
+@FORWARDS
+def test_batched_equals_unbatched(model, fast):
+    batched = engine.generate(model, PROMPTS, 20, temperature=0, fast=fast)
     for row, p in enumerate(PROMPTS):
-        assert torch.equal(batched[row], engine.generate(model, [p], 20, temperature=0)[0])
+        assert torch.equal(batched[row], engine.generate(model, [p], 20, temperature=0, fast=fast)[0])
     with torch.no_grad():
-        together = engine.prefill(model, engine.new_cache(model, 3, 13), PROMPTS)  # (3, V)
+        together = engine.prefill(model, engine.new_cache(model, 3, 13, fast), PROMPTS)  # (3, V)
         for row, p in enumerate(PROMPTS):
-            alone = engine.prefill(model, engine.new_cache(model, 1, len(p)), [p])[0]
+            alone = engine.prefill(model, engine.new_cache(model, 1, len(p), fast), [p])[0]
             torch.testing.assert_close(together[row], alone, rtol=1e-5, atol=1e-5)
 
 
@@ -137,7 +148,8 @@ def test_guidance_moves_away_from_the_unconditional_logits(model):
         cond_logits = engine.full_logits(model, PROMPTS)[:, -1]  # (B, V)
         uncond_logits = engine.full_logits(model, uncond)[:, -1]
     expected = (uncond_logits + 3.0 * (cond_logits - uncond_logits)).argmax(-1)  # (B,)
-    guided = engine.generate(model, PROMPTS, 12, temperature=0, cfg_scale=3.0, uncond_prompts=uncond)
+    guided = engine.generate(model, PROMPTS, 12, temperature=0, cfg_scale=3.0, uncond_prompts=uncond,
+                             fast=cpu_fast_path)
     assert torch.equal(guided[:, 0], expected)
     uncached = engine.generate(model, PROMPTS, 12, temperature=0, cfg_scale=3.0, uncond_prompts=uncond,
                                use_cache=False)
@@ -149,7 +161,8 @@ def test_constrained_decoding_never_leaves_its_ranges(model):
     layouts = [video, audio, video]
     for seed in range(100):
         out = engine.generate(model, PROMPTS, constraint=layouts, temperature=1.5, generator=seed,
-                              cfg_scale=2.0 if seed % 2 else 1.0, uncond_prompts=[p[:1] for p in PROMPTS])
+                              cfg_scale=2.0 if seed % 2 else 1.0, uncond_prompts=[p[:1] for p in PROMPTS],
+                              fast=cpu_fast_path)
         assert out.shape == (3, 14)
         assert video.accepts(out[0]) and video.accepts(out[2])
         assert audio.accepts(out[1, :12]) and (out[1, 12:] == 0).all()  # padded after its end

@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 from videolm.core.config import from_dict, to_dict
 from videolm.core.errors import UsageError
 from videolm.lm import engine
+from videolm.lm.cpu_packing import cpu_fast_path
 from videolm.lm.masks import pad
 from videolm.lm.model import PRESETS, LMConfig, VideoLM, from_llama_config, to_llama_config
 
@@ -125,7 +126,8 @@ def test_lora_from_peft_changes_the_model_and_the_engine_follows_it():
     with torch.no_grad():
         after = engine.full_logits(lora, prompts)
     assert (after - before).abs().max() > 1e-3
-    cached = engine.generate(lora, prompts, 12, temperature=0)
+    assert engine.new_cache(lora, 2, 20, cpu_fast_path).fast is None  # LoRA layers: the modules run
+    cached = engine.generate(lora, prompts, 12, temperature=0, fast=cpu_fast_path)
     uncached = engine.generate(lora, prompts, 12, temperature=0, use_cache=False)
     assert torch.equal(cached, uncached)
 
