@@ -195,8 +195,9 @@ def load_config(path: str | Path, cls: type, entry: str) -> Any:
 
 
 def field_comments(cls: type) -> dict[str, str]:
-    """The comment on each field's line of a dataclass (and the comment lines that continue it),
-    for a flag's help."""
+    """Each field's comment in a dataclass's source, for its flag's help: the comment on the
+    field's line and the lines that continue it (``#   ...``, indented past the ``#``), after any
+    comment lines standing right above the field."""
     out: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):
@@ -205,17 +206,24 @@ def field_comments(cls: type) -> dict[str, str]:
             source = inspect.getsource(klass)
         except (OSError, TypeError):
             continue
-        last = None
+        last, above = None, []
         for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-            if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.line.lstrip().startswith(tok.string + ":"):
-                last = tok.string
-            elif tok.type == tokenize.COMMENT and last is not None:
+            if tok.type == tokenize.NAME and tok.start[1] == 4:
+                is_field = tok.line.lstrip().startswith(tok.string + ":")
+                last = tok.string if is_field else None
+                if is_field and above:
+                    out[last] = " ".join(above)
+                above = []
+            elif tok.type == tokenize.OP and tok.start[1] == 4 and tok.string == "@":
+                last, above = None, []  # a decorated method: comments above it are not a field's
+            elif tok.type == tokenize.COMMENT:
                 text = tok.string.lstrip("#").strip()
-                if tok.start[1] > 4 or tok.line.strip().startswith("#"):
-                    out[last] = f"{out[last]} {text}".strip() if last in out and tok.line.strip().startswith("#") \
-                        else text
-            elif tok.type == tokenize.NEWLINE and not tok.line.strip().startswith("#"):
-                pass
+                own_line = tok.line.strip().startswith("#")
+                if last is not None and (not own_line or tok.string.startswith("#   ")):
+                    out[last] = f"{out.get(last, '')} {text}".strip()  # on the field's line, or continuing it
+                elif own_line and text:
+                    above.append(text)
+                    last = None
     return out
 
 

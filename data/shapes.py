@@ -1,6 +1,6 @@
 """The Shapes world: a seeded, procedural generator of captioned audio-visual clips.
 
-Everything here follows shared/DESIGN.md ("The Shapes world") exactly, because tests and
+Everything here follows docs/design.md ("The Shapes world") exactly, because tests and
 evaluation rely on it: one or two coloured shapes move across a dark background, bounce off the
 frame's edges, each hums a tone set by its shape, and each bounce clicks.
 

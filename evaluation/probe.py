@@ -1,6 +1,6 @@
 """The Shapes probe: a small CNN that reads a clip's attributes back from its pixels.
 
-Evaluation of generated Shapes clips (shared/DESIGN.md, "Evaluation") needs a judge that knows
+Evaluation of generated Shapes clips (docs/design.md, "Evaluation") needs a judge that knows
 the world: this classifier, trained on ground-truth clips, predicts for a clip (B, T, 64, 64, 3)
 uint8, any T >= 1 (T = 1: a still image):
 

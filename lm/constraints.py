@@ -5,7 +5,7 @@ right after the prefix) it returns the half-open id ranges ``[(start, stop), ...
 drawn there; an empty list means the output is complete. The engine turns the ranges into a
 logits mask, so a sequence outside them cannot be sampled. `OutputLayout` is the usual one: a
 fixed run of ranges per position, known in advance from the task and the resolution
-(DESIGN.md "Sequence format"); `video_layout` and `audio_layout` build it from a `Vocabulary`.
+(docs/design.md "Sequence format"); `video_layout` and `audio_layout` build it from a `Vocabulary`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Prefix-LM attention, labels and packing (DESIGN.md "Sequence format").
+"""Prefix-LM attention, labels and packing (docs/design.md "Sequence format").
 
 An example is ``(ids, prefix_len)``: the first ``prefix_len`` ids (up to and including the
 output-begin token) are the prefix, the rest the output. Inside an example, attention is

@@ -1,7 +1,7 @@
 """Tasks: how a sample becomes a (prefix, target) sequence, and an output back into codes.
 
 A task is a small subclass of `Task` that names its inputs and its output modality and lays out
-the condition part of the prefix (DESIGN.md "Sequence format")::
+the condition part of the prefix (docs/design.md "Sequence format")::
 
     <bos> <task:NAME> [<res:HxW>] [<bot_i> text <eot_i>] [<bov_i> video <eov_i>] [<boa_i> audio <eoa_i>]
           <bov_o>|<boa_o>  output  <eov_o>|<eoa_o> <eos>

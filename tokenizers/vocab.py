@@ -1,4 +1,4 @@
-"""The unified vocabulary: the one owner of the token id layout (DESIGN.md "Vocabulary").
+"""The unified vocabulary: the one owner of the token id layout (docs/design.md "Vocabulary").
 
 ::
 

@@ -1,4 +1,4 @@
-"""The Shapes generator checked against shared/DESIGN.md, from the pixels and samples it produces."""
+"""The Shapes generator checked against docs/design.md, from the pixels and samples it produces."""
 
 import numpy as np
 import pytest

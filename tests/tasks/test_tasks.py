@@ -1,4 +1,4 @@
-"""Tasks lay sequences out as DESIGN.md's "Sequence format" says, and read their outputs back."""
+"""Tasks lay sequences out as docs/design.md's "Sequence format" says, and read their outputs back."""
 
 import pytest
 import torch
