@@ -15,6 +15,7 @@ FILES = {
     "clip.mp4": "the scene: 17 frames of 64x64 at 8 fps (extend, extend_back, inpaint, outpaint, v2a)",
     "first.png": "its first frame (i2v)",
     "mask.png": "white where inpaint generates (the centre 32x32), black where the clip is kept",
+    "border.png": "its inverse: white where outpaint generates (around the centre 32x32, which it keeps)",
     "start.mp4": "the scene's first 9 frames (interpolate's start)",
     "end.mp4": "its last 9 frames (interpolate's end)",
     "structure.mkv": "its silhouettes, lossless (stylize)",
@@ -39,6 +40,7 @@ def write_examples(out: str | Path, seed: int = 0, overwrite: bool = False) -> P
         write_video(tmp / "clip.mp4", clip.video, fps=world.fps)
         write_image(tmp / "first.png", clip.video[0])
         write_image(tmp / "mask.png", example_mask(world.height, world.width))
+        write_image(tmp / "border.png", 255 - example_mask(world.height, world.width))
         write_video(tmp / "start.mp4", clip.video[:half + 1], fps=world.fps)
         write_video(tmp / "end.mp4", clip.video[half:], fps=world.fps)
         write_video(tmp / "structure.mkv", clip.structure, fps=world.fps, quality="lossless")

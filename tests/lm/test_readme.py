@@ -1,11 +1,11 @@
-"""lm/README.md's examples run as they are, so the README can't lie."""
+"""docs/lm.md's examples run as they are, so the guide can't lie."""
 
 import re
 from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[2] / "lm" / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "lm.md"
 BLOCKS = re.findall(r"```python\n(.+?)\n```", README.read_text(), re.S)
 
 
