@@ -43,6 +43,7 @@ from videolm.lm import engine
 from videolm.lm.cpu_packing import cpu_fast_path
 from videolm.lm.constraints import video_layout
 from videolm.lm.model import VideoLM
+from videolm.tokenizers.geometry import grid_of, latent_frames, parse_clip_size
 from videolm.tokenizers.vocab import Vocabulary
 
 GOALS = {"ratio_vs_hf": 2.5, "batch8_over_batch1": 4.0, "cache_speedup": 10.0}
@@ -60,11 +61,14 @@ class AllowedRange(LogitsProcessor):
         return masked
 
 
-def t2v_prompts(vocab: Vocabulary, batch: int, length: int, seed: int) -> list[list[int]]:
-    """``batch`` t2v prefixes of ``length`` ids with random text (equal lengths: no padding)."""
+def t2v_prompts(vocab: Vocabulary, batch: int, length: int, seed: int,
+                size: tuple[int, int, int] | None = None) -> list[list[int]]:
+    """``batch`` t2v prefixes of ``length`` ids with random text (equal lengths: no padding);
+    ``size`` (H, W, frames): with its ``<res:HxW> <frames:N>``, else ``<res:64x64>``."""
     gen = torch.Generator().manual_seed(seed)
     lo, hi = vocab.range("text")
-    head = [vocab["<bos>"], vocab.task_id("t2v"), vocab.res_id(64, 64), vocab["<bot_i>"]]
+    geometry = [vocab.res_id(*size[:2]), vocab.frames_id(size[2])] if size else [vocab.res_id(64, 64)]
+    head = [vocab["<bos>"], vocab.task_id("t2v"), *geometry, vocab["<bot_i>"]]
     tail = [vocab["<eot_i>"], vocab["<bov_o>"]]
     n = length - len(head) - len(tail)
     if n < 0:
@@ -156,6 +160,8 @@ def main():
     parser.add_argument("--gb-s", type=float, default=None,
                         help="the GPU's memory bandwidth for the bound (default: from its name, H100 3350)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", default=None, help="HxWxN: a t2v clip of that size (sets --new-tokens to its "
+                        "video ids, e.g. 48x80x17 -> 300, 64x64x33 -> 576)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -163,6 +169,11 @@ def main():
 
     vocab = Vocabulary.load(resolve_model("shapes-64"))
     vocab.add_task("t2v")
+    size = parse_clip_size(args.size, 17, "--size") if args.size else None
+    if size:
+        vocab.add_geometry(*size)
+        grid = grid_of(*size[:2])
+        args.new_tokens = latent_frames(size[2]) * grid[0] * grid[1]
     torch.manual_seed(args.seed)
     model = VideoLM.from_lm_config(args.preset).eval()  # vocab_size 8832 holds the Shapes vocabulary
     model.to(device=args.device, dtype=getattr(torch, args.dtype))
@@ -174,9 +185,9 @@ def main():
                "transformers generate()": lambda p: theirs(model, p, video, args.new_tokens)}
     if args.modules:
         systems["videolm engine, modules"] = lambda p: ours_modules(model, p, layout, args.new_tokens)
-    prompts = {b: t2v_prompts(vocab, b, args.prefix, args.seed + b) for b in args.batches}
+    prompts = {b: t2v_prompts(vocab, b, args.prefix, args.seed + b, size) for b in args.batches}
     for name, fn in systems.items():  # warm up (allocator, kernels), and check the outputs
-        out = fn(t2v_prompts(vocab, 1, args.prefix, 99)[:1])
+        out = fn(t2v_prompts(vocab, 1, args.prefix, 99, size)[:1])
         if out.shape != (1, args.new_tokens) or not bool(((out >= video[0]) & (out < video[1])).all()):
             raise SystemExit(f"{name}: expected {args.new_tokens} video ids, got {tuple(out.shape)}")
 
@@ -195,7 +206,7 @@ def main():
     gpu = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else None
     where = gpu or f"CPU, {args.threads} threads"
     print(f"{args.preset} ({params:.1f} M), {where}, {args.dtype}, {args.prefix}-token prefix -> "
-          f"{args.new_tokens} video ids, greedy; median of {args.repeats}")
+          f"{args.new_tokens} video ids{f' ({args.size})' if size else ''}, greedy; median of {args.repeats}")
     print(f"{'system':28s} {'batch':>5s} {'tokens/s':>10s} {'ms/step':>9s}")
     for (name, b), tok_s in rate.items():
         print(f"{name:28s} {b:5d} {tok_s:10.1f} {1e3 * b / tok_s:9.2f}")
@@ -206,6 +217,7 @@ def main():
         "benchmark": "decode", "preset": args.preset, "params_m": round(params, 2), "threads": args.threads,
         "device": gpu or "cpu", "dtype": args.dtype,
         "repeats": args.repeats, "prefix": args.prefix, "new_tokens": args.new_tokens, "batches": args.batches,
+        "size": args.size,
         "ours_tok_s": round(ours_1, 1), "hf_tok_s": round(hf_1, 1), "ratio_vs_hf": round(ours_1 / hf_1, 2),
         f"ours_tok_s_b{last}": round(ours_n, 1), f"hf_tok_s_b{last}": round(hf_n, 1),
         f"ratio_vs_hf_b{last}": round(ours_n / hf_n, 2),

@@ -36,11 +36,13 @@ from videolm.core.config import load_config
 from videolm.core.models import resolve_model
 from videolm.core.training import cpu_has_native_bf16
 from videolm.data.shards import TokenShards
-from videolm.lm.data import PackCollate, TaskSequences
+from videolm.lm.data import Buckets, PackCollate, TaskSequences
 from videolm.lm.losses import output_losses
 from videolm.lm.model import LMConfig, VideoLM
 from videolm.tasks.base import build_tasks
+from videolm.tokenizers.geometry import parse_clip_size
 from videolm.tokenizers.vocab import Vocabulary
+from videolm.train.lm import LMFitConfig
 from videolm.train.lm_module import LMModule
 
 VIDEO_SHAPE = (5, 64)  # latent frames x tokens per frame: 17 x 64 x 64 through the video tokenizer
@@ -50,7 +52,7 @@ AUDIO_SHAPE = (107, 4)  # frames x levels: 34000 samples at hop 320, 4 residual 
 class SyntheticShapes(torch.utils.data.Dataset):
     """Samples as token shards hold them (local codes), with real Shapes captions and random codes."""
 
-    def __init__(self, num: int, vocab: Vocabulary, seed: int = 0):
+    def __init__(self, num: int, vocab: Vocabulary, seed: int = 0, size: tuple[int, int, int] = (64, 64, 17)):
         from videolm.data.shapes import ShapesConfig, sample_scene
         from videolm.data.shapes_data import split_seeds
         from videolm.tokenizers.text import TextTokenizer
@@ -59,16 +61,32 @@ class SyntheticShapes(torch.utils.data.Dataset):
         world = ShapesConfig()
         self.captions = [text.encode(sample_scene(s, world).caption) for s in split_seeds("train", 0, num)]
         self.vocab, self.seed = vocab, seed
+        h, w, n = self.size = size
+        self.video_shape = (1 + (n - 1) // 4, (h // 8) * (w // 8))  # as the video tokenizer lays them out
+        self.audio_shape = (round(n / 8 * 16000) // 320 + 1, AUDIO_SHAPE[1])  # 8 fps, 16 kHz, hop 320
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def __getitem__(self, i: int) -> dict:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        h, w, n = self.size
         return {"text": torch.tensor(self.captions[i], dtype=torch.long),
-                "video": torch.randint(0, self.vocab.video_codes, VIDEO_SHAPE, generator=gen),
-                "audio": torch.randint(0, self.vocab.audio_codes, AUDIO_SHAPE, generator=gen),
-                "height": 64, "width": 64}
+                "video": torch.randint(0, self.vocab.video_codes, self.video_shape, generator=gen),
+                "audio": torch.randint(0, self.vocab.audio_codes, self.audio_shape, generator=gen),
+                "height": h, "width": w, "frames": n}
+
+
+def size_mixture(text: str, clips: int, vocab: Vocabulary, seed: int) -> Buckets:
+    """``"64x64x17:2,48x80x17:1.5"`` -> synthetic clips of each size, mixed by those weights."""
+    parts, weights = [], []
+    for item in text.split(","):
+        name, _, weight = item.partition(":")
+        size = parse_clip_size(name.strip(), 17, "--sizes")
+        vocab.add_geometry(*size)
+        parts.append(SyntheticShapes(clips, vocab, seed, size))
+        weights.append(float(weight or 1))
+    return Buckets(parts, weights, seed)
 
 
 def batches(data: TaskSequences, batch_size: int, count: int, seed: int) -> list[list]:
@@ -174,12 +192,15 @@ def main():
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's dense bf16 peak for MFU (default: from the GPU's name, H100 989.4)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sizes", default=None,
+                        help="also train on a mixture of clip sizes, e.g. 64x64x17:2,48x80x17:1.5,80x48x17:1.5,"
+                             "64x64x33:1.5,64x64x9:1 (synthetic), packed, beside the 64x64x17-only one")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: no CUDA device on this machine")
 
-    cfg = load_config(args.config, expect_entry="lm fit")[1]
+    cfg = load_config(args.config, LMFitConfig, "lm fit")
     train_cfg = cfg.train
     batch_size = args.batch_size or train_cfg.batch_size
     row_len = args.row_len or train_cfg.row_len
@@ -190,6 +211,9 @@ def main():
         vocab = Vocabulary.load(resolve_model("shapes-64"))
         vocab.add_resolution(64, 64)
         samples = SyntheticShapes(args.clips, vocab, args.seed)
+    if args.sizes:  # every sequence then names its clip's size and length, the 64x64x17 ones too
+        vocab.add_geometry(64, 64, 17)
+    mixed = size_mixture(args.sizes, args.clips, vocab, args.seed) if args.sizes else None
     tasks = build_tasks(list(cfg.data.tasks), vocab)
     data = TaskSequences(samples, tasks, list(cfg.data.tasks.values()), cfg.data.text_dropout, row_len)
     pad_id = vocab["<pad>"]
@@ -212,14 +236,19 @@ def main():
     first = VideoLM.from_lm_config(lm)
     initial = first.state_dict()
     steps = batches(data, batch_size, args.warmup + args.steps, args.seed + 1)
-    flops = [model_flops(first, b) for b in steps]
     layouts = {"packed": (packed, False)}
     if not args.no_unpacked:
         layouts["unpacked"] = (unpacked, False)
     if not args.no_bf16:
         layouts["packed_bf16"] = (packed, True)
+    runs = {name: (collate, bf16, steps) for name, (collate, bf16) in layouts.items()}
+    pad_sizes = None
+    if mixed is not None:
+        mixed_data = TaskSequences(mixed, tasks, list(cfg.data.tasks.values()), cfg.data.text_dropout, row_len)
+        pad_sizes = padding(batches(mixed_data, batch_size, args.padding_batches, args.seed), packed)
+        runs["packed_sizes"] = (packed, False, batches(mixed_data, batch_size, args.warmup + args.steps, args.seed + 1))
     results = {}
-    for name, (collate, bf16) in layouts.items():
+    for name, (collate, bf16, steps) in runs.items():
         model = VideoLM.from_lm_config(lm)
         model.load_state_dict(initial)  # every layout starts from the same weights
         model.to(args.device)
@@ -227,7 +256,7 @@ def main():
             model.model.compile()  # in place: the state dict keeps its keys
         module = LMModule(model, train_cfg, "unused", [t.name for t in tasks])  # for its optimizer only
         results[name] = train(model, module, [collate(b) for b in steps], args.warmup, train_cfg.grad_clip, bf16,
-                              args.device, flops)
+                              args.device, [model_flops(first, b) for b in steps])
         del model, module
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -244,7 +273,7 @@ def main():
           f"{'padding':>8s} {'TFLOP/s':>8s}")
     for name, r in results.items():
         label = {"packed": f"packed into rows of {row_len}", "unpacked": "one per row, padded to the longest",
-                 "packed_bf16": "packed, bf16-mixed"}[name]
+                 "packed_bf16": "packed, bf16-mixed", "packed_sizes": "packed, mixed sizes"}[name]
         print(f"{label:34s} {r['rows']:6.1f} {r['row_len']:8d} {r['s_per_step']:7.2f} {r['tok_s']:11.1f} "
               f"{r['slot_tok_s']:11.1f} {r['padding']:8.1%} {r['flop_s'] / 1e12:8.2f}")
     print(f"padding over {args.padding_batches} batches: packed {pad_packed:.1%}, one per row padded to the batch's "
@@ -273,6 +302,13 @@ def main():
             result["peak_tflop_s"] = peak
             result["mfu"] = round(results["packed_bf16"]["flop_s"] / 1e12 / peak, 4)
             print(f"MFU (bf16-mixed, model FLOPs over the dense bf16 peak of {peak} TFLOP/s): {result['mfu']:.1%}")
+    if "packed_sizes" in results:
+        result.update(sizes=args.sizes, sizes_tok_s=round(results["packed_sizes"]["tok_s"], 1),
+                      sizes_over_square=round(results["packed_sizes"]["tok_s"] / results["packed"]["tok_s"], 3),
+                      padding_sizes=round(pad_sizes, 4), sizes_step_padding=round(results["packed_sizes"]["padding"], 4),
+                      square_step_padding=round(results["packed"]["padding"], 4))
+        print(f"mixed sizes ({args.sizes}): padding over {args.padding_batches} batches {pad_sizes:.1%} "
+              f"(64x64x17 only: {pad_packed:.1%}); tokens/s {result['sizes_over_square']:.2f}x the 64x64x17-only rate")
     if "unpacked" in results:
         result["unpacked_tok_s"] = round(results["unpacked"]["tok_s"], 1)
         result["unpacked_slot_tok_s"] = round(results["unpacked"]["slot_tok_s"], 1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from videolm.cli.args import Command, input_folder, print_json, progress, size
-from videolm.core.config import check_range, revalidate
+from videolm.cli.args import Command, input_folder, print_json, progress
+from videolm.core.config import check_range
 from videolm.core.outputs import check_output_dir
 from videolm.data.examples import FILES, write_examples
 from videolm.data.folder import FolderConfig
@@ -15,14 +15,10 @@ from videolm.data.shapes_data import ShapesDataConfig, write_shapes
 @dataclass
 class ShapesArgs(ShapesDataConfig):
     out: str = field(kw_only=True)  # output folder (new or empty, or an earlier output of videolm with --overwrite)
-    size: str | None = None  # frame size N or HxW, multiples of 8 (sets world.height and world.width)
     overwrite: bool = False  # replace an earlier output of videolm in --out
 
 
 def run_shapes(args: ShapesArgs) -> int:
-    if args.size:
-        args.world.height, args.world.width = size(args.size)
-        args = revalidate(args)
     check_output_dir(args.out, args.overwrite)
     cfg = ShapesDataConfig(num=args.num, seed=args.seed, split=args.split, world=args.world)
     with progress(cfg.num, "shapes") as bar:
@@ -31,16 +27,8 @@ def run_shapes(args: ShapesArgs) -> int:
     return 0
 
 
-@dataclass
-class FolderArgs(FolderConfig):
-    size: str | None = None  # clip size N or HxW (sets height and width)
-
-
-def run_folder(args: FolderArgs) -> int:
+def run_folder(args: FolderConfig) -> int:
     input_folder(args.root, "ROOT")
-    if args.size:
-        args.height, args.width = size(args.size)
-        args = revalidate(args)
     print_json(args.dataset().summary())
     return 0
 
@@ -67,7 +55,7 @@ COMMANDS = {
                       "manifest.jsonl (one JSON per clip) and config.yaml. The same seed gives byte-identical files; "
                       "--split eval draws the held-out seeds (>= 1,000,000).", config="data shapes",
                       schema=ShapesDataConfig),
-    "folder": Command(FolderArgs, run_folder, "index a folder of your videos as fixed-length clips, print a JSON summary",
+    "folder": Command(FolderConfig, run_folder, "index a folder of your videos as fixed-length clips, print a JSON summary",
                       "Index every video under ROOT (mp4 webm mkv avi mov gif) as clips of --frames frames at --fps, "
                       "resized to --size. Captions come from NAME.txt or captions.jsonl, audio from the file's track "
                       "or NAME.wav. The index is cached in videolm's cache folder (VIDEOLM_CACHE, or "

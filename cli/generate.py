@@ -77,11 +77,14 @@ def run(args: GenerateArgs) -> int:
     (path,) = out.reserve("manifest.json")
     write_json_atomic(path, manifest)
     with progress(None, f"generate {args.task}", unit="tok") as bar:
-        for i in range(args.num_samples):
-            result = pipe.draw(request, i, progress=bar.update)
-            manifest["samples"].append(_write(out, i, result, args))
-            write_json_atomic(path, manifest)  # after each sample: a stopped run keeps every finished one
-    print(f"wrote {args.num_samples} sample(s) of {args.task} to {folder}/")
+        for first in range(0, args.num_samples, args.batch_size):
+            count = min(args.batch_size, args.num_samples - first)
+            for i, result in enumerate(pipe.draw(request, first, count, progress=bar.update), first):
+                manifest["samples"].append(_write(out, i, result, args))
+                write_json_atomic(path, manifest)  # after each sample: a stopped run keeps every finished one
+    plan = request.plan
+    print(f"wrote {args.num_samples} sample(s) of {args.task} at {plan.name}, {plan.length or plan.frames} frames, "
+          f"to {folder}/")
     return 0
 
 
@@ -127,7 +130,8 @@ COMMAND = Command(
     "Run a task of a model folder (default: the shipped shapes-64) and write sample_000.mp4 ... (sample_000.png "
     "for an image, a .wav beside it when there is sound), sample_NNN.npy frames with --save-frames, and "
     "manifest.json (model, and per sample: index, task, prompt as given and as the model read it, seed, video, "
-    "image, frames, audio, seconds, notes). Each sample is written as soon as it is done and listed in the manifest "
-    "at once, so a stopped run keeps what it finished. Inputs are files: images (PNG/JPEG), any video the media "
-    "layer reads, wav, and a mask PNG (white = generate); one of another size is cropped and resized to the "
-    "model's, and the run says so. `videolm tasks` lists the tasks and what each needs.")
+    "image, frames, audio, seconds, size, notes). Samples are drawn --batch-size at a time, each written as soon "
+    "as its batch is done and listed in the manifest at once, so a stopped run keeps what it finished. Inputs are "
+    "files: images (PNG/JPEG), any video the media layer reads, wav, and a mask PNG (white = generate). --size and "
+    "--frames choose the clip; an input of another size is fitted (--fit) to the trained size nearest its aspect, "
+    "and the run says what it chose and why. `videolm tasks` lists the tasks and what each needs.")

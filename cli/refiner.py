@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from videolm.cli.args import Command, data_input, media_input, print_json, progress, run_folder, size
-from videolm.core.config import check_range
+from videolm.core.config import check_clip_numbers, check_range
 from videolm.core.errors import UsageError
 from videolm.core.models import DEFAULT_MODEL
 from videolm.core.outputs import check_output_file
@@ -39,8 +39,12 @@ class EvalArgs:
     #   the refiner's)
     batch_size: int = 8  # network rows refined at once
     threads: int | None = None  # CPU threads for torch
+    frames: int = 17  # frames per held-out clip, 1 + 4k
+    height: int = 64  # frame size of the held-out clips (--size HxW sets both)
+    width: int = 64
 
     def __post_init__(self):
+        check_clip_numbers(self)
         check_range(self, 1, None, "num", "batch_size", "threads")
         check_range(self, 1, 10_000, "steps")
         check_range(self, 0, 2**63 - 1, "seed")
@@ -54,7 +58,8 @@ def run_eval(args: EvalArgs) -> int:
     with progress(args.num, "refine") as bar:
         print_json(evaluate_refiner(args.model, num=args.num, seed=args.seed, steps=args.steps,
                                     noise_scale=args.noise_scale, gate_tau=args.gate_tau, tokenizer=args.tokenizer,
-                                    batch_size=args.batch_size, progress=bar.update))
+                                    batch_size=args.batch_size, progress=bar.update, frames=args.frames,
+                                    size=(args.height, args.width)))
     return 0
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from videolm.cli.args import Command, data_input, print_json, progress, size
-from videolm.core.config import check_range, revalidate
+from videolm.cli.args import Command, data_input, print_json, progress
+from videolm.core.config import check_range
 from videolm.core.models import DEFAULT_MODEL
 from videolm.core.outputs import check_output_dir
 from videolm.data.sources import ClipSource
@@ -16,7 +16,6 @@ from videolm.train.tokenize import write_token_shards
 class TokenizeArgs(ClipSource):
     out: str = field(kw_only=True)  # output folder (new or empty, or an earlier output of videolm with --overwrite)
     model: str = DEFAULT_MODEL  # the model folder whose tokenizers encode (a folder or a shipped name)
-    size: str | None = None  # frame size N or HxW, multiples of 8 (sets height and width)
     batch_size: int = 16  # clips encoded at once
     device: str = "cpu"  # where the tokenizers run: cpu, cuda, cuda:N, or auto (a GPU if there is one)
     shard_size: int = 1024  # clips per shard file
@@ -29,9 +28,6 @@ class TokenizeArgs(ClipSource):
 
 def run(args: TokenizeArgs) -> int:
     data_input(args.data)
-    if args.size:
-        args.height, args.width = size(args.size)
-        args = revalidate(args)
     check_output_dir(args.out, args.overwrite)
     source = ClipSource(args.data, args.num, args.seed, args.split, args.frames, args.height, args.width, args.fps,
                         list(args.backgrounds))

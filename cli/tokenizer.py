@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from videolm.cli.args import Command, data_input, input_folder, print_json, run_folder
-from videolm.core.config import check_range
+from videolm.core.config import check_clip_numbers, check_range
 from videolm.core.errors import UsageError
 from videolm.core.models import DEFAULT_MODEL
 from videolm.core.outputs import check_output_dir
@@ -31,8 +31,12 @@ class EvalArgs:
     num: int = 256  # clips
     seed: int = 0  # first held-out seed offset / first folder clip
     batch_size: int = 8
+    frames: int = 17  # frames per clip, 1 + 4k
+    height: int = 64  # frame size of the clips (--size HxW sets both)
+    width: int = 64
 
     def __post_init__(self):
+        check_clip_numbers(self)
         check_range(self, 1, None, "num", "batch_size")
         check_range(self, 0, 2**63 - 1, "seed")
 
@@ -40,7 +44,8 @@ class EvalArgs:
 def run_eval(args: EvalArgs) -> int:
     data_input(args.data)
     print_json(evaluate_tokenizer(args.model, data=args.data, num=args.num, seed=args.seed,
-                                  batch_size=args.batch_size, modality=args.modality))
+                                  batch_size=args.batch_size, modality=args.modality, frames=args.frames,
+                                  size=(args.height, args.width)))
     return 0
 
 

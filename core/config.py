@@ -314,7 +314,38 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> l
             names[key] = flags[-1] if f.metadata.get("flags") else flags[0]
         parser.flag_names = names
         keys.append(key)
+    keys += _size_flag(parser, cls, prefix)
     return keys
+
+
+SIZE_KEY = "<size>"  # the last part of a --size flag's key: it sets the section's height and width
+
+
+def _size_flag(parser: argparse.ArgumentParser, cls: type, prefix: str) -> list[str]:
+    """A section with ``height`` and ``width`` (and no ``size`` of its own) also takes ``--PREFIX.size
+    HxW``, setting both; a ``data`` or ``world`` section's ``--data.size`` and ``--data.frames`` are
+    also ``--size`` and ``--frames`` where those are free."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    if not {"height", "width"} <= names or "size" in names:
+        return []
+    taken = parser._option_string_actions
+    flags = [f"--{prefix}size"] + (["--size"] if prefix in ("data.", "world.") and "--size" not in taken else [])
+    parser.add_argument(*flags, dest=prefix + SIZE_KEY, default=argparse.SUPPRESS, type=_size_text, metavar="HxW",
+                        help="frame size N or HxW (sets height and width)")
+    if prefix == "data." and "frames" in names and "--frames" not in taken:
+        frames = taken["--data.frames"]
+        frames.option_strings.append("--frames")
+        taken["--frames"] = frames
+    return [prefix + SIZE_KEY]
+
+
+def _size_text(text: str) -> tuple[int, int]:
+    parts = str(text).lower().split("x")
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not all(p.isdigit() and 0 < int(p) <= 16384 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: write N or HxW, e.g. 64 or 48x80")
+    return int(parts[0]), int(parts[1])
 
 
 def _comma_list(tp):
@@ -339,7 +370,10 @@ def from_flags(parsed: argparse.Namespace, cls: type, keys: list[str], base: dic
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{'.'.join(parts[:-1])}: the config gives a value where --{key} needs a mapping")
-        node[parts[-1]] = getattr(parsed, key)
+        if parts[-1] == SIZE_KEY:
+            node["height"], node["width"] = getattr(parsed, key)
+        else:
+            node[parts[-1]] = getattr(parsed, key)
     try:
         return from_dict(cls, data)
     except ConfigError as e:

@@ -175,7 +175,7 @@ class DiT(nn.Module, Pretrained):
         self.config = cfg = config
         d = cfg.width
         self.patch_in = nn.Linear((2 * cfg.latent_channels + 1) * math.prod(cfg.patch), d)  # x_t, given, mask
-        self.register_buffer("video_pos", sincos_3d(d, cfg.grid), persistent=False)  # (Nv, C)
+        self.register_buffer("video_pos", sincos_3d(d, cfg.grid), persistent=False)  # (Nv, C) at the trained grid
         self.text_embed = nn.Embedding(cfg.text_vocab + 2, d, padding_idx=cfg.pad_id)
         self.text_pos = nn.Parameter(torch.zeros(cfg.text_len, d))
         self.text_blocks = nn.ModuleList(Block(d, cfg.heads, cfg.mlp_ratio, False) for _ in range(cfg.text_layers))
@@ -209,14 +209,29 @@ class DiT(nn.Module, Pretrained):
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
         return z * self.std + self.mean
 
+    def grid_of(self, x: torch.Tensor) -> tuple[int, int, int]:
+        """The patch grid of latents (B, K, t, h, w): any size the patch divides (the positions
+        follow the grid, as Sora's spacetime patches do)."""
+        shape = tuple(x.shape[2:])
+        if len(shape) != 3 or any(s % p for s, p in zip(shape, self.config.patch)):
+            raise ConfigError(f"latents of shape {shape}: the DiT's patch {self.config.patch} must divide (t, h, w)")
+        return tuple(s // p for s, p in zip(shape, self.config.patch))
+
+    def positions(self, grid: tuple[int, int, int]) -> torch.Tensor:
+        """(Nv, C) positional features of a patch grid: sine-cosine of each axis, for any grid."""
+        if grid == self.config.grid:
+            return self.video_pos
+        return sincos_3d(self.config.width, grid).to(self.video_pos.device)
+
     def patchify(self, x: torch.Tensor) -> torch.Tensor:  # (B, K, t, h, w) -> (B, Nv, K*pt*ph*pw)
-        (pt, ph, pw), (gt, gh, gw) = self.config.patch, self.config.grid
+        (pt, ph, pw), (gt, gh, gw) = self.config.patch, self.grid_of(x)
         b, k = x.shape[:2]
         x = x.reshape(b, k, gt, pt, gh, ph, gw, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)  # (B, gt, gh, gw, K, pt, ph, pw)
         return x.reshape(b, gt * gh * gw, -1)
 
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:  # (B, Nv, D*pt*ph*pw) -> (B, D, t, h, w)
-        (pt, ph, pw), (gt, gh, gw) = self.config.patch, self.config.grid
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int] | None = None) -> torch.Tensor:
+        """(B, Nv, D*pt*ph*pw) -> (B, D, t, h, w) on ``grid`` (default: the trained one)."""
+        (pt, ph, pw), (gt, gh, gw) = self.config.patch, grid or self.config.grid
         b = x.shape[0]
         x = x.reshape(b, gt, gh, gw, -1, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7)  # (B, D, gt, pt, gh, ph, gw, pw)
         return x.reshape(b, -1, gt * pt, gh * ph, gw * pw)
@@ -241,14 +256,15 @@ class DiT(nn.Module, Pretrained):
         """x (B, D, t, h, w) noisy normalized latents, t (B,) in [0, 1], text (B, L) ids; given (B, D, t, h, w)
         normalized latents and given_mask (B, 1, t, h, w) in {0, 1}, or None for nothing given.
         Returns the predicted velocity (B, D, t, h, w)."""
-        if tuple(x.shape[1:]) != (self.config.latent_channels, *self.config.latent_shape):
-            raise ConfigError(f"latents {tuple(x.shape[1:])} do not fit the DiT's "
-                              f"{(self.config.latent_channels, *self.config.latent_shape)}")
+        if x.ndim != 5 or x.shape[1] != self.config.latent_channels:
+            raise ConfigError(f"latents {tuple(x.shape[1:])} do not fit the DiT's {self.config.latent_channels} "
+                              "channels (B, D, t, h, w)")
+        grid = self.grid_of(x)
         if given is None:
             given, given_mask = torch.zeros_like(x), x.new_zeros(x.shape[0], 1, *x.shape[2:])
         given_mask = given_mask.to(x.dtype)
         inp = torch.cat([x, given * given_mask, given_mask], 1)  # (B, 2D+1, t, h, w)
-        video = self.patch_in(self.patchify(inp)) + self.video_pos  # (B, Nv, C)
+        video = self.patch_in(self.patchify(inp)) + self.positions(grid)  # (B, Nv, C)
         words, text_mask, pooled = self.encode_text(text)  # (B, L, C), (B, 1, 1, L), (B, C)
         c = self.time_mlp(timestep_features(t, 256).to(x.dtype)) + self.pool_mlp(pooled)  # (B, C)
         h = torch.cat([words, video], 1)  # (B, L + Nv, C)
@@ -257,7 +273,7 @@ class DiT(nn.Module, Pretrained):
             h = block(h, mask, c)
         shift, scale = self.final_ada(c).chunk(2, -1)
         out = self.patch_out(modulate(self.final_norm(h[:, words.shape[1]:]), shift, scale))  # (B, Nv, D*p)
-        return self.unpatchify(out)
+        return self.unpatchify(out, grid)
 
 
 def text_batch(ids: list[list[int]], config: DiTConfig, length: int | None = None) -> torch.Tensor:

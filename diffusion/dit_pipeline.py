@@ -26,7 +26,7 @@ from videolm.core.models import generation_defaults, resolve_model
 from videolm.diffusion.dit import DiT, null_text, text_batch
 from videolm.diffusion.latents import encode_latents, latents_to_codes
 from videolm.diffusion.process import FlowMatching, seeded_noise
-from videolm.tokenizers.geometry import context_latents, frames_of
+from videolm.tokenizers.geometry import context_latents, frames_of, latent_frames
 from videolm.tokenizers.text import TextTokenizer
 from videolm.tokenizers.video import SPACE_DOWN, VideoTokenizer, to_frames, to_tensor
 
@@ -131,30 +131,43 @@ class DiTGenerator:
         """Captions -> (B, L) ids; None or "" is the empty caption."""
         return text_batch([self.text_tokenizer.encode(p) if p else [] for p in prompts], self.model.config)
 
-    def context(self, video) -> tuple[torch.Tensor, torch.Tensor]:
+    def latent_shape(self, size: tuple[int, int] | None = None, frames: int | None = None) -> tuple[int, int, int]:
+        """(t, h, w) of clips ``size`` (H, W) pixels and ``frames`` long (default: the trained clip's)."""
+        h, w = size or (self.height, self.width)
+        if h % SPACE_DOWN or w % SPACE_DOWN:
+            raise UsageError(f"size {h}x{w}: height and width must be multiples of {SPACE_DOWN}")
+        return latent_frames(frames or self.frames), h // SPACE_DOWN, w // SPACE_DOWN
+
+    def context(self, video, shape: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (B, T, H, W, 3) with T >= the context's frames -> given latents and mask (B, D|1, t, h, w)
-        from its first frames (9 of a 17-frame clip)."""
-        ctx = context_latents(self.model.config.latent_shape[0])  # 3 of 5 latent frames, as the LM's extend
-        need = frames_of(ctx)
+        from its first frames (9 of a 17-frame clip); ``shape``: the latents' (t, h, w) (default:
+        the video's size at the trained length)."""
         video = np.asarray(video)
-        if video.ndim != 5 or video.shape[1] < need or video.shape[2:] != (self.height, self.width, 3):
-            raise UsageError(f"extend needs video (B, T >= {need}, {self.height}, {self.width}, 3), "
+        if video.ndim != 5 or video.shape[-1] != 3:
+            raise UsageError(f"extend needs video (B, T, H, W, 3), got {tuple(video.shape)}")
+        shape = shape or self.latent_shape(video.shape[2:4])
+        ctx = context_latents(shape[0])  # 3 of 5 latent frames, as the LM's extend
+        need = frames_of(ctx)
+        if video.shape[1] < need or video.shape[2:4] != (shape[1] * SPACE_DOWN, shape[2] * SPACE_DOWN):
+            raise UsageError(f"extend needs video (B, T >= {need}, {shape[1] * SPACE_DOWN}, {shape[2] * SPACE_DOWN}, 3), "
                              f"got {tuple(video.shape)}")
         dev = next(self.model.parameters()).device
         z = encode_latents(self.tokenizer, to_tensor(video[:, :need]).to(dev))  # (B, D, ctx, h, w): causal, as in the clip
-        given = torch.zeros(len(video), z.shape[1], *self.model.config.latent_shape, device=dev)
+        given = torch.zeros(len(video), z.shape[1], *shape, device=dev)
         given[:, :, :ctx] = z
-        mask = torch.zeros(len(video), 1, *self.model.config.latent_shape, device=dev)
+        mask = torch.zeros(len(video), 1, *shape, device=dev)
         mask[:, :, :ctx] = 1
         return given, mask
 
     @torch.no_grad()
     def generate(self, task: Literal["t2v", "extend"] = "t2v", prompts: list[str] | None = None, video=None,
                  seed: int | list[int] = 0, steps: int | None = None, cfg_scale: float | None = None,
-                 callback=None) -> Generated:
+                 callback=None, size: tuple[int, int] | None = None, frames: int | None = None) -> Generated:
         """``t2v``: one clip per prompt. ``extend``: the clips of ``video`` continued from their first
         frames (captions optional: without them there is no guidance). Seeds: ``seed + i`` per sample,
-        or one per sample. ``steps`` and ``cfg_scale`` default to the folder's generation_config.json."""
+        or one per sample. ``steps`` and ``cfg_scale`` default to the folder's generation_config.json.
+        ``size`` (H, W) and ``frames``: the clips made (default: the trained clip's; for extend the
+        video's size); the DiT's patches and positions follow any grid, trained or not."""
         start = time.perf_counter()
         steps = self.defaults["num_inference_steps"] if steps is None else steps
         cfg_scale = self.defaults["guidance_scale"] if cfg_scale is None else cfg_scale
@@ -170,15 +183,18 @@ class DiTGenerator:
         seeds = [seed + i for i in range(n)] if isinstance(seed, int) else list(seed)
         if len(seeds) != n:
             raise UsageError(f"{len(seeds)} seeds for {n} samples")
-        given, mask = self.context(video) if task == "extend" else (None, None)
+        if size is None and task == "extend":
+            size = tuple(np.shape(video)[2:4])
+        shape = self.latent_shape(size, frames)
+        given, mask = self.context(video, shape) if task == "extend" else (None, None)
         if not prompts:
             cfg_scale = 1.0  # nothing to guide towards
         cfg = self.model.config
-        noise = seeded_noise(seeds, (cfg.latent_channels, *cfg.latent_shape))
+        noise = seeded_noise(seeds, (cfg.latent_channels, *shape))
         z = sample_latents(self.model, self.text(prompts or [None] * n), noise, given=given, given_mask=mask,
                            steps=steps, cfg_scale=cfg_scale, process=self.process, callback=callback)
         codes = latents_to_codes(self.tokenizer, z)  # (B, t, h*w)
-        frames = to_frames(self.tokenizer.decode(codes, self.height, self.width))  # (B, T, H, W, 3)
+        frames = to_frames(self.tokenizer.decode(codes, shape[1] * SPACE_DOWN, shape[2] * SPACE_DOWN))  # (B, T, H, W, 3)
         return Generated(frames, codes.cpu(), self.process.evaluations(steps, cfg_scale),
                          round(time.perf_counter() - start, 3))
 

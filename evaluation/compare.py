@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,12 +31,12 @@ from videolm.core.config import check_range
 from videolm.core.errors import UsageError
 from videolm.core.outputs import atomic_output_dir
 from videolm.data.media import write_grid
-from videolm.data.shapes import ATTRIBUTES
+from videolm.data.shapes import ATTRIBUTES, ShapesConfig
 from videolm.data.shapes_data import ShapesDataset
 from videolm.evaluation.probe import load_probe
 from videolm.evaluation.scoring import Scorer
 from videolm.tasks.base import Media
-from videolm.tasks.pipeline import Pipeline
+from videolm.tasks.pipeline import Pipeline, check_size
 
 TASKS = ("t2v", "extend")  # what the DiT baseline supports
 SYSTEMS = ("ar", "dit")
@@ -58,9 +59,14 @@ class CompareConfig:
     dit_steps: int | None = None  # the DiT's sampling steps (None: its own default)
     refine: bool = True  # both systems' frames through the refiner, when the model folder has one
     samples: int = 4  # clips per task in the sample grid
+    size: str | None = None  # frame size HxW of the held-out clips (default: the model's); both systems make it
+    frames: int | None = None  # their length, 1 + 4k (default: the model's)
 
     def __post_init__(self):
         self.tasks = tuple(self.tasks)
+        check_size(self.size)
+        if self.frames is not None and (self.frames < 1 or (self.frames - 1) % 4 or self.frames > 257):
+            raise UsageError(f"--frames {self.frames}: a clip has 1 + 4k frames, at most 257")
         check_range(self, 1, None, "num", "batch_size", "samples")
         check_range(self, 1, 10_000, "dit_steps")
         check_range(self, 0, 2**63 - 1, "seed")
@@ -83,7 +89,11 @@ def compare(cfg: CompareConfig, progress: Callable[[str, int], object] | None = 
         pipe.task(name)
     cfg = replace(cfg, cfg_scale=pipe.guidance() if cfg.cfg_scale is None else cfg.cfg_scale)
     probe = load_probe(pipe.folder)
-    data = ShapesDataset(cfg.num, seed=cfg.seed, split="eval")
+    plan = pipe.plan(pipe.task(cfg.tasks[0]), check_size(cfg.size), cfg.frames, exact=True)
+    for note in plan.notes:
+        warnings.warn(note, stacklevel=2)
+    world = ShapesConfig(height=plan.height, width=plan.width, frames=plan.frames, fps=pipe.clip["fps"])
+    data = ShapesDataset(cfg.num, seed=cfg.seed, split="eval", world=world)
     clips = [data[i] for i in range(cfg.num)]
     samples = []
     for i in range(0, cfg.num, cfg.batch_size):
@@ -118,7 +128,8 @@ def compare(cfg: CompareConfig, progress: Callable[[str, int], object] | None = 
             prompts = [c["caption"] for c in items] if name == "t2v" else None
             context = np.stack([c["video"] for c in items]) if name == "extend" else None
             videos, evaluations["dit"] = dit.generate(name, prompts=prompts, videos=context, seeds=seeds,
-                                                      steps=cfg.dit_steps, cfg_scale=cfg.dit_cfg_scale)
+                                                      steps=cfg.dit_steps, cfg_scale=cfg.dit_cfg_scale,
+                                                      size=(plan.height, plan.width), frames=plan.frames)
             t1 = time.perf_counter()
             if refine:
                 videos = pipe.refine(videos, seed=cfg.seed + i)
@@ -143,7 +154,8 @@ def compare(cfg: CompareConfig, progress: Callable[[str, int], object] | None = 
         results["tasks"][name] = block
     videos = results.pop("videos")
     results.update({
-        "model": str(pipe.folder), "num": cfg.num, "config": asdict(cfg), "refined": refine,
+        "model": str(pipe.folder), "num": cfg.num, "size": plan.name, "frames": plan.frames, "config": asdict(cfg),
+        "refined": refine,
         "systems": {"ar": pipe.describe_lm(), "dit": dit.describe()},
         "seconds": round(time.perf_counter() - start, 1), "threads": torch.get_num_threads(),
     })

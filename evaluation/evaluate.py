@@ -26,6 +26,7 @@ Prints one JSON object: ``{"model", "num", "tasks": {name: metrics}, "seconds"}`
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -35,7 +36,7 @@ import torch
 
 from videolm.core.config import check_range
 from videolm.core.errors import UsageError
-from videolm.data.shapes import BACKGROUNDS, DIRECTIONS, PALETTE, SHAPES, SIZES
+from videolm.data.shapes import BACKGROUNDS, DIRECTIONS, PALETTE, SHAPES, SIZES, ShapesConfig
 from videolm.data.shapes_data import ShapesDataset
 from videolm.evaluation.probe import load_probe
 from videolm.evaluation.scoring import Scorer
@@ -43,7 +44,7 @@ from videolm.lm.data import TaskBatch
 from videolm.lm.losses import held_out_losses
 from videolm.lm.masks import pad
 from videolm.tasks.base import Task
-from videolm.tasks.pipeline import Pipeline
+from videolm.tasks.pipeline import Pipeline, check_size
 
 
 @dataclass
@@ -64,6 +65,8 @@ class EvalConfig:
     split: Literal["eval", "train"] = "eval"  # held-out clips; train: the training seeds, to set their loss beside
     #   the held-out one (how much the model has memorized)
     per_clip: bool = False  # keep each clip's [hits, count] per figure (what --against reads)
+    size: str | None = None  # frame size HxW of the held-out clips (default: the model's)
+    frames: int | None = None  # their length, 1 + 4k (default: the model's)
 
     def __post_init__(self):
         self.tasks = () if tuple(self.tasks) == ("all",) else tuple(self.tasks)
@@ -71,6 +74,9 @@ class EvalConfig:
         check_range(self, 1, None, "batch_size", "top_k")
         check_range(self, 0, 2**63 - 1, "seed", "sample_seed")
         check_range(self, 0, 100, "cfg_scale", "temperature")
+        check_size(self.size)
+        if self.frames is not None and (self.frames < 1 or (self.frames - 1) % 4 or self.frames > 257):
+            raise UsageError(f"--frames {self.frames}: a clip has 1 + 4k frames, at most 257")
 
 
 def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = None) -> dict:
@@ -87,9 +93,13 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
     probe = load_probe(pipe.folder)
     if cfg.split not in ("eval", "train"):
         raise UsageError(f"--split {cfg.split}: choose eval or train")
-    data = ShapesDataset(cfg.num, seed=cfg.seed, split=cfg.split)
-    clips = [data[i] for i in range(cfg.num)]
     tasks = [pipe.task(name) for name in names]
+    plan = pipe.plan(tasks[0], check_size(cfg.size), cfg.frames, exact=True)
+    for note in plan.notes:
+        warnings.warn(note, stacklevel=2)
+    world = ShapesConfig(height=plan.height, width=plan.width, frames=plan.frames, fps=pipe.clip["fps"])
+    data = ShapesDataset(cfg.num, seed=cfg.seed, split=cfg.split, world=world)
+    clips = [data[i] for i in range(cfg.num)]
 
     def views(clip: dict) -> dict:  # the videos fine-tuned tasks read besides the built-in views
         return {k: v for t in tasks for k, v in t.views(clip).items()}
@@ -118,7 +128,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
         if cfg.per_clip:
             report[name]["per_clip"] = scorer.per_clip
         report[name]["loss"] = round(truth_loss(pipe.model, task, samples, pipe.vocab["<pad>"], cfg.batch_size), 4)
-    return {"model": str(pipe.folder), "num": cfg.num, "seed": cfg.seed, "split": cfg.split, "sample_seed": sample_seed,
+    return {"model": str(pipe.folder), "num": cfg.num, "size": plan.name, "frames": plan.frames, "seed": cfg.seed,
+            "split": cfg.split, "sample_seed": sample_seed,
             "cfg_scale": cfg.cfg_scale, "temperature": cfg.temperature, "refined": cfg.refine,
             "tasks": report, "seconds": round(time.perf_counter() - start, 1)}
 
@@ -139,7 +150,7 @@ def truth_loss(model, task, samples: list[dict], pad_id: int, batch_size: int = 
     return float(loss.sum() / count.sum().clamp(min=1))
 
 
-PAIRED_SETTINGS = ("num", "seed", "split", "sample_seed", "cfg_scale", "temperature", "refined")
+PAIRED_SETTINGS = ("num", "size", "frames", "seed", "split", "sample_seed", "cfg_scale", "temperature", "refined")
 
 
 def check_same_settings(base: dict, settings: dict) -> None:

@@ -204,6 +204,34 @@ class Probe(nn.Module, Pretrained):
         logits = F.conv2d(x, 2 * k * self.palette[:, :, None, None], -k * self.palette.pow(2).sum(-1))  # (N, 8, H, W)
         return logits.softmax(1)[:, :-1]
 
+    def rescale(self, x: torch.Tensor) -> torch.Tensor:
+        """Clips (B, F, H, W, 3) of another size scaled so that their shorter side is the probe's
+        (objects in the Shapes world are sized by the shorter side), each side rounded to a
+        multiple of 8; clips of the probe's own size as they are."""
+        b, f, h, w, _ = x.shape
+        if (h, w) == (self.config.height, self.config.width):
+            return x
+        scale = min(self.config.height, self.config.width) / min(h, w)
+        size = (max(8, 8 * round(h * scale / 8)), max(8, 8 * round(w * scale / 8)))
+        if size == (h, w):
+            return x
+        flat = x.reshape(b * f, h, w, 3).permute(0, 3, 1, 2)
+        flat = F.interpolate(flat, size=size, mode="bilinear", antialias=scale < 1, align_corners=False)
+        return flat.permute(0, 2, 3, 1).reshape(b, f, *size, 3)
+
+    def grid(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The coordinate channels (1, 2, H, W) and the 8x8 cells (N, 2) of frames H x W: at the
+        probe's size its own; at another, the same step per pixel about the centre."""
+        if (h, w) == (self.config.height, self.config.width):
+            return self.coords, self.cells
+        device = self.coords.device
+        ys = (torch.arange(h, device=device) - (h - 1) / 2) * (2 / (self.config.height - 1))
+        xs = (torch.arange(w, device=device) - (w - 1) / 2) * (2 / (self.config.width - 1))
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        cy, cx = torch.meshgrid(torch.arange(h // 8.0, device=device), torch.arange(w // 8.0, device=device),
+                                indexing="ij")
+        return torch.stack([gx, gy])[None], torch.stack([cx, cy], -1).reshape(-1, 2)
+
     def pick_frames(self, x: torch.Tensor) -> torch.Tensor:
         """Clips (B, T, ...) -> the frames the probe looks at, (B, F, ...) (indices past T - 1 clamp)."""
         return x[:, [min(k, x.shape[1] - 1) for k in self.config.frames]]
@@ -219,25 +247,25 @@ class Probe(nn.Module, Pretrained):
         colour's dense logits averaged over those cells.
         """
         x = as_input(frames).to(self.coords.device)
-        b, _, h, w, _ = x.shape
-        if (h, w) != (self.config.height, self.config.width):
-            raise UsageError(f"the probe reads {self.config.height}x{self.config.width} frames, got {h}x{w}")
         if not picked:
             x = self.pick_frames(x)  # (B, F, H, W, 3)
+        x = self.rescale(x)
+        b, _, h, w, _ = x.shape
+        coords, cells = self.grid(h, w)
         f, k = x.shape[1], len(COLORS)
         rgb = x.reshape(b * f, h, w, 3).permute(0, 3, 1, 2)  # (B*F, 3, H, W)
         member = self.membership(rgb).reshape(b, f, k, h, w).transpose(1, 2).reshape(b * k, f, h, w)  # (B*7, F, H, W)
-        maps = self.objects(torch.cat([member, self.coords.expand(b * k, -1, -1, -1)], 1))  # (B*7, C, h, w)
+        maps = self.objects(torch.cat([member, coords.expand(b * k, -1, -1, -1)], 1))  # (B*7, C, h, w)
         pooled = maps.amax((2, 3))  # (B*7, C)
         dense = self.dense(maps).flatten(2).reshape(b, k, sum(PER_COLOR.values()), -1)  # (B, 7, K, N)
         out = dict(zip(PER_COLOR, dense.split(list(PER_COLOR.values()), 2)))
         out["locate"] = out["locate"][:, :, 0]  # (B, 7, N)
         weights = out["locate"].softmax(-1)  # (B, 7, N)
-        out["where"] = weights @ self.cells  # (B, 7, 2)
+        out["where"] = weights @ cells  # (B, 7, 2)
         for a in ("shape", "size", "direction"):
             out[a] = (out[a] * weights[:, :, None]).sum(-1)  # (B, 7, classes)
         out["color"] = self.present(pooled).reshape(b, k)  # (B, 7)
-        scene = self.scene(torch.cat([rgb * 2 - 1, self.coords.expand(b * f, -1, -1, -1)], 1))  # (B*F, S, h, w)
+        scene = self.scene(torch.cat([rgb * 2 - 1, coords.expand(b * f, -1, -1, -1)], 1))  # (B*F, S, h, w)
         per_color = pooled.reshape(b, k, -1)  # (B, 7, C)
         peaks = out["color"].sigmoid().topk(SLOTS, -1).values  # (B, 2): how sure the two likeliest colours are
         summary = [scene.reshape(b, f, -1, h // 8 * (w // 8)).mean((1, 3)), per_color.mean(1), per_color.amax(1), peaks]

@@ -116,6 +116,56 @@ class TaskSequences(Dataset):
         return int(torch.multinomial(weights, 1, generator=generator))
 
 
+# ------------------------------------------------------------------------------ size buckets
+
+
+class Buckets(Dataset):
+    """Clips of several sizes and durations, one dataset per bucket, mixed by weight (NaViT and
+    Sora train on every size at once; `PackCollate` packs their sequences into the same rows).
+
+    Item ``i`` belongs to bucket ``k`` with probability ``weights[k] / sum(weights)``: the
+    assignment is drawn once from ``seed``, so an item is the same in every process and after a
+    resume, and a bucket's items go through its clips in turn. The length is the clips of all
+    buckets together, so an epoch is about one pass over the data whatever the weights.
+    """
+
+    def __init__(self, buckets: Sequence[Dataset], weights: Sequence[float], seed: int = 0):
+        if not buckets or len(buckets) != len(weights):
+            raise ConfigError(f"size buckets need one weight each (got {len(buckets)} buckets, {len(weights)} weights)")
+        if any(not w >= 0 for w in weights) or not sum(weights) > 0:
+            raise ConfigError(f"bucket weights {list(weights)} must be >= 0 and not all 0")
+        if any(len(b) == 0 for b, w in zip(buckets, weights) if w > 0):
+            raise ConfigError("a size bucket with a weight holds no clips")
+        self.buckets = list(buckets)
+        n = sum(len(b) for b in buckets)
+        g = torch.Generator().manual_seed(seed)
+        self.bucket = torch.multinomial(torch.tensor(weights, dtype=torch.float64), n, replacement=True,
+                                        generator=g)  # (N,) bucket of each item
+        order = torch.zeros(n, dtype=torch.long)
+        for k in range(len(buckets)):
+            where = self.bucket == k
+            order[where] = torch.arange(int(where.sum())) % max(1, len(buckets[k]))
+        self.within = order  # (N,) the item's clip inside its bucket
+
+    def __len__(self) -> int:
+        return len(self.bucket)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.buckets[int(self.bucket[i])][int(self.within[i])]
+
+    def share(self) -> list[float]:
+        """The fraction of items in each bucket."""
+        counts = torch.bincount(self.bucket, minlength=len(self.buckets)).double()
+        return (counts / counts.sum()).tolist()
+
+    def prefetch(self, samples: Sequence, fields: Sequence[Sequence[str]]) -> None:
+        """Passes lazily tokenized samples on to their own bucket's ``prefetch``."""
+        for bucket in self.buckets:
+            mine = [j for j, sample in enumerate(samples) if getattr(sample, "_owner", None) is bucket]
+            if mine and hasattr(bucket, "prefetch"):
+                bucket.prefetch([samples[j] for j in mine], [fields[j] for j in mine])
+
+
 # ----------------------------------------------------------------------------------- batches
 
 
@@ -153,4 +203,4 @@ class PackCollate:
         return TaskBatch(rows, torch.tensor([it.task for it in items], dtype=torch.long))
 
 
-__all__ = ["PackCollate", "Sample", "SequenceTask", "TaskBatch", "TaskExample", "TaskSequences"]
+__all__ = ["Buckets", "PackCollate", "Sample", "SequenceTask", "TaskBatch", "TaskExample", "TaskSequences"]

@@ -165,10 +165,11 @@ def decode_n_tokens(model, cache: KVCache, logits: torch.Tensor, num_tokens: int
 
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+           generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """One id per row of ``logits (B, V)``: argmax at temperature 0, otherwise a draw from the
     softmax at that temperature, kept to the ``top_k`` best ids and to the smallest set of ids
-    whose probability reaches ``top_p`` (nucleus sampling, Holtzman et al., 2019)."""
+    whose probability reaches ``top_p`` (nucleus sampling, Holtzman et al., 2019). ``generator``:
+    one for the batch, or one per row (each row then draws as it would alone)."""
     _check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(-1)  # (B,)
@@ -179,6 +180,8 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = N
     if top_p is not None and top_p < 1:
         logits = _nucleus(logits, top_p)
     probs = logits.softmax(-1)  # (B, V)
+    if isinstance(generator, (list, tuple)):
+        return torch.cat([torch.multinomial(p[None], 1, generator=g)[:, 0] for p, g in zip(probs, generator)])
     return torch.multinomial(probs, 1, generator=generator)[:, 0]  # (B,)
 
 
@@ -277,7 +280,8 @@ def generate(model, prompts: Prompts, max_new_tokens: int | None = None, *, temp
     ``constraint`` (one for all rows, or one per row) limits the ids of each output position;
     with it ``max_new_tokens`` defaults to the longest layout. ``uncond_prompts`` (one per prompt,
     e.g. the prompt with its text emptied) turn on classifier-free guidance at ``cfg_scale``.
-    ``generator`` (a torch.Generator or a seed) makes the draw reproducible. ``use_cache=False``
+    ``generator`` (a torch.Generator or a seed, or a list of them: one per prompt, so that each
+    row draws what it would alone) makes the draw reproducible. ``use_cache=False``
     recomputes the whole sequence with the model's own forward at every step (a reference and a
     baseline; slow). ``fast``: a faster forward where it applies (see `new_cache`). ``progress`` is called with 1 after each drawn token (e.g. a progress bar's
     ``update``).
@@ -307,8 +311,7 @@ def _generate(model, prompts: Prompts, max_new_tokens: int | None, *, temperatur
         rows = prompts + uncond_prompts
     elif cfg_scale != 1:
         raise UsageError(f"cfg_scale={cfg_scale} needs uncond_prompts (one per prompt)")
-    if isinstance(generator, int):
-        generator = torch.Generator(device).manual_seed(generator)
+    generator = _generators(generator, len(prompts), device)
     chooser = TokenChooser(len(prompts), vocab_size, temperature=temperature, top_k=top_k, top_p=top_p,
                            cfg_scale=cfg_scale, guided=uncond_prompts is not None, constraints=constraints,
                            stop_id=stop_id, pad_id=pad_id, generator=generator, device=device)
@@ -319,6 +322,18 @@ def _generate(model, prompts: Prompts, max_new_tokens: int | None, *, temperatur
     cache = new_cache(model, len(rows), width + num_tokens, fast)
     logits = prefill(model, cache, rows, pad_id)  # (R, V)
     return decode_n_tokens(model, cache, logits, num_tokens, chooser)
+
+
+def _generators(generator, rows: int, device):
+    """A seed or a list of seeds (or generators) as generators on ``device``."""
+    def one(g):
+        return torch.Generator(device).manual_seed(g) if isinstance(g, int) else g
+
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != rows:
+            raise UsageError(f"got {len(generator)} generators for {rows} prompts")
+        return [one(g) for g in generator]
+    return one(generator)
 
 
 def left_pad(prompts: Prompts, pad_id: int = 0, device=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,7 @@
 A task is a small subclass of `Task` that names its inputs and its output modality and lays out
 the condition part of the prefix (docs/design.md "Sequence format")::
 
-    <bos> <task:NAME> [<res:HxW>] [<bot_i> text <eot_i>] [<bov_i> video <eov_i>] [<boa_i> audio <eoa_i>]
+    <bos> <task:NAME> [<res:HxW> [<frames:N>]] [<bot_i> text <eot_i>] [<bov_i> video <eov_i>] [<boa_i> audio <eoa_i>]
           <bov_o>|<boa_o>  output  <eov_o>|<eoa_o> <eos>
 
 The prefix runs up to and including the output-begin token; the target is the output, its end
@@ -33,6 +33,7 @@ from videolm.core.errors import ConfigError, UsageError
 from videolm.data.shapes import ATTRIBUTES
 from videolm.lm.constraints import OutputLayout, audio_layout, video_layout
 from videolm.tasks.tokenizing import has_field
+from videolm.tokenizers.geometry import frames_of
 from videolm.tokenizers.vocab import Vocabulary
 
 # name -> "module:Class"
@@ -255,7 +256,12 @@ class Task(ABC):
         return sample
 
     def resolution(self, sample: dict) -> torch.Tensor:
-        return torch.tensor([self.vocab.res_id(int(sample["height"]), int(sample["width"]))])
+        """The clip's geometry: ``<res:HxW>``, then ``<frames:N>`` where the vocabulary has length
+        tokens (a model trained before them knows one length, and its sequences have none)."""
+        ids = [self.vocab.res_id(int(sample["height"]), int(sample["width"]))]
+        if self.vocab.lengths:
+            ids.append(self.vocab.frames_id(clip_length(sample)))
+        return torch.tensor(ids)
 
     def text(self, sample: dict, drop: bool = False, field: str = "text") -> torch.Tensor:
         """``<bot_i> text <eot_i>``, empty when ``drop`` or when the sample has no text."""
@@ -283,6 +289,11 @@ class Task(ABC):
 def latents(sample: dict) -> int:
     """Latent frames of the sample's clip."""
     return int(sample["latents"]) if "latents" in sample else int(sample["video"].shape[0])
+
+
+def clip_length(sample: dict) -> int:
+    """Frames of the sample's clip."""
+    return int(sample["frames"]) if "frames" in sample else frames_of(latents(sample))
 
 
 def tokens_per_frame(sample: dict) -> int:
@@ -325,5 +336,5 @@ def build_tasks(names, vocab: Vocabulary) -> list[Task]:
     return [cls(vocab) for cls in classes]
 
 
-__all__ = ["BUILTIN", "Media", "Task", "TaskInputs", "build_tasks", "clip_frames", "latents", "require", "task_class",
+__all__ = ["BUILTIN", "Media", "Task", "TaskInputs", "build_tasks", "clip_frames", "clip_length", "latents", "require", "task_class",
            "tokens_per_frame"]

@@ -38,7 +38,7 @@ from videolm.core.models import (
     generation_defaults,
     resolve_model,
 )
-from videolm.data.media import probe_video, read_audio, read_image, read_video
+from videolm.data.media import probe_audio, probe_video, read_audio, read_image, read_video
 from videolm.diffusion.dit_pipeline import TASKS, DiTGenerator
 from videolm.diffusion.refiner import Refiner, refine
 from videolm.lm.model import load_videolm
@@ -46,13 +46,32 @@ from videolm.tasks.base import BUILTIN, Media, Task, TaskInputs, task_class
 from videolm.tasks.generation import generate_codes
 from videolm.tasks.prompts import PromptTable
 from videolm.tasks.tokenizing import ClipTokenizer
-from videolm.tokenizers.geometry import context_latents, frames_of
+from videolm.tokenizers.geometry import context_latents, frames_of, parse_clip_size
 from videolm.tokenizers.vocab import Vocabulary
+
+
+FITS = ("resize", "crop", "pad")
+
+
+def check_size(size: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``--size``: "HxW" (or "N" for NxN, or a pair) -> (H, W) in multiples of the tokenizer's stride."""
+    if size is None:
+        return None
+    text = "x".join(map(str, size)) if isinstance(size, (tuple, list)) else str(size)
+    if text.isdigit():
+        text = f"{text}x{text}"
+    try:
+        h, w, _ = parse_clip_size(text, 1, "--size")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if h * w > 1024 * 1024:
+        raise UsageError(f"--size {text}: at most 1024x1024 pixels")
+    return h, w
 
 
 def check_sampling(num_samples: int = 1, seed: int = 0, frames: int | None = None, cfg_scale: float | None = None,
                    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                   steps: int | None = None) -> None:
+                   steps: int | None = None, batch_size: int = 1) -> None:
     """The bounds of generation's settings, as `UsageError`s named after the flags."""
 
     def whole(value, low, high, flag):
@@ -78,6 +97,7 @@ def check_sampling(num_samples: int = 1, seed: int = 0, frames: int | None = Non
         number(top_p, 0, 1, "--top-p", low_open=True)
     if steps is not None:
         whole(steps, 1, 10_000, "--steps")
+    whole(batch_size, 1, 256, "--batch-size")
 
 
 @dataclass
@@ -92,7 +112,14 @@ class GenerateConfig:
     mask: str | None = None  # a mask image of the clip's shape, white = the region to generate (inpaint, outpaint)
     num_samples: int = 1  # samples to draw, made and written one by one; sample i uses seed + i
     seed: int = 0  # seed of the first sample
-    frames: int | None = None  # video length; beyond the clip length, chains extend
+    frames: int | None = None  # video length in frames: made at once up to the longest length the model was trained
+    #   on (the nearest trained length, cut to this), beyond it continued with extend (default: the model's length)
+    size: str | None = None  # frame size HxW, multiples of 8 (default: the model's, or for a video or image input the
+    #   trained size nearest its aspect); a size the model was not trained at works, with a warning
+    fit: Literal["resize", "crop", "pad"] = "resize"  # an input of another size: resize (to the trained size nearest
+    #   its aspect, cutting only the sliver where the aspects differ), crop (its centre, cut to --size or the model's
+    #   size), pad (all of it, scaled inside the size chosen as for resize, with black bars)
+    batch_size: int = 4  # samples drawn at once (each written as soon as its batch is done)
     cfg_scale: float | None = None  # classifier-free guidance for tasks with text (1: none; default: the model's)
     temperature: float = 1.0  # sampling temperature (0: greedy)
     top_k: int | None = None  # sample among the k most likely ids
@@ -105,7 +132,10 @@ class GenerateConfig:
 
     def __post_init__(self):
         check_sampling(self.num_samples, self.seed, self.frames, self.cfg_scale, self.temperature, self.top_k,
-                       self.top_p, self.steps)
+                       self.top_p, self.steps, self.batch_size)
+        check_size(self.size)
+        if self.fit not in FITS:
+            raise UsageError(f"--fit {self.fit}: choose one of {', '.join(FITS)}")
 
 
 @dataclass
@@ -117,9 +147,26 @@ class PromptReading:
 
 
 @dataclass
+class Plan:
+    """The size a generation is made at, and why: ``height`` x ``width`` at ``frames`` frames
+    (a length the model makes at once), ``length`` the frames asked for (None: ``frames``), and
+    ``notes`` saying what was chosen where it was not simply asked for."""
+
+    height: int
+    width: int
+    frames: int
+    length: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.height}x{self.width}"
+
+
+@dataclass
 class Request:
     """A generation, checked and with its inputs encoded (`Pipeline.prepare`); `Pipeline.draw`
-    makes its samples one at a time."""
+    makes its samples a batch at a time."""
 
     task: Task
     inputs: TaskInputs
@@ -137,6 +184,9 @@ class Request:
     steps: int | None
     prompt: PromptReading | None
     notes: list[str]
+    plan: Plan
+    geometry: dict
+    batch_size: int = 1
 
 
 @dataclass
@@ -248,21 +298,92 @@ class Pipeline:
             self._tasks[name] = task
         return self._tasks[name]
 
-    def geometry(self, frames: int | None = None) -> dict:
+    def geometry(self, frames: int | None = None, size: tuple[int, int] | None = None) -> dict:
         c = self.clip
-        return self.tokenizer.geometry(frames or c["frames"], c["height"], c["width"], c["fps"])
+        h, w = size or (c["height"], c["width"])
+        return self.tokenizer.geometry(frames or c["frames"], h, w, c["fps"])
+
+    # -- sizes
+
+    @property
+    def trained_sizes(self) -> list[tuple[int, int, int]]:
+        """(height, width, frames) of every clip size the LM was trained on (``lm/clip.json``
+        ``sizes``; a folder without them was trained at its one clip size)."""
+        c = self.clip
+        sizes = c.get("sizes") or [[c["height"], c["width"], c["frames"]]]
+        return [(int(h), int(w), int(n)) for h, w, n in sizes]
+
+    def plan(self, task: Task, size: tuple[int, int] | None = None, frames: int | None = None,
+             fit: str = "resize", source: tuple[int, int] | None = None,
+             source_frames: int | None = None, exact: bool = False) -> Plan:
+        """The size and length to make ``task`` at: ``size`` when given; else for an input of
+        ``source`` (H, W) pixels with ``fit`` resize or pad, the trained size nearest its aspect;
+        else the model's. ``frames`` (default: the model's length; for v2a and a2v, the input's
+        ``source_frames``) is made at the shortest trained length that holds it, or the longest
+        one and then continued with extend; ``exact``: at ``frames`` itself, trained or not (what an
+        evaluation at an untrained length needs). The notes say what was chosen and why."""
+        trained = self.trained_sizes
+        shapes = list(dict.fromkeys((h, w) for h, w, _ in trained))
+        lengths = sorted({n for _, _, n in trained})
+        notes, sizes_text = [], ", ".join(f"{h}x{w}" for h, w in shapes)
+        if size is not None:
+            h, w = size
+            if (h, w) not in shapes:
+                notes.append(f"--size {h}x{w}: the model was not trained at this size (it was at {sizes_text}); "
+                             "expect weaker results than at those")
+        elif source is not None and fit in ("resize", "pad") and (source[0], source[1]) not in shapes:
+            h, w = nearest_size(source, shapes)
+            why = "nearest its aspect" if len(shapes) > 1 else "the only one"
+            notes.append(f"made at {h}x{w}, the trained size {why} ({source[0]}x{source[1]} given; trained: "
+                         f"{sizes_text}; --size HxW to choose)")
+        elif source is not None and fit in ("resize", "pad"):
+            h, w = source
+        else:
+            h, w = self.clip["height"], self.clip["width"]
+        want = frames
+        if want is None and task.name in ("v2a", "a2v") and source_frames:
+            fitting = [n for n in lengths if n <= source_frames]
+            want = fitting[-1] if fitting else lengths[0]
+        want = want or self.clip["frames"]
+        native = want if exact else min([n for n in lengths if n >= want], default=lengths[-1])
+        if exact and native not in lengths:
+            notes.append(f"{native} frames: the model was not trained at this length (it was at "
+                         f"{', '.join(map(str, lengths))})")
+        if frames is not None and native != frames:
+            how = f"cut to {frames}" if native > frames else f"continued with extend to {frames}"
+            notes.append(f"--frames {frames}: made at {native} frames (trained lengths: "
+                         f"{', '.join(map(str, lengths))}), {how}")
+        self._geometry_tokens(h, w, native, notes)
+        return Plan(h, w, native, frames, notes)
+
+    def _geometry_tokens(self, h: int, w: int, frames: int, notes: list[str]) -> None:
+        """The vocabulary's ``<res:HxW>`` (and ``<frames:N>``) for a size the model was not trained
+        at: new ids, whose embeddings were never trained (a note says so), where the model has room."""
+        vocab, room = self.vocab, self.model.config.vocab_size
+        wanted = [("res", (h, w))] + ([("frames", frames)] if vocab.lengths else [])
+        for kind, value in wanted:
+            known = (value in vocab.resolutions) if kind == "res" else (value in vocab.lengths)
+            if known:
+                continue
+            if len(vocab) + 1 > room:
+                raise UsageError(f"the model has no token for {kind} {value} and no room for a new one")
+            vocab.add_resolution(*value) if kind == "res" else vocab.add_frames(value)
+            label = f"{h}x{w}" if kind == "res" else f"{frames} frames"
+            notes.append(f"{label}: the model has never seen this {'size' if kind == 'res' else 'length'}; "
+                         "its token is new and untrained")
 
     # -- inputs
 
     def inputs(self, prompt: str | None = None, image=None, video=None, audio=None, mask=None,
-               notes: list[str] | None = None) -> TaskInputs:
-        """`TaskInputs` at the model's size from arrays or file paths. ``video`` may be a list
-        (``interpolate`` takes a start and an end clip). A file of another size or frame rate is
-        centre-cropped to the model's aspect, resized and resampled, and ``notes`` (when given)
-        receives one line saying so for each; an array must already be at the model's size. A
-        mask must have the shape of the clip (or of the model's frames): it is cropped and resized
-        as the clip is, never stretched."""
-        size, fps = (self.clip["height"], self.clip["width"]), self.clip["fps"]
+               notes: list[str] | None = None, size: tuple[int, int] | None = None, fit: str = "resize") -> TaskInputs:
+        """`TaskInputs` at ``size`` (default: the model's) from arrays or file paths. ``video`` may
+        be a list (``interpolate`` takes a start and an end clip). A file of another size or frame
+        rate is fitted (``fit`` pad: scaled inside with black bars; otherwise centre-cropped to the
+        aspect and resized) and resampled, and ``notes`` (when given) receives one line saying so
+        for each; an array must already be at the size. A mask must have the shape of the clip (or
+        of the size): it is fitted as the clip is, never stretched."""
+        size, fps = size or (self.clip["height"], self.clip["width"]), self.clip["fps"]
+        how = "pad" if fit == "pad" else "crop"
         notes = [] if notes is None else notes
 
         def load(what: str, value, reader, frame_rate: bool = True):
@@ -277,17 +398,17 @@ class Pipeline:
             except (MediaError, ValueError, OSError) as e:
                 raise UsageError(f"--{what} {value}: cannot read it ({_first_line(e)})") from e
             if info is not None:
-                notes.extend(_fit_note(what, value, info, size, fps if frame_rate else None))
+                notes.extend(_fit_note(what, value, info, size, fps if frame_rate else None, how))
             return data, info
 
         videos, shapes = [], []
         for v in video if isinstance(video, (list, tuple)) else ([] if video is None else [video]):
-            frames, info = load("video", v, lambda p: read_video(p, fps=fps, size=size))
+            frames, info = load("video", v, lambda p: read_video(p, fps=fps, size=size, fit=how))
             videos.append(frames)
             shapes.append(None if info is None else (info.height, info.width))
-        image = load("image", image, lambda p: read_image(p, size=size), frame_rate=False)[0]
+        image = load("image", image, lambda p: read_image(p, size=size, fit=how), frame_rate=False)[0]
         wave = load("audio", audio, lambda p: read_audio(p, self.tokenizer.audio.config.sample_rate))[0]
-        mask = self._mask(mask, size, shapes[0] if shapes else None, notes)
+        mask = self._mask(mask, size, shapes[0] if shapes else None, notes, how)
         for name, v in [("video", x) for x in videos] + [("image", image)]:
             hw = None if v is None else tuple(v.shape[-3:-1])
             if hw is not None and hw != size:
@@ -295,7 +416,8 @@ class Pipeline:
         return TaskInputs(text=prompt, image=image, videos=videos,
                           audio=None if wave is None else np.asarray(wave, dtype=np.float32), mask=mask)
 
-    def _mask(self, mask, size: tuple[int, int], video_hw: tuple[int, int] | None, notes: list[str]):
+    def _mask(self, mask, size: tuple[int, int], video_hw: tuple[int, int] | None, notes: list[str],
+              how: str = "crop"):
         """A mask at the model's size: an array of that size as it is; a file of the clip's aspect
         (the video file's, or the model's) cropped and resized as the clip is."""
         if mask is None or isinstance(mask, np.ndarray):
@@ -315,10 +437,10 @@ class Pipeline:
             raise UsageError(f"--mask {mask}: {info.height}x{info.width} pixels does not have the clip's shape "
                              f"({want}); a mask is never stretched: draw it on a frame of the clip")
         if (info.height, info.width) != size:
-            notes.append(f"--mask {mask}: {info.height}x{info.width} pixels, cropped and resized as the clip "
+            notes.append(f"--mask {mask}: {info.height}x{info.width} pixels, fitted as the clip "
                          f"to {size[0]}x{size[1]}")
         try:
-            return read_image(path, size=size)
+            return read_image(path, size=size, fit=how)
         except MediaError as e:
             raise UsageError(f"--mask {mask}: cannot read it ({e.cause})") from e
 
@@ -329,10 +451,15 @@ class Pipeline:
                 cfg_scale: float | None = None, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, with_audio: bool = False, refine: bool | None = None,
                 backend: str = "ar", steps: int | None = None, rewrite: Callable[[str], str] | None = None,
-                strict_prompt: bool = False) -> Request:
-        """Check everything a generation needs and encode its inputs, before any sample is drawn
-        (`generate`'s arguments; `draw` makes sample ``i``). Every bound is a `UsageError`."""
-        check_sampling(num_samples, seed, frames, cfg_scale, temperature, top_k, top_p, steps)
+                strict_prompt: bool = False, size: str | tuple[int, int] | None = None, fit: str = "resize",
+                batch_size: int = 4) -> Request:
+        """Check everything a generation needs, choose its size (`plan`) and encode its inputs,
+        before any sample is drawn (`generate`'s arguments; `draw` makes a batch of samples).
+        Every bound is a `UsageError`."""
+        check_sampling(num_samples, seed, frames, cfg_scale, temperature, top_k, top_p, steps, batch_size)
+        size = check_size(size)
+        if fit not in FITS:
+            raise UsageError(f"--fit {fit}: choose one of {', '.join(FITS)}")
         if backend not in ("ar", "dit"):
             raise UsageError(f"--backend {backend}: choose ar or dit")
         if refine and self.refiner is None:
@@ -343,25 +470,53 @@ class Pipeline:
         elif cfg_scale is None:
             cfg_scale = self.guidance()
         t = self.task(task)
-        if frames is not None and frames > self.clip["frames"] and t.output != "video":
+        longest = max(n for _, _, n in self.trained_sizes)
+        if frames is not None and frames > longest and t.output != "video":
             raise UsageError(f"--frames applies to video outputs; {task} makes audio")
         if with_audio and t.output != "video":
             raise UsageError(f"--with-audio applies to tasks that make video; {task} makes audio")
         if with_audio:
             self.task("v2a")
-        if frames is not None and frames > self.clip["frames"]:
+        if frames is not None and frames > longest:
             self.task("extend")
         read = self.read_prompt(prompt, rewrite, strict_prompt) if prompt is not None else None
         if backend == "dit" and task == "t2v" and not (read and read.text):
             raise UsageError("t2v needs --prompt" + (" in words the model knows" if read else ""))
-        notes: list[str] = []
-        inputs = self.inputs(read.text if read else None, image, video, audio, mask, notes)
+        source, source_frames = self._source(video, image, audio)
+        plan = self.plan(t, size, frames, fit, source, source_frames)
+        notes: list[str] = list(plan.notes)
+        inputs = self.inputs(read.text if read else None, image, video, audio, mask, notes,
+                             size=(plan.height, plan.width), fit=fit)
         for note in notes:
             warnings.warn(note, stacklevel=2)
-        sample = t.encode_inputs(inputs, self.tokenizer, self.geometry())
+        geometry = self.geometry(plan.frames, (plan.height, plan.width))
+        sample = t.encode_inputs(inputs, self.tokenizer, geometry)
         self._check_length(t, sample, prompt)
         return Request(t, inputs, sample, num_samples, seed, frames, cfg_scale, temperature, top_k, top_p,
-                       with_audio, refine, backend, steps, read, notes)
+                       with_audio, refine, backend, steps, read, notes, plan, geometry, batch_size)
+
+    def _source(self, video, image, audio) -> tuple[tuple[int, int] | None, int | None]:
+        """(H, W) of the first video or image input, and its length in frames at the model's rate
+        (of an audio input: its duration in frames), where there is one."""
+        first = (video[0] if video else None) if isinstance(video, (list, tuple)) else video
+        fps = self.clip["fps"]
+        for value in (first, image):
+            if isinstance(value, np.ndarray):
+                return tuple(value.shape[-3:-1]), (len(value) if value.ndim == 4 else None)
+            if value is not None and Path(value).is_file():
+                try:
+                    info = probe_video(value)
+                except MediaError as e:
+                    raise UsageError(f"{value}: cannot read it ({e.cause})") from e
+                return (info.height, info.width), max(1, int(info.duration * fps)) if value is first else None
+        if isinstance(audio, np.ndarray):
+            return None, int(len(audio) / self.tokenizer.audio.config.sample_rate * fps)
+        if audio is not None and Path(audio).is_file():
+            try:
+                return None, int(probe_audio(audio) * fps)
+            except MediaError as e:
+                raise UsageError(f"--audio {audio}: cannot read it ({e.cause})") from e
+        return None, None
 
     def read_prompt(self, prompt: str, rewrite: Callable[[str], str] | None = None,
                     strict: bool = False) -> PromptReading:
@@ -405,34 +560,41 @@ class Pipeline:
             raise UsageError(f"{what}: the {task.name} sequence would be {total} tokens, more than the model's "
                              f"{limit}; shorten the prompt")
 
-    def draw(self, request: Request, i: int, progress: Callable[[int], object] | None = None) -> Result:
-        """Sample ``i`` of a prepared request (seed ``request.seed + i``)."""
-        r, seed = request, request.seed + i
+    def draw(self, request: Request, first: int, count: int = 1,
+             progress: Callable[[int], object] | None = None) -> list[Result]:
+        """Samples ``first .. first + count - 1`` of a prepared request, drawn as one batch; sample
+        ``i`` uses seed ``request.seed + i`` (its own generator, so it is what a batch of one with
+        that seed gives, up to float rounding of the batched forward)."""
+        r = request
+        seeds = [r.seed + first + j for j in range(count)]
         start = time.perf_counter()
-        notes = list(r.notes)
         if r.backend == "dit":
-            media = Media(video=self.dit_backend().run(r.task.name, r.inputs, seed, r.cfg_scale, r.steps))
+            media = [Media(video=self.dit_backend().run(r.task.name, r.inputs, seed, r.cfg_scale, r.steps, r.plan))
+                     for seed in seeds]
         else:
-            media = self._run(r.task, r.sample, seed, r.cfg_scale, r.temperature, r.top_k, r.top_p, progress)
-        for note in media.notes:
-            warnings.warn(note, stacklevel=2)
-        notes += media.notes
-        video = media.video
-        if video is not None and r.frames is not None:
-            video = self._lengthen(video, r.frames, seed, r.temperature, r.top_k, r.top_p, progress, r.backend,
-                                   r.steps)
-        if video is not None and r.refine:
-            video = self.refine(video[None], seed=seed)[0]
-        audio = media.audio
-        if r.with_audio:
-            audio = self._soundtrack(video, seed, r.temperature, r.top_k, r.top_p, progress)
-        extra = {"backend": r.backend, "refined": bool(r.refine and video is not None)}
-        if r.prompt is not None:
-            extra.update(rewritten_prompt=r.prompt.text, unknown_words=r.prompt.unknown)
-        if notes:
-            extra["notes"] = notes
-        return Result(r.task.name, seed, video, audio, time.perf_counter() - start, self.clip["fps"],
-                      self.tokenizer.audio.config.sample_rate, extra=extra)
+            codes = self.codes(r.task, [r.sample] * count, seeds, r.cfg_scale, r.temperature, r.top_k, r.top_p,
+                               progress)
+            media = [r.task.to_media(c, r.sample, self.tokenizer) for c in codes]
+        videos = [m.video for m in media]
+        if r.frames is not None and media[0].video is not None:
+            videos = [self._lengthen(v, r, seed, progress) for v, seed in zip(videos, seeds)]
+        if r.refine and videos[0] is not None:
+            videos = list(self.refine(np.stack(videos), seed=seeds[0]))  # clip j with noise seed seeds[0] + j
+        seconds = (time.perf_counter() - start) / count
+        results = []
+        for m, video, seed in zip(media, videos, seeds):
+            for note in m.notes:
+                warnings.warn(note, stacklevel=2)
+            audio = self._soundtrack(video, r, seed, progress) if r.with_audio else m.audio
+            extra = {"backend": r.backend, "refined": bool(r.refine and video is not None),
+                     "size": r.plan.name, "native_frames": r.plan.frames}
+            if r.prompt is not None:
+                extra.update(rewritten_prompt=r.prompt.text, unknown_words=r.prompt.unknown)
+            if r.notes or m.notes:
+                extra["notes"] = r.notes + m.notes
+            results.append(Result(r.task.name, seed, video, audio, seconds, self.clip["fps"],
+                                  self.tokenizer.audio.config.sample_rate, extra=extra))
+        return results
 
     def generate(self, task: str = "t2v", prompt: str | None = None, *, image=None, video=None, audio=None,
                  mask=None, num_samples: int = 1, seed: int = 0, frames: int | None = None,
@@ -440,31 +602,39 @@ class Pipeline:
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  with_audio: bool = False, progress: Callable[[int], object] | None = None,
                  refine: bool | None = None, backend: str = "ar", steps: int | None = None,
-                 rewrite: Callable[[str], str] | None = None, strict_prompt: bool = False) -> list[Result]:
-        """``num_samples`` results of ``task``; sample ``i`` uses seed ``seed + i`` (so it is what
-        ``num_samples=1, seed=seed + i`` gives). ``frames`` beyond the clip length chains
-        ``extend``; ``with_audio`` adds a soundtrack made by ``v2a``. ``progress`` is called with
-        the number of tokens drawn as they are. ``refine`` (default: when the folder has a refiner)
-        passes the video through the diffusion refiner. ``backend="dit"`` draws ``t2v`` and
-        ``extend`` with the DiT baseline instead of the LM (``steps``: its sampling steps). The
-        prompt goes through ``rewrite`` (any ``str -> str``) and the model's prompt table first
-        (`read_prompt`); ``strict_prompt`` makes words the model does not know an error."""
+                 rewrite: Callable[[str], str] | None = None, strict_prompt: bool = False,
+                 size: str | tuple[int, int] | None = None, fit: str = "resize", batch_size: int = 4) -> list[Result]:
+        """``num_samples`` results of ``task``, drawn ``batch_size`` at a time; sample ``i`` uses
+        seed ``seed + i``. ``size`` ("HxW") and ``frames`` choose the clip (`plan`: by default the
+        model's, or the trained size nearest an input's aspect, fitted by ``fit``); ``frames``
+        beyond the longest trained length chains ``extend``; ``with_audio`` adds a soundtrack made
+        by ``v2a``. ``progress`` is called with the number of tokens drawn as they are. ``refine``
+        (default: when the folder has a refiner) passes the video through the diffusion refiner.
+        ``backend="dit"`` draws ``t2v`` and ``extend`` with the DiT baseline instead of the LM
+        (``steps``: its sampling steps). The prompt goes through ``rewrite`` (any ``str -> str``)
+        and the model's prompt table first (`read_prompt`); ``strict_prompt`` makes words the
+        model does not know an error. Each result's ``extra`` says the size used and, in
+        ``notes``, why."""
         request = self.prepare(task, prompt, image=image, video=video, audio=audio, mask=mask,
                                num_samples=num_samples, seed=seed, frames=frames, cfg_scale=cfg_scale,
                                temperature=temperature, top_k=top_k, top_p=top_p, with_audio=with_audio,
                                refine=refine, backend=backend, steps=steps, rewrite=rewrite,
-                               strict_prompt=strict_prompt)
-        return [self.draw(request, i, progress) for i in range(num_samples)]
+                               strict_prompt=strict_prompt, size=size, fit=fit, batch_size=batch_size)
+        results = []
+        for first in range(0, num_samples, batch_size):
+            results += self.draw(request, first, min(batch_size, num_samples - first), progress)
+        return results
 
     def guidance(self) -> float:
         """The LM's classifier-free guidance for tasks with text, as its generation_config.json sets it
         (1: none)."""
         return float(self.defaults.get("guidance_scale", 1.0))
 
-    def codes(self, task: Task, samples: list[dict], seed: int, cfg_scale: float | None = None,
+    def codes(self, task: Task, samples: list[dict], seed: int | list[int], cfg_scale: float | None = None,
               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
               progress=None) -> list[torch.Tensor]:
-        """The task's output codes for a batch of samples (one draw with generator ``seed``)."""
+        """The task's output codes for a batch of samples (of any sizes), drawn with generator
+        ``seed`` (one seed for the batch, or one per sample)."""
         cfg_scale = self.guidance() if cfg_scale is None else cfg_scale
         return generate_codes(self.model, task, samples, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
                               top_p=top_p, generator=seed, progress=progress)
@@ -473,36 +643,37 @@ class Pipeline:
         codes = self.codes(task, [sample], seed, cfg_scale, temperature, top_k, top_p, progress)[0]
         return task.to_media(codes, sample, self.tokenizer)
 
-    def _lengthen(self, video: np.ndarray, frames: int, seed: int, temperature, top_k, top_p, progress,
-                  backend: str = "ar", steps: int | None = None) -> np.ndarray:
-        """Trim to ``frames``, or continue with ``extend`` (each step keeps the last frames of
+    def _lengthen(self, video: np.ndarray, r: Request, seed: int, progress) -> np.ndarray:
+        """Trim to ``r.frames``, or continue with ``extend`` (each step keeps the last frames of
         context and adds the clip's remaining frames) until there are that many."""
+        frames, geometry = r.frames, r.geometry
         extend = self.task("extend") if frames > len(video) else None
         step = 0
         while len(video) < frames:
             step += 1
-            if backend == "dit":
-                made = self.dit_backend().run("extend", TaskInputs(videos=[video]), seed + 7919 * step, None, steps)
+            if r.backend == "dit":
+                made = self.dit_backend().run("extend", TaskInputs(videos=[video]), seed + 7919 * step, None, r.steps,
+                                              r.plan)
             else:
-                sample = extend.encode_inputs(TaskInputs(videos=[video]), self.tokenizer, self.geometry())
-                made = self._run(extend, sample, seed + 7919 * step, 1.0, temperature, top_k, top_p,
+                sample = extend.encode_inputs(TaskInputs(videos=[video]), self.tokenizer, geometry)
+                made = self._run(extend, sample, seed + 7919 * step, 1.0, r.temperature, r.top_k, r.top_p,
                                  progress).video
-            keep = frames_of(context_latents(self.geometry()["latents"]))
+            keep = frames_of(context_latents(geometry["latents"]))
             video = np.concatenate([video, made[keep:]])
         return video[:frames]
 
-    def _soundtrack(self, video: np.ndarray, seed: int, temperature, top_k, top_p, progress) -> np.ndarray:
+    def _soundtrack(self, video: np.ndarray, r: Request, seed: int, progress) -> np.ndarray:
         """``v2a`` over consecutive clip-length windows of ``video`` (the last one padded with its
         final frame), joined and cut to the video's duration."""
-        v2a, n = self.task("v2a"), self.clip["frames"]
-        geometry = self.geometry()
+        v2a, geometry = self.task("v2a"), r.geometry
+        n = geometry["frames"]
         parts = []
         for k, start in enumerate(range(0, len(video), n)):
             window = video[start:start + n]
             if len(window) < n:
                 window = np.concatenate([window, np.repeat(window[-1:], n - len(window), 0)])
             sample = v2a.encode_inputs(TaskInputs(videos=[window]), self.tokenizer, geometry)
-            parts.append(self._run(v2a, sample, seed + 104729 * (k + 1), 1.0, temperature, top_k, top_p,
+            parts.append(self._run(v2a, sample, seed + 104729 * (k + 1), 1.0, r.temperature, r.top_k, r.top_p,
                                    progress).audio)
         rate = self.tokenizer.audio.config.sample_rate
         return np.concatenate(parts)[:round(len(video) * rate / self.clip["fps"])]
@@ -524,35 +695,53 @@ class DiTBackend:
 
     def generate(self, task: str, prompts: list[str] | None = None, videos: np.ndarray | None = None,
                  seeds: list[int] | None = None, steps: int | None = None,
-                 cfg_scale: float | None = None) -> tuple[np.ndarray, int]:
-        """A batch: ``t2v`` from captions, ``extend`` from clips (their first 9 frames). Returns
-        uint8 clips (B, T, H, W, 3) and network evaluations per clip."""
+                 cfg_scale: float | None = None, size: tuple[int, int] | None = None,
+                 frames: int | None = None) -> tuple[np.ndarray, int]:
+        """A batch: ``t2v`` from captions, ``extend`` from clips (their first 9 frames), at ``size``
+        and ``frames`` (default: the trained clip's, for extend the clips' size). Returns uint8
+        clips (B, T, H, W, 3) and network evaluations per clip."""
         self.check_task(task)
         n = len(prompts) if prompts is not None else len(videos)
         out = self.generator.generate(task, prompts=prompts, video=videos, seed=seeds or list(range(n)),
                                       steps=steps or self.default_steps,
-                                      cfg_scale=self.default_cfg if cfg_scale is None else cfg_scale)
+                                      cfg_scale=self.default_cfg if cfg_scale is None else cfg_scale,
+                                      size=size, frames=frames)
         return out.video, out.evaluations
 
-    def run(self, task: str, inputs: TaskInputs, seed: int, cfg_scale: float | None, steps: int | None) -> np.ndarray:
-        """One clip from a user's inputs (``extend`` continues from the video's last frames)."""
+    def run(self, task: str, inputs: TaskInputs, seed: int, cfg_scale: float | None, steps: int | None,
+            plan: Plan | None = None) -> np.ndarray:
+        """One clip from a user's inputs (``extend`` continues from the video's last frames), at the
+        ``plan``'s size and length (default: the DiT's trained clip)."""
         self.check_task(task)
+        size, frames = ((plan.height, plan.width), plan.frames) if plan else (None, None)
         if task == "t2v":
             if not inputs.text:
                 raise UsageError("t2v needs --prompt")
-            return self.generate("t2v", prompts=[inputs.text], seeds=[seed], steps=steps, cfg_scale=cfg_scale)[0][0]
+            return self.generate("t2v", prompts=[inputs.text], seeds=[seed], steps=steps, cfg_scale=cfg_scale,
+                                 size=size, frames=frames)[0][0]
         if inputs.video is None:
             raise UsageError("extend needs --video")
-        need = frames_of(context_latents(self.generator.model.config.latent_shape[0]))
+        need = frames_of(context_latents(self.generator.latent_shape(size, frames)[0]))
         if len(inputs.video) < need:
             raise UsageError(f"--video has {len(inputs.video)} frames; extend needs at least {need}")
-        return self.generate("extend", videos=inputs.video[-need:][None], seeds=[seed], steps=steps)[0][0]
+        return self.generate("extend", videos=inputs.video[-need:][None], seeds=[seed], steps=steps,
+                             frames=frames)[0][0]
 
     def describe(self) -> dict:
         model = self.generator.model
         return {"params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
                 "training": _read_training(self.folder),
                 "sampler": f"flow matching, {self.default_steps} Euler steps, CFG {self.default_cfg}"}
+
+
+def nearest_size(source: tuple[int, int], sizes: list[tuple[int, int]]) -> tuple[int, int]:
+    """Of ``sizes`` (H, W), the one whose aspect is nearest ``source``'s (ties: the nearer area)."""
+    h, w = source
+
+    def distance(size):
+        return abs(math.log((size[1] / size[0]) / (w / h))), abs(math.log(size[0] * size[1] / (h * w)))
+
+    return min(sizes, key=distance)
 
 
 def _read_training(folder: Path) -> dict | None:
@@ -562,22 +751,28 @@ def _read_training(folder: Path) -> dict | None:
 
 
 
-def _fit_note(flag: str, value, info, size: tuple[int, int], fps: float | None) -> list[str]:
-    """One line saying how a user's file was changed to fit the model, or none when it was not."""
+def _fit_note(flag: str, value, info, size: tuple[int, int], fps: float | None, how: str = "crop") -> list[str]:
+    """One line saying how a user's file was changed to fit the clip, or none when it was not."""
     h, w = info.height, info.width
     changes = []
     if (h, w) != size:
-        if abs(h * size[1] - w * size[0]) > 0:  # another aspect: the centre is cut out first
+        if abs(h * size[1] - w * size[0]) > 0 and how == "pad":  # another aspect: scaled inside, black bars
+            side = min(size[0] / h, size[1] / w)
+            changes.append(f"scaled to {round(h * side)}x{round(w * side)} inside {size[0]}x{size[1]} "
+                           "with black bars")
+        elif abs(h * size[1] - w * size[0]) > 0:  # another aspect: the centre is cut out first
             side = min(h / size[0], w / size[1])
             ch, cw = round(size[0] * side), round(size[1] * side)
             changes.append(f"centre-cropped to {ch}x{cw}")
-        changes.append(f"resized to {size[0]}x{size[1]}")
+            changes.append(f"resized to {size[0]}x{size[1]}")
+        else:
+            changes.append(f"resized to {size[0]}x{size[1]}")
     if fps is not None and info.fps and abs(info.fps - fps) > 1e-3:
         changes.append(f"resampled from {info.fps:g} to {fps:g} fps")
     if not changes:
         return []
     made = f"{size[0]}x{size[1]}" + (f" at {fps:g} fps" if fps is not None else "")
-    return [f"--{flag} {value}: {h}x{w} pixels, {', '.join(changes)} (the model makes {made})"]
+    return [f"--{flag} {value}: {h}x{w} pixels, {', '.join(changes)} (the clip is {made})"]
 
 
 def _first_line(e: Exception) -> str:
@@ -585,4 +780,4 @@ def _first_line(e: Exception) -> str:
     return text[0] if text else type(e).__name__
 
 
-__all__ = ["LM_DIR", "Pipeline", "Result", "VideolmError"]
+__all__ = ["FITS", "LM_DIR", "Pipeline", "Plan", "Result", "VideolmError", "check_size", "nearest_size"]

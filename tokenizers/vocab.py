@@ -4,6 +4,9 @@
 
     [ specials | <res:HxW> ... | <task:NAME> ... free task slots | text | video | audio level 0 | ... | extra ]
 
+Geometry tokens say the size of the clip a sequence is about: ``<res:HxW>`` its frame size and
+``<frames:N>`` its length in frames; both count as the ``resolution`` modality.
+
 Each range is contiguous and its size comes from the constructor. A new task takes the next free
 task slot; once the slots are full new tasks, like new resolutions, are appended to ``extra`` at
 the end. No id ever moves, so a trained model keeps working after tokens are added.
@@ -31,7 +34,7 @@ SPECIALS = ("<pad>", "<bos>", "<eos>", "<mask>", "<bot_i>", "<eot_i>", "<bov_i>"
 FILE_NAME = "vocab.json"
 FORMAT = 1
 _TASK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
-_EXTRA_TOKEN = re.compile(r"<task:[A-Za-z0-9_][A-Za-z0-9_.\-]*>|<res:[1-9][0-9]*x[1-9][0-9]*>")
+_EXTRA_TOKEN = re.compile(r"<task:[A-Za-z0-9_][A-Za-z0-9_.\-]*>|<res:[1-9][0-9]*x[1-9][0-9]*>|<frames:[1-9][0-9]*>")
 
 
 class UnknownTokenError(KeyError, VideolmError):
@@ -47,6 +50,10 @@ def task_token(name: str) -> str:
 
 def res_token(h: int, w: int) -> str:
     return f"<res:{h}x{w}>"
+
+
+def frames_token(n: int) -> str:
+    return f"<frames:{n}>"
 
 
 @dataclass
@@ -107,6 +114,32 @@ class Vocabulary:
         token = res_token(*_resolution(h, w))
         return self._ids[token] if token in self._ids else self._append_extra(token)
 
+    def add_frames(self, n: int) -> int:
+        """The ``<frames:N>`` token of clips ``n`` frames long (added to extra when new)."""
+        token = frames_token(_resolution(n, 1)[0])
+        return self._ids[token] if token in self._ids else self._append_extra(token)
+
+    def add_geometry(self, h: int, w: int, frames: int) -> None:
+        self.add_resolution(h, w)
+        self.add_frames(frames)
+
+    def extend(self, other: Vocabulary) -> None:
+        """Add ``other``'s tasks, resolutions and lengths that this vocabulary lacks (no id moves).
+        Both must share the base layout."""
+        if (self._ranges, self._base_resolutions) != (other._ranges, other._base_resolutions):
+            raise ConfigError("cannot merge vocabularies of different layouts (text, video, audio or task sizes)")
+        for token in [*(task_token(t) for t in other.tasks), *other._extra]:
+            if token not in self._ids:
+                if token.startswith("<task:"):
+                    self.add_task(token[len("<task:"):-1])
+                else:
+                    self._append_extra(token)
+
+    def extends(self, other: Vocabulary) -> bool:
+        """Whether every token of ``other`` has the same id here (this one may hold more)."""
+        return (self._ranges == other._ranges and self._base_resolutions == other._base_resolutions
+                and all(self._ids.get(name) == i for name, i in other._ids.items()))
+
     # -- named tokens ---------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -127,6 +160,9 @@ class Vocabulary:
     def res_id(self, h: int, w: int) -> int:
         return self._lookup(res_token(h, w), f"resolution {h}x{w}")
 
+    def frames_id(self, n: int) -> int:
+        return self._lookup(frames_token(n), f"length {n} frames")
+
     def name(self, id: int) -> str:
         if id not in self._names:
             raise UnknownTokenError(f"id {id} is not a named token (it is a {self.modality(id)} id)")
@@ -142,6 +178,11 @@ class Vocabulary:
         """(H, W) pixel resolutions in id order."""
         extra = [tuple(map(int, t[len("<res:"):-1].split("x"))) for t in self._extra if t.startswith("<res:")]
         return self._base_resolutions + extra
+
+    @property
+    def lengths(self) -> list[int]:
+        """Clip lengths in frames that have a ``<frames:N>`` token, in id order."""
+        return [int(t[len("<frames:"):-1]) for t in self._extra if t.startswith("<frames:")]
 
     @property
     def extra(self) -> tuple[str, ...]:
@@ -184,7 +225,7 @@ class Vocabulary:
         start, stop = self.range(name, level)
         array = _int_array(ids)
         mask = (array >= start) & (array < stop)
-        prefix = {"task": "<task:", "resolution": "<res:"}.get(name)
+        prefix = {"task": ("<task:",), "resolution": ("<res:", "<frames:")}.get(name)
         extra_ids = [self._ids[t] for t in self._extra if prefix and t.startswith(prefix)]
         if extra_ids and isinstance(array, torch.Tensor):
             mask |= torch.isin(array, torch.tensor(extra_ids, device=array.device))
@@ -315,8 +356,9 @@ class Vocabulary:
         if token not in self._ids:
             tasks = ", ".join(self.tasks) or "none"
             resolutions = ", ".join(f"{h}x{w}" for h, w in self.resolutions) or "none"
+            lengths = ", ".join(map(str, self.lengths)) or "none"
             raise UnknownTokenError(f"unknown {what} (this vocabulary has tasks: {tasks}; "
-                                    f"resolutions: {resolutions})")
+                                    f"resolutions: {resolutions}; lengths in frames: {lengths})")
         return self._ids[token]
 
     def _register(self, token: str, id: int) -> int:

@@ -28,10 +28,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
-from videolm.core.config import check_range, to_dict
+from videolm.core.config import check_clip_numbers, check_range, to_dict
 from videolm.core.errors import ConfigError
 from videolm.core.models import GENERATION_CONFIG, resolve_model
 from videolm.core.outputs import write_json_atomic
+from videolm.data.shapes import ShapesConfig
 from videolm.data.shapes_data import ShapesDataset
 from videolm.diffusion.dit import DiT, DiTConfig, null_text
 from videolm.diffusion.dit_pipeline import conditioned
@@ -55,8 +56,12 @@ class DiTDataConfig:
     text_dropout: float = 0.1  # classifier-free guidance: captions emptied this often
     extend_text_dropout: float = 0.5  # for extend examples
     encode_batch: int = 64  # clips encoded at once when the cache is made
+    frames: int = 17  # clip length, 1 + 4k: the DiT's latent grid follows the clip's size
+    height: int = 64  # frame size (--size HxW sets both)
+    width: int = 64
 
     def __post_init__(self):
+        check_clip_numbers(self)
         unknown = sorted(set(self.tasks) - set(TASKS))
         if unknown or not self.tasks or min(self.tasks.values()) < 0 or sum(self.tasks.values()) <= 0:
             raise ConfigError(f"data.tasks: give positive weights for some of {', '.join(TASKS)}"
@@ -102,8 +107,9 @@ def latent_cache(cfg: DiTDataConfig, out: Path, progress=None) -> tuple[dict[str
     read from ``out/latents/`` when it holds them for the same clips and tokenizer, else encoded
     (once) and written there; and the seconds the encoding took."""
     folder = resolve_model(cfg.model)
-    path = out / "latents" / f"shapes-{cfg.seed}-{cfg.num}.safetensors"
-    key = {"num": str(cfg.num), "seed": str(cfg.seed),
+    size = "" if (cfg.frames, cfg.height, cfg.width) == (17, 64, 64) else f"-{cfg.height}x{cfg.width}x{cfg.frames}"
+    path = out / "latents" / f"shapes-{cfg.seed}-{cfg.num}{size}.safetensors"
+    key = {"num": str(cfg.num), "seed": str(cfg.seed), "size": f"{cfg.height}x{cfg.width}x{cfg.frames}",
            "tokenizer": _file_digest(folder / "video_tokenizer" / "model.safetensors"),
            "text": _file_digest(folder / "text.model")}
     if path.is_file():
@@ -113,7 +119,8 @@ def latent_cache(cfg: DiTDataConfig, out: Path, progress=None) -> tuple[dict[str
     start = time.perf_counter()
     tokenizer = VideoTokenizer.from_pretrained(folder / "video_tokenizer").eval()
     text = TextTokenizer.load(folder / "text.model")
-    data = ShapesDataset(cfg.num, seed=cfg.seed, split="train")
+    world = ShapesConfig(height=cfg.height, width=cfg.width, frames=cfg.frames)
+    data = ShapesDataset(cfg.num, seed=cfg.seed, split="train", world=world)
     latents, ids = [], []
     for first in range(0, cfg.num, cfg.encode_batch):
         clips = [data[i] for i in range(first, min(first + cfg.encode_batch, cfg.num))]

@@ -9,6 +9,7 @@ the tokenizers) every ``train.sample_every`` steps.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import ConcatDataset
 
 from videolm.core.config import check_clip_numbers, check_range, to_dict
 from videolm.core.errors import ConfigError
@@ -24,11 +25,13 @@ from videolm.core.models import LM_DIR, resolve_model
 from videolm.data.media import write_audio, write_grid, write_video
 from videolm.data.shards import TokenShards
 from videolm.data.sources import ClipSource
-from videolm.lm.data import TaskSequences
+from videolm.core.outputs import write_json_atomic as write_json
+from videolm.lm.data import Buckets, TaskSequences
 from videolm.lm.model import LMConfig, VideoLM, load_videolm
-from videolm.tasks.base import Task, build_tasks
+from videolm.tasks.base import Task, build_tasks, clip_length
 from videolm.tasks.generation import generate_codes
 from videolm.tasks.tokenizing import ClipTokenizer, LazySamples
+from videolm.tokenizers.geometry import parse_clip_size, size_name
 from videolm.tokenizers.vocab import Vocabulary
 from videolm.train.lm_module import LMTrainConfig, fit
 
@@ -36,12 +39,15 @@ from videolm.train.lm_module import LMTrainConfig, fit
 @dataclass
 class LMDataConfig:
     shards: str | list[str] | None = field(default=None, metadata={"flags": ["--shards"]})  # a folder written by
-    #   `videolm tokenize`, or several (same tokenizers)
+    #   `videolm tokenize`, or several (same tokenizers; each of one clip size)
     source: str | None = None  # or tokenize on the fly: "shapes" or a folder of videos
     num: int = 100_000  # on the fly: Shapes training clips (seeds 0 .. num-1) or a folder's first clips
     frames: int = 17  # on the fly: clip size
     height: int = 64
     width: int = 64
+    buckets: dict[str, float] = field(default_factory=dict)  # the mix of clip sizes and durations: "HxWxN" (or
+    #   "HxW" at data.frames) -> weight. With shards, each folder joins the bucket of its clips' size; on the fly,
+    #   each bucket is clips of its size (num each). Empty: the shards in proportion to their clips, or one size
     model: str | None = None  # tokenizers (to tokenize on the fly and decode samples); None: the shards'
     tasks: dict[str, float] = field(default_factory=lambda: {"t2v": 1.0, "v2a": 1.0})  # name or module:Class -> weight
     text_dropout: float = 0.1  # classifier-free guidance: the text is emptied this often in training
@@ -59,6 +65,23 @@ class LMDataConfig:
         bad = {name: w for name, w in self.tasks.items() if not w >= 0}
         if bad or not sum(self.tasks.values()) > 0:
             raise ConfigError(f"data.tasks: weights must be >= 0 and not all 0 (got {bad or self.tasks})")
+        self.sizes()  # checks the bucket names
+        bad = {name: w for name, w in self.buckets.items() if not (w >= 0 and math.isfinite(w))}
+        if bad or (self.buckets and not sum(self.buckets.values()) > 0):
+            raise ConfigError(f"data.buckets: weights must be finite, >= 0 and not all 0 (got {bad or self.buckets})")
+
+    def sizes(self) -> dict[tuple[int, int, int], float]:
+        """(height, width, frames) -> weight of each bucket."""
+        out = {}
+        for name, weight in self.buckets.items():
+            try:
+                key = parse_clip_size(name, self.frames, "data.buckets:")
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            if key in out:
+                raise ConfigError(f"data.buckets: {name!r} names the size {size_name(*key)} twice")
+            out[key] = weight
+        return out
 
 
 @dataclass
@@ -89,35 +112,69 @@ class LMFitConfig:
 
 
 def training_data(cfg: LMDataConfig):
-    """The samples (shards, or clips tokenized on the fly), their vocabulary and the tokenizers'
-    model folder."""
+    """The samples (shards, or clips tokenized on the fly) mixed over the size buckets, their
+    vocabulary (holding the geometry tokens of every size) and the tokenizers' model folder."""
+    sizes = cfg.sizes()
     if cfg.shards is not None:
-        samples, first = _shards(cfg.shards, "data.shards")
-        return samples, Vocabulary.load(first.folder), cfg.model or first.model
+        folders = _shard_folders(cfg.shards, "data.shards")
+        vocab = Vocabulary.load(folders[0].folder)
+        for f in folders:
+            vocab.extend(Vocabulary.load(f.folder))
+            vocab.add_geometry(*clip_size(f))
+        model = cfg.model or folders[0].model
+        if not sizes:
+            return (folders[0] if len(folders) == 1 else ConcatDataset(folders)), vocab, model
+        groups = {key: [f for f in folders if clip_size(f) == key] for key in sizes}
+        stray = [f"{f.folder} ({size_name(*clip_size(f))})" for f in folders if clip_size(f) not in sizes]
+        if stray:
+            raise ConfigError(f"data.shards: {', '.join(stray)} fit no bucket of data.buckets "
+                              f"({', '.join(cfg.buckets)})")
+        empty = [size_name(*key) for key, group in groups.items() if not group and sizes[key] > 0]
+        if empty:
+            raise ConfigError(f"data.buckets: no shard folder holds clips of {', '.join(empty)}")
+        parts = [(g[0] if len(g) == 1 else ConcatDataset(g)) for g in groups.values() if g]
+        return Buckets(parts, [sizes[k] for k, g in groups.items() if g]), vocab, model
 
-    source = ClipSource(data=cfg.source, num=cfg.num, frames=cfg.frames, height=cfg.height, width=cfg.width)
     tokenizer = ClipTokenizer(cfg.model or "shapes-64")
-    tokenizer.vocab.add_resolution(cfg.height, cfg.width)
-    return LazySamples(source.dataset(), tokenizer), tokenizer.vocab, str(tokenizer.folder)
+    parts = []
+    for h, w, n in sizes or [(cfg.height, cfg.width, cfg.frames)]:
+        tokenizer.vocab.add_geometry(h, w, n)
+        source = ClipSource(data=cfg.source, num=cfg.num, frames=n, height=h, width=w)
+        parts.append(LazySamples(source.dataset(), tokenizer))
+    samples = Buckets(parts, list(sizes.values())) if sizes else parts[0]
+    return samples, tokenizer.vocab, str(tokenizer.folder)
 
 
-def _shards(shards: str | list[str], what: str) -> tuple[Dataset, TokenShards]:
-    """One shard folder or several (written by the same tokenizers) as one dataset, and the first."""
+def clip_size(shards: TokenShards) -> tuple[int, int, int]:
+    """(height, width, frames) of a shard folder's clips (its first clip's)."""
+    first = shards[0]
+    return int(first["height"]), int(first["width"]), clip_length(first)
+
+
+def _shard_folders(shards: str | list[str], what: str) -> list[TokenShards]:
+    """One shard folder or several, written by the same tokenizers."""
     folders = [TokenShards(f) for f in ([shards] if isinstance(shards, str) else shards)]
     if len({f.model for f in folders}) > 1:
         raise ConfigError(f"{what}: the folders were written by different tokenizers "
                           f"({', '.join(sorted(str(f.model) for f in folders))})")
-    return (folders[0] if len(folders) == 1 else ConcatDataset(folders)), folders[0]
+    return folders
 
 
-def held_out_data(cfg: LMDataConfig, vocab: dict, tasks, row_len: int) -> TaskSequences | None:
+def held_out_data(cfg: LMDataConfig, vocab: Vocabulary, tasks, row_len: int) -> TaskSequences | None:
     """The held-out shards as sequences of the training mixture (no text dropout), or None.
-    ``vocab``: the training shards' vocabulary (``to_dict``), which the held-out ones must share."""
+    ``vocab``: the training data's, which must hold the held-out clips' sizes too."""
     if cfg.val_shards is None:
         return None
-    samples, first = _shards(cfg.val_shards, "data.val_shards")
-    if Vocabulary.load(first.folder).to_dict() != vocab:
-        raise ConfigError("data.val_shards: written with another vocabulary than the training data's")
+    folders = _shard_folders(cfg.val_shards, "data.val_shards")
+    for f in folders:
+        theirs = Vocabulary.load(f.folder)
+        h, w, n = clip_size(f)
+        if theirs.range("video") != vocab.range("video") or theirs.range("text") != vocab.range("text"):
+            raise ConfigError(f"data.val_shards: {f.folder} was written with another vocabulary than the training data's")
+        if (h, w) not in vocab.resolutions or n not in vocab.lengths:
+            raise ConfigError(f"data.val_shards: {f.folder} holds {size_name(h, w, n)} clips, a size the training "
+                              "data does not have")
+    samples = folders[0] if len(folders) == 1 else ConcatDataset(folders)
     return TaskSequences(samples, tasks, list(cfg.tasks.values()), 0.0, row_len)
 
 
@@ -152,8 +209,9 @@ def warm_start(folder: str, vocab, row_len: int) -> VideoLM:
     path = Path(folder)
     if not (path / "config.json").is_file():
         raise ConfigError(f"init: {folder} is not a model folder (no config.json)")
-    if (path / "vocab.json").is_file() and Vocabulary.load(path).to_dict() != vocab.to_dict():
-        raise ConfigError(f"init: {folder} was trained with another vocabulary than the data's")
+    if (path / "vocab.json").is_file() and not vocab.extends(Vocabulary.load(path)):
+        raise ConfigError(f"init: {folder} was trained with another vocabulary than the data's (the data's "
+                          "must hold every token of it at the same id)")
     model = load_videolm(path)
     size = model.config.vocab_size
     if size < len(vocab) or model.config.pad_token_id != vocab["<pad>"]:
@@ -167,7 +225,6 @@ def warm_start(folder: str, vocab, row_len: int) -> VideoLM:
 def run_fit(cfg: LMFitConfig):
     """Train as ``cfg`` says; returns OUT/model (None on the extra processes of a multi-process run)."""
     samples, vocab, model_dir = training_data(cfg.data)
-    shards_vocab = vocab.to_dict()  # before the tasks' tokens join it
     tasks = build_tasks(list(cfg.data.tasks), vocab)
     data = TaskSequences(samples, tasks, list(cfg.data.tasks.values()), cfg.data.text_dropout, cfg.train.row_len)
     torch.manual_seed(cfg.train.seed)
@@ -175,9 +232,25 @@ def run_fit(cfg: LMFitConfig):
     sample = None
     if cfg.train.sample_every:
         sample = SampleWriter(tasks, samples, model_dir, Path(cfg.out) / "samples", cfg.samples)
-    return fit(model, cfg.train, data, cfg.out, [t.name for t in tasks], vocab=vocab, pad_id=vocab["<pad>"],
-               sample=sample, run_config={"entry": "lm fit", **to_dict(cfg)},
-               held_out=held_out_data(cfg.data, shards_vocab, tasks, cfg.train.row_len))
+    held_out = held_out_data(cfg.data, vocab, tasks, cfg.train.row_len)
+    out = fit(model, cfg.train, data, cfg.out, [t.name for t in tasks], vocab=vocab, pad_id=vocab["<pad>"],
+              sample=sample, run_config={"entry": "lm fit", **to_dict(cfg)}, held_out=held_out)
+    if out is not None:  # the sizes and lengths the model was trained on, for `lm bundle` and `generate`
+        write_json(Path(out) / "clip.json", trained_sizes(cfg.data, vocab))
+    return out
+
+
+def trained_sizes(cfg: LMDataConfig, vocab: Vocabulary, fps: int = 8) -> dict:
+    """``clip.json`` of a trained LM: the clip it makes by default (the largest-weight bucket's size)
+    and every size and length it was trained on."""
+    sizes = cfg.sizes() or {(cfg.height, cfg.width, cfg.frames): 1.0}
+    if cfg.shards is not None and not cfg.buckets:
+        sizes = {}
+        for f in _shard_folders(cfg.shards, "data.shards"):
+            sizes[clip_size(f)] = sizes.get(clip_size(f), 0) + len(f)
+    h, w, n = max(sizes, key=lambda k: (sizes[k], k == (64, 64, 17)))
+    trained = [list(k) for k, weight in sizes.items() if weight > 0]
+    return {"frames": n, "height": h, "width": w, "fps": fps, "sizes": trained}
 
 
 class SampleWriter:
@@ -247,7 +320,9 @@ def bundle_lm(lm: str | Path, out: str | Path, dtype: str = "float16", clip: dic
     model.generation_config.guidance_scale = guidance_scale
     model.to(getattr(torch, dtype)).save_pretrained(target)
     theirs.save(target)
-    (target / "clip.json").write_text(json.dumps(clip or {"frames": 17, "height": 64, "width": 64, "fps": 8}) + "\n")
+    if clip is None and (lm / "clip.json").is_file():  # written by `lm fit`: the sizes it trained on
+        clip = json.loads((lm / "clip.json").read_text())
+    write_json(target / "clip.json", clip or {"frames": 17, "height": 64, "width": 64, "fps": 8})
     compute = training_compute(lm.parent)
     if compute is not None:
         (target / "training.json").write_text(json.dumps(compute, indent=2) + "\n")

@@ -27,7 +27,7 @@ def write_token_shards(out: str | Path, source: ClipSource, model: str | Path = 
     tokenizer = ClipTokenizer(model, device=resolve_device(device))
     clips = source.dataset()
     vocab = tokenizer.vocab
-    vocab.add_resolution(source.height, source.width)
+    vocab.add_geometry(source.height, source.width, source.frames)
     tokens = 0
     with atomic_output_dir(out, overwrite=overwrite, command="tokenize") as tmp:
         writer = ShardWriter(tmp, shard_size)

@@ -103,3 +103,20 @@ def test_without_packing_each_sequence_gets_its_own_row_and_more_padding():
     assert padded.rows.ids.shape == (8, 28) and padded.rows.padding_fraction == 4 * 7 / (8 * 28)
     assert packed.rows.ids.shape == (4, 49) and packed.rows.padding_fraction == 0  # a v2a and a t2v per row
     assert padded.num_tokens == packed.num_tokens and padded.tasks.tolist() == packed.tasks.tolist()
+
+
+def test_buckets_mix_datasets_by_weight_the_same_way_every_time():
+    from videolm.lm.data import Buckets
+
+    small, large = list(range(10)), list(range(100, 130))
+    mixed = Buckets([small, large], [3.0, 1.0], seed=0)
+    assert len(mixed) == 40
+    items = [mixed[i] for i in range(len(mixed))]
+    share = sum(x < 100 for x in items) / len(items)
+    assert 0.55 < share < 0.95 and abs(share - mixed.share()[0]) < 1e-9  # about 3 in 4 from the first bucket
+    assert items == [Buckets([small, large], [3.0, 1.0], seed=0)[i] for i in range(40)]  # a resume sees the same
+    assert len(set(x for x in items if x < 100)) == 10  # a bucket goes through all its clips before repeating
+    with pytest.raises(ConfigError, match="one weight each"):
+        Buckets([small], [1.0, 2.0])
+    with pytest.raises(ConfigError, match="not all 0"):
+        Buckets([small, large], [0.0, 0.0])

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from videolm.cli.main import main
+from videolm.core.config import from_dict
 from videolm.core.errors import ConfigError
 from videolm.core.training import lr_factor
 from videolm.lm.data import PackCollate, TaskExample
@@ -21,6 +22,7 @@ from videolm.lm.losses import distill_losses, output_logits, output_losses, proj
 from videolm.lm.masks import token_losses
 from videolm.lm.model import VideoLM
 from videolm.tokenizers.vocab import Vocabulary
+from videolm.train.lm import LMFitConfig, training_data
 from videolm.train.lm_module import LMModule, LMTrainConfig, _scale_row_steps, fit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +60,8 @@ def trained(shards, tmp_path_factory):
 def test_fit_writes_a_loadable_model_with_its_vocabulary_metrics_per_task_and_a_checkpoint(trained):
     model = VideoLM.from_pretrained(trained / "model")
     vocab = Vocabulary.load(trained / "model")
-    assert vocab.tasks == ["t2v", "v2a"] and len(vocab) == len(_vocab())
+    assert vocab.tasks == ["t2v", "v2a"] and len(vocab) == len(_vocab()) + 1  # + <frames:5>, the clips' length
+    assert vocab.lengths == [5] and vocab.resolutions == [(32, 32)]
     assert model.config.vocab_size == 192 and model.lm_config.d_model == 64  # debug preset, vocab rounded to 64
     rows = _rows(trained)
     assert [r["step"] for r in rows] == [2, 4]
@@ -382,3 +385,52 @@ def test_two_process_ddp_on_cpu_ends_with_identical_weights_on_both_ranks(shards
 
     saved = weights_fingerprint(VideoLM.from_pretrained(run / "model")).tolist()
     assert saved == pytest.approx(fingerprints[0], rel=1e-12)  # rank 0 saved the weights both ranks hold
+
+
+def _sized_shards(folder: Path, height: int, width: int, frames: int, num: int, seed: int) -> Path:
+    """``num`` clips of random codes at one clip size, as `videolm tokenize` lays them out."""
+    from videolm.data.shards import ShardWriter
+
+    folder.mkdir()
+    g = torch.Generator().manual_seed(seed)
+    t, n = 1 + (frames - 1) // 4, (height // 8) * (width // 8)
+    writer = ShardWriter(folder)
+    for i in range(num):
+        writer.add({"text": torch.randint(0, 16, (4,), generator=g), "video": torch.randint(0, 32, (t, n), generator=g)},
+                   {"caption": f"clip {i}", "height": height, "width": width, "frames": frames, "seed": i})
+    vocab = _vocab()
+    vocab.add_geometry(height, width, frames)
+    vocab.save(folder)
+    writer.close({"model": None})
+    return folder
+
+
+def test_a_mixture_of_sizes_and_lengths_trains_in_weighted_buckets_and_records_its_sizes(tmp_path):
+    square = _sized_shards(tmp_path / "square", 32, 32, 5, 12, 0)
+    wide = _sized_shards(tmp_path / "wide", 32, 48, 9, 12, 1)
+    cfg = yaml.safe_load(DEBUG.read_text())
+    cfg["data"] = {"shards": [str(square), str(wide)], "buckets": {"32x32x5": 1.0, "32x48x9": 3.0}, "tasks": {"t2v": 1.0}}
+    cfg["train"].update(steps=2, log_every=1, checkpoint_every=2)
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert main(["lm", "fit", "--config", str(path), "--out", str(run)]) == 0
+    vocab = Vocabulary.load(run / "model")  # both sizes' geometry tokens, whatever folder came first
+    assert set(vocab.resolutions) == {(32, 32), (32, 48)} and vocab.lengths == [5, 9]
+    clip = json.loads((run / "model" / "clip.json").read_text())
+    assert (clip["height"], clip["width"], clip["frames"]) == (32, 48, 9)  # the heaviest bucket
+    assert sorted(map(tuple, clip["sizes"])) == [(32, 32, 5), (32, 48, 9)]
+    assert all(math.isfinite(r["loss"]) for r in _rows(run))
+
+
+def test_buckets_that_name_no_data_or_data_outside_them_are_config_errors(tmp_path):
+    square = _sized_shards(tmp_path / "square", 32, 32, 5, 4, 0)
+    for buckets, message in [({"32x32x5": 1.0, "32x48x9": 1.0}, "no shard folder holds clips of 32x48x9"),
+                             ({"32x48x9": 1.0}, "fit no bucket"), ({"32x30": 1.0}, "multiples of 8"),
+                             ({"32x32x6": 1.0}, r"1 \+ 4k")]:
+        cfg = yaml.safe_load(DEBUG.read_text())
+        cfg["data"] = {"shards": str(square), "buckets": buckets, "tasks": {"t2v": 1.0}}
+        path = tmp_path / "lm.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        with pytest.raises(ConfigError, match=message):  # bad names fail as the config is read, the rest on the data
+            training_data(from_dict(LMFitConfig, {k: v for k, v in cfg.items() if k != "entry"}).data)
