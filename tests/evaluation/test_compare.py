@@ -95,6 +95,17 @@ def test_compare_writes_results_report_and_plots(diffusion_model_dir, tmp_path):
     assert json.loads((out / "results.json").read_text())["num"] == 2
 
 
+def test_compare_runs_both_systems_at_a_landscape_size_and_another_length(diffusion_model_dir):
+    cfg = CompareConfig(model=str(diffusion_model_dir), num=2, batch_size=2, dit_steps=1, samples=2, size="48x80",
+                        frames=9)
+    with pytest.warns(UserWarning, match="not trained at this size"):
+        results = compare(cfg)
+    assert (results["size"], results["frames"]) == ("48x80", 9)
+    for name in ("t2v", "extend"):
+        assert results["_videos"][(name, "ar")].shape[1:] == results["_videos"][(name, "dit")].shape[1:] == (9, 48, 80, 3)
+    assert results["tasks"]["t2v"]["ar"]["evaluations_per_clip"] == (3 * 60 + 1) * 2  # 3 latent frames of 6x10 codes
+
+
 def test_compare_command_errors_are_one_line(debug_model_dir, diffusion_model_dir, tmp_path):
     r = _run("compare", "--model", str(debug_model_dir), "--num", "2", "--out", str(tmp_path / "a"))
     assert r.returncode == 2 and "no DiT baseline" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from videolm.cli.main import main
-from videolm.data.media import read_video, write_video
+from videolm.data.media import read_video, write_audio, write_video
 from videolm.data.shapes import ShapesConfig, make_clip
 from videolm.tasks.pipeline import Pipeline, nearest_size
 from videolm.tokenizers.vocab import Vocabulary
@@ -147,3 +147,13 @@ def test_other_commands_take_a_size_and_a_length(tmp_path, capsys):
             main([*command, "--help"])
         shown = capsys.readouterr().out
         assert "--size" in shown and "--frames" in shown, command
+
+
+def test_v2a_and_a2v_follow_their_inputs_duration(pipe, tmp_path):
+    clip = make_clip(7, ShapesConfig(frames=9))
+    write_video(tmp_path / "short.mp4", clip.video, fps=8)
+    (sound,) = pipe.generate("v2a", video=str(tmp_path / "short.mp4"))
+    assert sound.extra["native_frames"] == 9 and len(sound.audio) == round(9 / 8 * 16000)
+    write_audio(tmp_path / "short.wav", clip.audio)
+    (video,) = pipe.generate("a2v", audio=str(tmp_path / "short.wav"))
+    assert video.video.shape[0] == 9
