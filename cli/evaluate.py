@@ -13,6 +13,7 @@ from videolm.core.errors import UsageError
 from videolm.core.models import LM_DIR, generation_defaults, resolve_model
 from videolm.core.outputs import check_output_file, write_atomic
 from videolm.evaluation.evaluate import EvalConfig, check_same_settings, evaluate, paired_changes
+from videolm.tasks.pipeline import check_size
 
 
 @dataclass
@@ -70,7 +71,9 @@ def _against(path: str, cfg: EvalConfig) -> dict:
     # before the evaluation runs, not after it: the settings this one will record
     check_same_settings(base, {"num": cfg.num, "seed": cfg.seed, "split": cfg.split, "refined": cfg.refine,
                                "sample_seed": cfg.seed if cfg.sample_seed is None else cfg.sample_seed,
-                               "cfg_scale": cfg.cfg_scale, "temperature": cfg.temperature})
+                               "cfg_scale": cfg.cfg_scale, "temperature": cfg.temperature,
+                               **({"size": "x".join(map(str, check_size(cfg.size)))} if cfg.size else {}),
+                               **({"frames": cfg.frames} if cfg.frames else {})})
     return base
 
 

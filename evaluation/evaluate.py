@@ -156,7 +156,7 @@ PAIRED_SETTINGS = ("num", "size", "frames", "seed", "split", "sample_seed", "cfg
 def check_same_settings(base: dict, settings: dict) -> None:
     """Refuse to pair evaluations that did not score the same clips the same way."""
     for key in PAIRED_SETTINGS:
-        if key in base and base.get(key) != settings.get(key):
+        if key in base and key in settings and base.get(key) != settings.get(key):
             raise UsageError(f"--against: its {key} is {base.get(key)!r}, this evaluation's is "
                              f"{settings.get(key)!r}; compare evaluations of the same clips with the same settings")
 

@@ -170,8 +170,8 @@ def test_probe_takes_any_clip_length_and_gives_every_head(one_thread):
             assert len(guess["objects"]) in (1, 2) and set(guess["objects"][0]) == set(metrics.ATTRIBUTES)
     with pytest.raises(UsageError):
         probe(make_clip(EVAL).video)  # one clip without the batch axis
-    with pytest.raises(UsageError):
-        probe(np.zeros((1, 1, 32, 32, 3), np.uint8))  # the wrong frame size
+    wide = np.stack([make_clip(EVAL, ShapesConfig(height=48, width=80)).video])  # another size: rescaled to its scale
+    assert {k: tuple(v.shape) for k, v in probe(wide).items()} == {k: (1, n) for k, n in HEADS.items()}
 
 
 def test_augmentation_keeps_every_colour_nearest_itself():

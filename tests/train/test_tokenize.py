@@ -70,11 +70,12 @@ def test_shards_hold_what_the_tokenizers_encode(bundle, shards):
     assert len(got["audio"].unique()) > 1  # real codes, not an uninitialised codebook's zeros
 
 
-def test_shards_carry_their_vocabulary_with_the_clips_resolution(bundle, shards):
+def test_shards_carry_their_vocabulary_with_the_clips_resolution_and_length(bundle, shards):
     index = json.loads((shards / "index.json").read_text())
     assert Path(index["model"]) == bundle.absolute() and index["source"]["height"] == 32
     vocab = Vocabulary.load(shards)
-    assert vocab == Vocabulary.load(bundle) and vocab.res_id(32, 32) is not None
+    assert vocab.extends(Vocabulary.load(bundle)) and vocab.res_id(32, 32) is not None  # + the clips' length:
+    assert vocab.extra == ("<frames:5>",) and vocab.lengths == [5]
     ids = vocab.video_to_ids(TokenShards(shards)[0]["video"])
     assert vocab.modality_mask("video", ids).all()
 
