@@ -485,6 +485,11 @@ class Pipeline:
         source, source_frames = self._source(video, image, audio)
         plan = self.plan(t, size, frames, fit, source, source_frames)
         notes: list[str] = list(plan.notes)
+        if backend == "dit":
+            g = self.dit_backend().generator
+            if (plan.height, plan.width, plan.frames) != (g.height, g.width, g.frames):
+                notes.append(f"--backend dit: the DiT baseline was trained at {g.height}x{g.width}, {g.frames} frames; "
+                             f"its patches and positions follow the {plan.name} grid, {plan.frames} frames, untrained")
         inputs = self.inputs(read.text if read else None, image, video, audio, mask, notes,
                              size=(plan.height, plan.width), fit=fit)
         for note in notes:
