@@ -169,7 +169,7 @@ class Task(ABC):
         truth = [self.truth(c) for c in scorer.clips]
         if truth[0] is None:
             return {**scorer.attributes(videos, self.attributes, wanted),
-                    **(scorer.frechet(videos) if self.frechet else {})}
+                    **(scorer.frechet(videos) if self.frechet else {}), **self.late(videos, scorer, wanted)}
 
         def block(videos, record=False) -> dict:
             return {**scorer.attributes(videos, self.attributes, wanted, record), "psnr": scorer.mean_psnr(videos, truth)}
@@ -180,6 +180,16 @@ class Task(ABC):
         if baselines[0] is not None:
             result["baseline"] = block(np.stack(baselines))
         return result
+
+    def late(self, videos: np.ndarray, scorer, wanted: list[list[dict]]) -> dict:
+        """For clips longer than the probe's window (17 frames): ``late``, the shape, colour and
+        size read from their last 17 frames (what an object is does not change as it moves; its
+        direction may, after a bounce), so a long clip is judged over its whole length."""
+        window = 17
+        names = tuple(a for a in self.attributes if a != "direction")
+        if videos.shape[1] <= window or not names:
+            return {}
+        return {"late": scorer.attributes(videos[:, -window:], names, wanted, record=False)}
 
     # -- training data
 

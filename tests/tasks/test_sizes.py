@@ -157,3 +157,9 @@ def test_v2a_and_a2v_follow_their_inputs_duration(pipe, tmp_path):
     write_audio(tmp_path / "short.wav", clip.audio)
     (video,) = pipe.generate("a2v", audio=str(tmp_path / "short.wav"))
     assert video.video.shape[0] == 9
+
+
+def test_eval_judges_long_clips_over_their_last_frames_too(model_dir, capsys):
+    assert main(["eval", "--model", str(model_dir), "--tasks", "t2v", "--num", "2", "--frames", "21"]) == 0
+    block = json.loads(capsys.readouterr().out)["tasks"]["t2v"]
+    assert set(block["late"]) == {"shape", "color", "size"} and "direction" in block
