@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from videolm.core.config import add_flags, from_flags, read_config
+from videolm.core.config import add_flags, from_flags, read_config, size_pair
 from videolm.core.errors import ConfigError, MediaError, UsageError
 from videolm.core.outputs import check_run_dir
 from videolm.data import media
@@ -82,14 +82,9 @@ def size(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
     try:
-        parts = [int(p) for p in str(text).lower().split("x")]
-    except ValueError:
-        raise UsageError(f"--size {text}: use N or HxW, e.g. 64 or 64x96") from None
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1 or max(parts) > 8192:
-        raise UsageError(f"--size {text}: use N or HxW (1 to 8192), e.g. 64 or 64x96")
-    return parts[0], parts[1]
+        return size_pair(text)
+    except ValueError as e:
+        raise UsageError(f"--size {e}") from None
 
 
 # ------------------------------------------------------------------------------------ inputs

@@ -324,28 +324,44 @@ SIZE_KEY = "<size>"  # the last part of a --size flag's key: it sets the section
 def _size_flag(parser: argparse.ArgumentParser, cls: type, prefix: str) -> list[str]:
     """A section with ``height`` and ``width`` (and no ``size`` of its own) also takes ``--PREFIX.size
     HxW``, setting both; a ``data`` or ``world`` section's ``--data.size`` and ``--data.frames`` are
-    also ``--size`` and ``--frames`` where those are free."""
+    also ``--size`` and ``--frames`` where the command has no flags of those names."""
     names = {f.name for f in dataclasses.fields(cls)}
     if not {"height", "width"} <= names or "size" in names:
         return []
-    taken = parser._option_string_actions
-    flags = [f"--{prefix}size"] + (["--size"] if prefix in ("data.", "world.") and "--size" not in taken else [])
-    parser.add_argument(*flags, dest=prefix + SIZE_KEY, default=argparse.SUPPRESS, type=_size_text, metavar="HxW",
-                        help="frame size N or HxW (sets height and width)")
-    if prefix == "data." and "frames" in names and "--frames" not in taken:
-        frames = taken["--data.frames"]
-        frames.option_strings.append("--frames")
-        taken["--frames"] = frames
+    size = {"dest": prefix + SIZE_KEY, "default": argparse.SUPPRESS, "type": _size_text, "metavar": "HxW"}
+    parser.add_argument(f"--{prefix}size", help="frame size N or HxW (sets height and width)", **size)
+    if prefix in ("data.", "world."):
+        _alias(parser, "--size", f"--{prefix}size", **size)
+        if "frames" in names:
+            _alias(parser, "--frames", f"--{prefix}frames", dest=prefix + "frames", default=argparse.SUPPRESS,
+                   type=int, metavar="FRAMES")
     return [prefix + SIZE_KEY]
 
 
-def _size_text(text: str) -> tuple[int, int]:
-    parts = str(text).lower().split("x")
+def _alias(parser: argparse.ArgumentParser, flag: str, of: str, **kwargs) -> None:
+    """``flag`` as a second name of ``of``, unless the command already has a ``flag``."""
+    try:
+        parser.add_argument(flag, help=f"the same as {of}", **kwargs)
+    except argparse.ArgumentError:
+        pass
+
+
+def size_pair(text) -> tuple[int, int]:
+    """A frame size as ``(height, width)``: "64" -> (64, 64), "48x80" -> (48, 80); a ValueError
+    naming the text otherwise. (Multiples of the tokenizer's stride are checked where they matter.)"""
+    parts = str(text).strip().lower().split("x")
     if len(parts) == 1:
         parts *= 2
-    if len(parts) != 2 or not all(p.isdigit() and 0 < int(p) <= 16384 for p in parts):
-        raise argparse.ArgumentTypeError(f"{text!r}: write N or HxW, e.g. 64 or 48x80")
+    if len(parts) != 2 or not all(p.isdigit() and 0 < int(p) <= 8192 for p in parts):
+        raise ValueError(f"{text!r}: write N or HxW (1 to 8192), e.g. 64 or 48x80")
     return int(parts[0]), int(parts[1])
+
+
+def _size_text(text: str) -> tuple[int, int]:
+    try:
+        return size_pair(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _comma_list(tp):
@@ -389,4 +405,4 @@ def from_flags(parsed: argparse.Namespace, cls: type, keys: list[str], base: dic
 
 
 __all__ = ["add_flags", "check_clip_numbers", "check_range", "field_comments", "from_dict", "from_flags",
-           "load_config", "read_config", "read_yaml", "resolve", "revalidate", "to_dict"]
+           "load_config", "read_config", "read_yaml", "resolve", "revalidate", "size_pair", "to_dict"]

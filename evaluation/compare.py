@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -31,12 +30,12 @@ from videolm.core.config import check_range
 from videolm.core.errors import UsageError
 from videolm.core.outputs import atomic_output_dir
 from videolm.data.media import write_grid
-from videolm.data.shapes import ATTRIBUTES, ShapesConfig
-from videolm.data.shapes_data import ShapesDataset
+from videolm.data.shapes import ATTRIBUTES
 from videolm.evaluation.probe import load_probe
 from videolm.evaluation.scoring import Scorer
 from videolm.tasks.base import Media
-from videolm.tasks.pipeline import Pipeline, check_size
+from videolm.evaluation.evaluate import held_out_clips
+from videolm.tasks.pipeline import Pipeline, check_frames, check_size
 
 TASKS = ("t2v", "extend")  # what the DiT baseline supports
 SYSTEMS = ("ar", "dit")
@@ -65,8 +64,7 @@ class CompareConfig:
     def __post_init__(self):
         self.tasks = tuple(self.tasks)
         check_size(self.size)
-        if self.frames is not None and (self.frames < 1 or (self.frames - 1) % 4 or self.frames > 257):
-            raise UsageError(f"--frames {self.frames}: a clip has 1 + 4k frames, at most 257")
+        check_frames(self.frames)
         check_range(self, 1, None, "num", "batch_size", "samples")
         check_range(self, 1, 10_000, "dit_steps")
         check_range(self, 0, 2**63 - 1, "seed")
@@ -89,12 +87,7 @@ def compare(cfg: CompareConfig, progress: Callable[[str, int], object] | None = 
         pipe.task(name)
     cfg = replace(cfg, cfg_scale=pipe.guidance() if cfg.cfg_scale is None else cfg.cfg_scale)
     probe = load_probe(pipe.folder)
-    plan = pipe.plan(pipe.task(cfg.tasks[0]), check_size(cfg.size), cfg.frames, exact=True)
-    for note in plan.notes:
-        warnings.warn(note, stacklevel=2)
-    world = ShapesConfig(height=plan.height, width=plan.width, frames=plan.frames, fps=pipe.clip["fps"])
-    data = ShapesDataset(cfg.num, seed=cfg.seed, split="eval", world=world)
-    clips = [data[i] for i in range(cfg.num)]
+    plan, clips = held_out_clips(pipe, pipe.task(cfg.tasks[0]), cfg.size, cfg.frames, cfg.num, cfg.seed)
     samples = []
     for i in range(0, cfg.num, cfg.batch_size):
         samples += pipe.tokenizer.encode(clips[i:i + cfg.batch_size])

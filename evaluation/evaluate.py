@@ -44,7 +44,7 @@ from videolm.lm.data import TaskBatch
 from videolm.lm.losses import held_out_losses
 from videolm.lm.masks import pad
 from videolm.tasks.base import Task
-from videolm.tasks.pipeline import Pipeline, check_size
+from videolm.tasks.pipeline import Pipeline, Plan, check_frames, check_size
 
 
 @dataclass
@@ -75,8 +75,7 @@ class EvalConfig:
         check_range(self, 0, 2**63 - 1, "seed", "sample_seed")
         check_range(self, 0, 100, "cfg_scale", "temperature")
         check_size(self.size)
-        if self.frames is not None and (self.frames < 1 or (self.frames - 1) % 4 or self.frames > 257):
-            raise UsageError(f"--frames {self.frames}: a clip has 1 + 4k frames, at most 257")
+        check_frames(self.frames)
 
 
 def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = None) -> dict:
@@ -94,12 +93,7 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
     if cfg.split not in ("eval", "train"):
         raise UsageError(f"--split {cfg.split}: choose eval or train")
     tasks = [pipe.task(name) for name in names]
-    plan = pipe.plan(tasks[0], check_size(cfg.size), cfg.frames, exact=True)
-    for note in plan.notes:
-        warnings.warn(note, stacklevel=2)
-    world = ShapesConfig(height=plan.height, width=plan.width, frames=plan.frames, fps=pipe.clip["fps"])
-    data = ShapesDataset(cfg.num, seed=cfg.seed, split=cfg.split, world=world)
-    clips = [data[i] for i in range(cfg.num)]
+    plan, clips = held_out_clips(pipe, tasks[0], cfg.size, cfg.frames, cfg.num, cfg.seed, cfg.split)
 
     def views(clip: dict) -> dict:  # the videos fine-tuned tasks read besides the built-in views
         return {k: v for t in tasks for k, v in t.views(clip).items()}
@@ -132,6 +126,18 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
             "split": cfg.split, "sample_seed": sample_seed,
             "cfg_scale": cfg.cfg_scale, "temperature": cfg.temperature, "refined": cfg.refine,
             "tasks": report, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def held_out_clips(pipe: Pipeline, task: Task, size: str | None, frames: int | None, num: int, seed: int = 0,
+                   split: str = "eval") -> tuple[Plan, list[dict]]:
+    """Shapes clips at ``size`` and ``frames`` exactly (default: the model's), trained or not, as
+    `Pipeline.plan` lays them out (its notes shown as warnings), and the plan."""
+    plan = pipe.plan(task, check_size(size), check_frames(frames), exact=True)
+    for note in plan.notes:
+        warnings.warn(note, stacklevel=3)
+    world = ShapesConfig(height=plan.height, width=plan.width, frames=plan.frames, fps=pipe.clip["fps"])
+    data = ShapesDataset(num, seed=seed, split=split, world=world)
+    return plan, [data[i] for i in range(num)]
 
 
 def truth_loss(model, task, samples: list[dict], pad_id: int, batch_size: int = 16) -> float:

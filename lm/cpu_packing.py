@@ -258,8 +258,6 @@ def _onednn_packing() -> bool:
         return False
 
 
-
-
 class CpuFastPath:
     """What the engine asks of a fast path (`videolm.lm.engine.FastPath`), over `DecodeWeights`:
     cache memory, the layers, and the head's logits."""

@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from videolm.core.config import size_pair
 from videolm.core.errors import ConfigError, MediaError, UsageError, VideolmError
 from videolm.core.limits import MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SAMPLES, MAX_SEED
 from videolm.core.models import (
@@ -57,16 +58,21 @@ def check_size(size: str | tuple[int, int] | None) -> tuple[int, int] | None:
     """``--size``: "HxW" (or "N" for NxN, or a pair) -> (H, W) in multiples of the tokenizer's stride."""
     if size is None:
         return None
-    text = "x".join(map(str, size)) if isinstance(size, (tuple, list)) else str(size)
-    if text.isdigit():
-        text = f"{text}x{text}"
     try:
-        h, w, _ = parse_clip_size(text, 1, "--size")
+        h, w = size_pair("x".join(map(str, size)) if isinstance(size, (tuple, list)) else size)
+        parse_clip_size(f"{h}x{w}", 1, "--size")
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(f"--size {e}" if not str(e).startswith("--size") else str(e)) from None
     if h * w > 1024 * 1024:
-        raise UsageError(f"--size {text}: at most 1024x1024 pixels")
+        raise UsageError(f"--size {h}x{w}: at most 1024x1024 pixels")
     return h, w
+
+
+def check_frames(frames: int | None) -> int | None:
+    """``--frames`` of an evaluation: a clip length of 1 + 4k frames, at most 257."""
+    if frames is not None and (frames < 1 or (frames - 1) % 4 or frames > 257):
+        raise UsageError(f"--frames {frames}: a clip has 1 + 4k frames, at most 257")
+    return frames
 
 
 def check_sampling(num_samples: int = 1, seed: int = 0, frames: int | None = None, cfg_scale: float | None = None,
@@ -186,7 +192,6 @@ class Request:
     notes: list[str]
     plan: Plan
     geometry: dict
-    batch_size: int = 1
 
 
 @dataclass
@@ -367,7 +372,10 @@ class Pipeline:
                 continue
             if len(vocab) + 1 > room:
                 raise UsageError(f"the model has no token for {kind} {value} and no room for a new one")
-            vocab.add_resolution(*value) if kind == "res" else vocab.add_frames(value)
+            if kind == "res":
+                vocab.add_resolution(*value)
+            else:
+                vocab.add_frames(value)
             label = f"{h}x{w}" if kind == "res" else f"{frames} frames"
             notes.append(f"{label}: the model has never seen this {'size' if kind == 'res' else 'length'}; "
                          "its token is new and untrained")
@@ -498,7 +506,7 @@ class Pipeline:
         sample = t.encode_inputs(inputs, self.tokenizer, geometry)
         self._check_length(t, sample, prompt)
         return Request(t, inputs, sample, num_samples, seed, frames, cfg_scale, temperature, top_k, top_p,
-                       with_audio, refine, backend, steps, read, notes, plan, geometry, batch_size)
+                       with_audio, refine, backend, steps, read, notes, plan, geometry)
 
     def _source(self, video, image, audio) -> tuple[tuple[int, int] | None, int | None]:
         """(H, W) of the first video or image input, and its length in frames at the model's rate
@@ -625,10 +633,8 @@ class Pipeline:
                                temperature=temperature, top_k=top_k, top_p=top_p, with_audio=with_audio,
                                refine=refine, backend=backend, steps=steps, rewrite=rewrite,
                                strict_prompt=strict_prompt, size=size, fit=fit, batch_size=batch_size)
-        results = []
-        for first in range(0, num_samples, batch_size):
-            results += self.draw(request, first, min(batch_size, num_samples - first), progress)
-        return results
+        return [result for first in range(0, num_samples, batch_size)
+                for result in self.draw(request, first, min(batch_size, num_samples - first), progress)]
 
     def guidance(self) -> float:
         """The LM's classifier-free guidance for tasks with text, as its generation_config.json sets it
@@ -754,8 +760,6 @@ def _read_training(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-
-
 def _fit_note(flag: str, value, info, size: tuple[int, int], fps: float | None, how: str = "crop") -> list[str]:
     """One line saying how a user's file was changed to fit the clip, or none when it was not."""
     h, w = info.height, info.width
@@ -785,4 +789,5 @@ def _first_line(e: Exception) -> str:
     return text[0] if text else type(e).__name__
 
 
-__all__ = ["FITS", "LM_DIR", "Pipeline", "Plan", "Result", "VideolmError", "check_size", "nearest_size"]
+__all__ = ["FITS", "LM_DIR", "Pipeline", "Plan", "Result", "VideolmError", "check_frames", "check_size",
+           "nearest_size"]
