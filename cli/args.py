@@ -18,6 +18,7 @@ from videolm.core.config import add_flags, from_flags, read_config, size_pair
 from videolm.core.errors import ConfigError, MediaError, UsageError
 from videolm.core.outputs import check_run_dir
 from videolm.data import media
+from videolm.data.worlds import is_world
 
 
 class Parser(argparse.ArgumentParser):
@@ -129,8 +130,8 @@ def media_input(path, flag: str, kind: str = "video"):
 
 
 def data_input(data: str | None, flag: str = "--data") -> None:
-    """'shapes' or a folder of videos."""
-    if data and data != "shapes":
+    """A world ('shapes', 'photos', a mix like 'photos:3+shapes:1') or a folder of videos."""
+    if data and not is_world(data):
         input_folder(data, flag)
 
 

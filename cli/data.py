@@ -9,6 +9,7 @@ from videolm.core.config import check_range
 from videolm.core.outputs import check_output_dir
 from videolm.data.examples import FILES, write_examples
 from videolm.data.folder import FolderConfig
+from videolm.data.photos import PhotoDataConfig, write_photos
 from videolm.data.shapes_data import ShapesDataConfig, write_shapes
 
 
@@ -24,6 +25,22 @@ def run_shapes(args: ShapesArgs) -> int:
     with progress(cfg.num, "shapes") as bar:
         out = write_shapes(args.out, cfg, overwrite=args.overwrite, progress=bar.update)
     print(f"wrote {cfg.num} clips (seeds {cfg.seeds.start}..{cfg.seeds.stop - 1}) to {out}/ with manifest.jsonl")
+    return 0
+
+
+@dataclass
+class PhotosArgs(PhotoDataConfig):
+    out: str = field(kw_only=True)  # output folder (new or empty, or an earlier output of videolm with --overwrite)
+    overwrite: bool = False  # replace an earlier output of videolm in --out
+
+
+def run_photos(args: PhotosArgs) -> int:
+    check_output_dir(args.out, args.overwrite)
+    cfg = PhotoDataConfig(num=args.num, seed=args.seed, split=args.split, world=args.world)
+    with progress(cfg.num, "photos") as bar:
+        out = write_photos(args.out, cfg, overwrite=args.overwrite, progress=bar.update)
+    print(f"wrote {cfg.num} {cfg.split} clips (seeds {cfg.seeds.start}..{cfg.seeds.stop - 1}) to {out}/ with "
+          "manifest.jsonl and sources.json")
     return 0
 
 
@@ -55,6 +72,12 @@ COMMANDS = {
                       "manifest.jsonl (one JSON per clip) and config.yaml. The same seed gives byte-identical files; "
                       "--split eval draws the held-out seeds (>= 1,000,000).", config="data shapes",
                       schema=ShapesDataConfig),
+    "photos": Command(PhotosArgs, run_photos, "write photo-world clips (real photographs, synthetic motion)",
+                      "Write N seeded clips cut from real photographs (scikit-image's and matplotlib's sample images) "
+                      "with camera motion (pan, zoom, rotation, shake), a moving cut-out object and light changes: "
+                      "lossless video/*.mkv, manifest.jsonl (caption, photo), config.yaml and sources.json (each "
+                      "photograph's source and licence). --split eval uses only the held-out photographs.",
+                      config="data photos", schema=PhotoDataConfig),
     "folder": Command(FolderConfig, run_folder, "index a folder of your videos as fixed-length clips, print a JSON summary",
                       "Index every video under ROOT (mp4 webm mkv avi mov gif) as clips of --frames frames at --fps, "
                       "resized to --size. Captions come from NAME.txt or captions.jsonl, audio from the file's track "

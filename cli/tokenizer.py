@@ -3,16 +3,17 @@ model folder."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from videolm.cli.args import Command, data_input, input_folder, print_json, run_folder
-from videolm.core.config import check_clip_numbers, check_range
+from videolm.cli.args import Command, data_input, input_folder, media_input, print_json, run_folder
+from videolm.core.config import check_clip_numbers, check_range, size_pair
 from videolm.core.errors import UsageError
 from videolm.core.models import DEFAULT_MODEL
-from videolm.core.outputs import check_output_dir
-from videolm.evaluation.tokenizer import evaluate_tokenizer
+from videolm.core.outputs import check_output_dir, check_output_file
+from videolm.evaluation.tokenizer import evaluate_tokenizer, reconstruct
 from videolm.train.tokenizer import TokenizerFitConfig, build_bundle, run_fit
 
 
@@ -27,7 +28,7 @@ def run_fit_cmd(cfg: TokenizerFitConfig) -> int:
 class EvalArgs:
     model: str = DEFAULT_MODEL  # a tokenizer folder, a model bundle, or a shipped name
     modality: Literal["video", "audio"] | None = None  # which tokenizer of a bundle (default video)
-    data: str = "shapes"  # 'shapes' (held-out seeds) or a folder of videos
+    data: str = "shapes"  # 'shapes' (held-out seeds), 'photos' (held-out photographs), a mix, or a folder of videos
     num: int = 256  # clips
     seed: int = 0  # first held-out seed offset / first folder clip
     batch_size: int = 8
@@ -50,11 +51,45 @@ def run_eval(args: EvalArgs) -> int:
 
 
 @dataclass
+class ReconstructArgs:
+    video: str  # the clip to encode and decode (any video ffmpeg reads)
+    out: str  # where to write the reconstruction (.mp4, .mkv, .webm or .gif)
+    model: str = DEFAULT_MODEL  # a video tokenizer folder, a model bundle, or a shipped name
+    size: str | None = None  # HxW to resize to first (default: the input's own size, cut to multiples of 8)
+    frames: int | None = None  # the first N frames, 1 + 4k (default: all, cut to 1 + 4k)
+    fit: Literal["crop", "pad", "stretch"] = "crop"  # with --size: cover and centre-crop, pad, or stretch
+    overwrite: bool = False  # replace --out if it exists
+
+    def __post_init__(self):
+        check_range(self, 1, None, "frames")
+        if self.frames is not None and (self.frames - 1) % 4:
+            raise UsageError(f"--frames {self.frames}: a clip has 1 + 4k frames (1, 5, 9, 13, 17, ...)")
+        if self.size is not None:
+            try:
+                h, w = size_pair(self.size)
+            except ValueError as e:
+                raise UsageError(f"--size {e}") from None
+            if h % 8 or w % 8 or h * w > 2048 * 2048:
+                raise UsageError(f"--size {self.size}: height and width must be multiples of 8 (at most 2048x2048)")
+
+
+def run_reconstruct(args: ReconstructArgs) -> int:
+    media_input(args.video, "--video")
+    check_output_file(args.out, args.overwrite, inputs=(args.video,))
+    size = size_pair(args.size) if args.size else None
+    result = reconstruct(args.model, args.video, args.out, size=size, frames=args.frames, fit=args.fit)
+    for note in result["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    print_json(result)
+    return 0
+
+
+@dataclass
 class BundleArgs:
     out: str  # the model folder to fill (e.g. models/shapes-64)
     video: str | None = None  # a trained video tokenizer folder (e.g. RUN/model)
     audio: str | None = None  # a trained audio tokenizer folder
-    data: str = "shapes"  # captions from 'shapes' (all backgrounds) or a folder
+    data: str = "shapes"  # captions from a world (shapes: all backgrounds; photos) or a folder (none: Shapes captions)
     captions: int = field(default=4000)  # how many captions to train the text tokenizer on
     text_vocab: int = 512  # text vocabulary size
 
@@ -88,6 +123,13 @@ COMMANDS = {
                     "Encode and decode held-out clips (Shapes seeds >= 1,000,000, or a folder's clips) and print one "
                     "JSON object: video: psnr, ssim, codebook_usage, perplexity, clips_per_s; audio: stft_distance, "
                     "frequency_agreement (dominant frequency within 3%), codebook_usage, perplexity, clips_per_s."),
+    "reconstruct": Command(ReconstructArgs, run_reconstruct, "encode and decode your own clip, write it, print PSNR/SSIM",
+                           "Encode and decode --video with the video tokenizer and write the result to --out at the "
+                           "input's frame rate. By default the input's size and frame count are kept (cut to multiples "
+                           "of 8 pixels and 1 + 4k frames, said in a note). Prints one JSON object: psnr and ssim "
+                           "against the input, baseline_psnr and baseline_ssim of the same-bits codec (every 4th "
+                           "frame at 1/8 size, 4 bits per channel, upsampled linearly: the tokenizer's 12 bits per "
+                           "4x8x8 block), size, frames, notes."),
     "bundle": Command(BundleArgs, run_bundle, "assemble a model folder: tokenizers, a text tokenizer, the vocabulary",
                       "Copy trained video/audio tokenizers into OUT (stored as fp16), train the sentencepiece text "
                       "tokenizer on the data's captions into OUT/text.model, write the prompt table OUT/prompts.json "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 MSE_FLOOR = 1e-10  # identical pixels give 10 log10(255^2 / 1e-10) = 148.1 dB, not infinity
@@ -62,3 +63,22 @@ def ssim_per_clip(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["MSE_FLOOR", "psnr", "psnr_per_clip", "ssim", "ssim_per_clip"]
+
+
+def same_bits_baseline(x: torch.Tensor, time_down: int = 4, space_down: int = 8, bits: int = 4) -> torch.Tensor:
+    """The trivial codec at a video tokenizer's rate, the reference its figures are read against.
+
+    Of a clip (B, 3, T, H, W) in [-1, 1] with T = 1 + 4k and H, W multiples of 8, keep frames 0, 4,
+    8, ... at 1/8 of the size (the mean of each 8x8 block), each channel rounded to 4 bits (16
+    levels); rebuild by bilinear upsampling in space and linear interpolation in time. Per 4 x 8 x 8
+    block of the clip that is 3 x 4 = 12 bits, what one token of a 4,096-code tokenizer carries.
+    """
+    b, c, t, h, w = x.shape
+    keep = x[:, :, ::time_down]  # (B, 3, 1 + k, H, W)
+    small = F.avg_pool3d(keep, (1, space_down, space_down))
+    levels = 2 ** bits - 1
+    small = torch.round((small.clamp(-1, 1) + 1) / 2 * levels) / levels * 2 - 1
+    up = F.interpolate(small, size=(keep.shape[2], h, w), mode="trilinear", align_corners=False)
+    if keep.shape[2] == 1:
+        return up.expand(b, c, t, h, w).clone()
+    return F.interpolate(up, size=(t, h, w), mode="trilinear", align_corners=True)

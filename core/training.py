@@ -273,6 +273,9 @@ class RunModule(L.LightningModule):
         self.sampler: ResumableSampler | None = None
         self._rng = None
         self._run_start = self._elapsed_before = 0.0
+        self.started: float | None = None  # when the command began (perf_counter): the clock counts set-up too
+        self.end_cost = 0.0  # seconds the end of the run (finish(), the last checkpoint) took when last done
+        self.finish_cost = 0.0  # what finish() took when its work last ran (subclasses measure it)
 
     # -- what subclasses write
 
@@ -299,7 +302,8 @@ class RunModule(L.LightningModule):
             self.sampler.rank, self.sampler.world = self.global_rank, self.trainer.world_size
 
     def on_train_start(self) -> None:
-        self._run_start, self._elapsed_before = time.perf_counter(), self.elapsed
+        self._run_start = self.started if self.started is not None else time.perf_counter()
+        self._elapsed_before = self.elapsed
         if self._rng is not None:
             set_rng_state(self._rng)
             self._rng = None
@@ -310,10 +314,13 @@ class RunModule(L.LightningModule):
         return self.shared(elapsed) if self.cfg.max_minutes else elapsed
 
     def budget_spent(self) -> bool:
-        """Whether the steps are done or the minutes spent (at the end of the last step: a step that
-        starts within the budget is taken, so even a tiny budget trains one)."""
+        """Whether the steps are done or the minutes spent. The clock runs from the command's start
+        (set-up, data loading and validation included), and stops early by what the run's end took
+        last time (``end_cost``), so the whole command ends close to the budget; a step that starts
+        within the budget is taken, so even a tiny budget trains one."""
         minutes = self.cfg.max_minutes
-        return self.steps_done >= self.cfg.steps or bool(minutes and self.shared(self.elapsed) >= 60 * minutes)
+        return self.steps_done >= self.cfg.steps or bool(
+            minutes and self.shared(self.elapsed + self.end_cost) >= 60 * minutes)
 
     def shared(self, value: float) -> float:
         """Rank 0's ``value`` under several processes, so that all agree (on the lr, on stopping)."""
@@ -341,6 +348,11 @@ class RunModule(L.LightningModule):
         self.save_resume_checkpoint()
 
     def save_resume_checkpoint(self) -> None:
+        start = time.perf_counter()
+        self._save_checkpoint()
+        self.end_cost = self.finish_cost + time.perf_counter() - start
+
+    def _save_checkpoint(self) -> None:
         path = self.out / CHECKPOINT
         tmp = path.with_name(f".{path.name}.tmp")
         if self.trainer.is_global_zero:
@@ -406,10 +418,12 @@ def read_checkpoint(path: Path) -> None:
 
 def fit_run(module: RunModule, data: Dataset, cfg, command: str, collate_fn=None, *, devices=1, num_nodes: int = 1,
             strategy="auto", precision: str = "32-true", grad_clip: float | None = None,
-            run_config: dict | None = None) -> L.Trainer:
+            run_config: dict | None = None, started: float | None = None) -> L.Trainer:
     """Train ``module`` on ``data`` (read through a `ResumableSampler` in batches of
-    ``cfg.batch_size``), resuming from OUT/checkpoints/last.ckpt if there is one. Returns the
+    ``cfg.batch_size``), resuming from OUT/checkpoints/last.ckpt if there is one. ``started`` (a
+    `time.perf_counter` reading, default now) is when the wall-clock budget began. Returns the
     Trainer (``is_global_zero`` tells the main process)."""
+    module.started = time.perf_counter() if started is None else started
     out = module.out
     if len(data) < cfg.batch_size:
         raise ConfigError(f"train.batch_size={cfg.batch_size} is more than the {len(data)} training items")

@@ -6,10 +6,18 @@ case; names starting with "." are ignored) with optional sidecars beside each vi
 or a folder with a ``manifest.jsonl`` (what ``videolm data shapes`` writes), which then lists
 the clips, their captions and audio, and nothing else is a clip.
 
+Clips are cut with a stride (overlap allowed), and the tail of each file is kept: when the
+stride does not land on the end, one more clip ends exactly at the file's last frame. Videos
+(not clips) are split into train and held-out by a hash of their path, so a split never changes
+when files are added and no held-out clip shares a video with a training clip.
+
 Probing every file is slow on big folders, so the results are kept in an index in the user's
 cache (``$VIDEOLM_CACHE``, else ``$XDG_CACHE_HOME/videolm``, else ``~/.cache/videolm``:
-``index/SHA1-OF-ROOT.json``); reopening re-probes only files whose size or mtime changed. The
-folder itself is only ever read.
+``index/SHA1-OF-ROOT.json``); reopening re-probes only files whose size or mtime changed. With
+``cache=True`` every video is decoded once, at the clip setting's rate and size, into
+``clips/KEY.npy`` in the same cache (KEY: the file, its size and mtime, and the setting); later
+epochs and later runs slice those arrays (memory-mapped) instead of decoding again. The folder
+itself is only ever read.
 """
 
 import hashlib
@@ -40,6 +48,9 @@ class _Video:
     caption: str
     has_track: bool  # the video file itself carries audio
     num_clips: int
+    length: int  # frames at the clip rate
+    size_bytes: int | None = None
+    mtime: float | None = None
 
 
 @dataclass
@@ -53,23 +64,30 @@ class FolderConfig:
     width: int = 64
     fit: Literal["crop", "pad", "stretch"] = "crop"  # aspect rule: cover then centre-crop, pad, or stretch
     sample_rate: int = 16000
-    stride: int | None = None  # frames between clip starts (None: --frames, no overlap)
+    stride: int | None = None  # frames between clip starts (None: --frames, no overlap); a file's tail is kept
+    split: Literal["all", "train", "eval"] = "all"  # every video, or the training / held-out videos
+    held_out: float = 0.1  # share of videos held out (by a hash of the path; at least one of two or more)
+    cache: bool = False  # decode each video once into videolm's cache and read clips from there
 
     def __post_init__(self):
         check_range(self, 1, None, "frames", "height", "width", "stride")
         check_range(self, 0, None, "fps", low_open=True)
         check_range(self, 1000, None, "sample_rate")
+        check_range(self, 0, 0.9, "held_out")
 
     def dataset(self) -> "FolderDataset":
         return FolderDataset(self.root, self.frames, self.fps, (self.height, self.width), self.fit,
-                             self.sample_rate, self.stride)
+                             self.sample_rate, self.stride, split=self.split, held_out=self.held_out,
+                             cache=self.cache)
 
 
 class FolderDataset(Dataset):
     """Clips of `frames` frames at `fps`, resized to `size`, from every video under `root`.
 
-    Clips are non-overlapping unless `stride` (in frames) is smaller than `frames`; a file
-    gives ``(n - frames) // stride + 1`` clips where n is its frame count at `fps`. Items are
+    Clips are non-overlapping unless `stride` (in frames) is smaller than `frames`; a file of n
+    frames at `fps` gives ``(n - frames) // stride + 1`` clips, plus one ending at its last frame
+    when the stride leaves a tail. `split` takes every video, or those `is_held_out` puts in
+    train or eval. Items are
     dicts: ``video`` uint8 (T, H, W, 3), ``audio`` float32 (round(T / fps * sample_rate),)
     (sidecar wav first, then the file's own track, else zeros), ``has_audio``, ``caption``
     ("" if none), ``path`` (relative to root) and ``start`` (seconds).
@@ -79,12 +97,13 @@ class FolderDataset(Dataset):
     """
 
     def __init__(self, root, frames=17, fps=8, size=(64, 64), fit="crop", sample_rate=16000,
-                 stride=None, index_path=None):
+                 stride=None, index_path=None, split="all", held_out=0.1, cache=False):
         self.root = Path(root)
         if not self.root.is_dir():
             raise UsageError(f"{self.root}: no such folder" if not self.root.exists() else f"{self.root}: not a folder")
         self.frames, self.fps, self.size, self.fit = frames, fps, tuple(size), fit
         self.sample_rate, self.stride = sample_rate, stride or frames
+        self.split, self.cache = split, cache
         self.index_path = Path(index_path) if index_path else _default_index_path(self.root)
         sources = _manifest_sources(self.root)
         if sources is None:
@@ -93,15 +112,24 @@ class FolderDataset(Dataset):
         self.skipped = [rel for rel in sorted(sources) if not entries[rel]["ok"]]
         videos = [self._video(rel, sources[rel], entries[rel]) for rel in sorted(sources)
                   if entries[rel]["ok"]]
-        self._videos = [v for v in videos if v.num_clips > 0]
+        videos = [v for v in videos if v.num_clips > 0]
+        if split != "all":
+            held = held_out_videos([v.path for v in videos], held_out)
+            videos = [v for v in videos if (v.path in held) == (split == "eval")]
+        self._videos = videos
         self._starts = np.cumsum([0] + [v.num_clips for v in self._videos]).tolist()
         self._bad: set[str] = set()
         if not len(self):
+            which = "" if split == "all" else f" in the {split} split (held_out={held_out})"
             raise DataError(f"{self.root}: no readable video clips of {frames} frames at "
-                            f"{fps} fps ({len(sources)} video files found)")
+                            f"{fps} fps{which} ({len(sources)} video files found)")
 
     def __len__(self) -> int:
         return self._starts[-1]
+
+    def paths(self) -> list[str]:
+        """The videos that give clips, relative to the root, in index order."""
+        return [v.path for v in self._videos]
 
     def captions(self) -> list[str]:
         """The caption of every readable video, in index order (one per video, not per clip)."""
@@ -117,6 +145,8 @@ class FolderDataset(Dataset):
             "captioned_videos": sum(bool(v.caption) for v in self._videos),
             "videos_with_audio": sum(bool(v.audio or v.has_track) for v in self._videos),
             "frames": self.frames,
+            "stride": self.stride,
+            "split": self.split,
             "fps": self.fps,
             "size": list(self.size),
             "index": str(self.index_path),
@@ -142,9 +172,15 @@ class FolderDataset(Dataset):
         return self._videos[f], k - self._starts[f]
 
     def _load(self, video: _Video, clip: int) -> dict:
-        start = clip * self.stride / self.fps
-        frames = read_video(self.root / video.path, fps=self.fps, size=self.size, fit=self.fit,
-                            start=start, num_frames=self.frames)  # (t <= T, H, W, 3)
+        first = min(clip * self.stride, max(0, video.length - self.frames))  # the last clip ends at the tail
+        if self.cache:
+            decoded = self._decoded(video)
+            first = min(first, max(0, len(decoded) - self.frames))  # the index may overestimate the length
+            frames = np.array(decoded[first:first + self.frames])
+        start = first / self.fps
+        if not self.cache:
+            frames = read_video(self.root / video.path, fps=self.fps, size=self.size, fit=self.fit,
+                                start=start, num_frames=self.frames)  # (t <= T, H, W, 3)
         if len(frames) < self.frames:  # the index overestimated the length: repeat the last
             frames = np.concatenate([frames, np.repeat(frames[-1:], self.frames - len(frames), 0)])
         seconds = self.frames / self.fps
@@ -161,10 +197,33 @@ class FolderDataset(Dataset):
             "start": start,
         }
 
+    def _decoded(self, video: _Video) -> np.ndarray:
+        """Every frame of the video at the clip rate and size, decoded once into the cache
+        (memory-mapped when read back)."""
+        key = json.dumps([str((self.root / video.path).resolve()), video.size_bytes, video.mtime, self.fps,
+                          list(self.size), self.fit])
+        path = cache_dir() / "clips" / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
+        try:
+            return np.load(path, mmap_mode="r")
+        except (OSError, ValueError):
+            pass
+        frames = read_video(self.root / video.path, fps=self.fps, size=self.size, fit=self.fit)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp.npy")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(tmp, frames)
+            os.replace(tmp, path)
+        except OSError as e:
+            warnings.warn(f"could not cache decoded frames in {path.parent}: {e}", stacklevel=3)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return frames
+
     def _video(self, rel: str, source: dict, entry: dict) -> _Video:
         n = num_frames_at(entry["duration"], self.fps)
-        return _Video(rel, source["audio"], source["caption"], entry["has_audio"],
-                      max(0, (n - self.frames) // self.stride + 1))
+        clips = 0 if n < self.frames else (n - self.frames) // self.stride + 1 + bool((n - self.frames) % self.stride)
+        return _Video(rel, source["audio"], source["caption"], entry["has_audio"], clips, n,
+                      entry.get("size_bytes"), entry.get("mtime"))
 
     def _index(self, paths: list[str]) -> dict[str, dict]:
         """Probe results per path, reusing index entries whose size and mtime still match."""
@@ -182,6 +241,22 @@ class FolderDataset(Dataset):
         if entries != cached:
             _save_index(self.index_path, list(entries.values()))
         return entries
+
+
+def held_out_videos(paths: list[str], share: float) -> set[str]:
+    """The videos held out of training: those whose path hashes into the lowest ``share`` of the
+    hash range, so adding files never moves a video between splits; when that picks none of two
+    or more videos, the lowest-hashing one (none at all when share is 0)."""
+    if share <= 0 or len(paths) < 2:
+        return set()
+
+    def unit(p: str) -> float:
+        return int(hashlib.sha1(p.encode()).hexdigest()[:15], 16) / 16**15
+
+    held = {p for p in paths if unit(p) < share}
+    if len(held) == len(paths):
+        held.discard(max(paths, key=unit))
+    return held or {min(paths, key=unit)}
 
 
 def _fit_length(audio: np.ndarray, n: int) -> np.ndarray:  # (n,)

@@ -1,27 +1,74 @@
-"""Which clips a command reads: the Shapes world (seeded) or a folder of the user's videos."""
+"""Which clips a command reads: a generated world (Shapes, photos, or a weighted mix of both), or a
+folder of videos.
+
+A world is named by a spec: ``shapes``, ``photos``, or a mix such as ``photos:3+shapes:1`` (item i
+of a mix comes from one of the worlds, chosen with the given weights by a low-discrepancy sequence,
+so any stretch of items holds them in about those shares).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from torch.utils.data import Dataset, Subset
 
 from videolm.core.config import check_clip_numbers, check_range
-from videolm.core.errors import DataError
+from videolm.core.errors import DataError, UsageError
 from videolm.data.folder import FolderDataset
+from videolm.data.photos import PhotoConfig, PhotoDataset
 from videolm.data.shapes import ShapesConfig
 from videolm.data.shapes_data import ShapesDataset
+from videolm.data.worlds import WORLDS, is_world, parse_world
+
+GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+class MixedDataset(Dataset):
+    """Item i of a weighted mix of datasets: part k where the golden-ratio sequence frac(i * 0.618)
+    falls in k's share of [0, 1); within a part, its own item i (mod its length)."""
+
+    def __init__(self, parts: list[Dataset], weights: list[float]):
+        total = sum(weights)
+        self.parts, self.edges = parts, [sum(weights[:k + 1]) / total for k in range(len(weights))]
+
+    def __len__(self) -> int:
+        return max(len(p) for p in self.parts)
+
+    def part_of(self, i: int) -> int:
+        u = (i * GOLDEN) % 1.0
+        return next(k for k, edge in enumerate(self.edges) if u < edge or k == len(self.edges) - 1)
+
+    def __getitem__(self, i: int):
+        part = self.parts[self.part_of(i)]
+        return part[i % len(part)]
+
+
+def world_dataset(spec: str, num: int, seed: int = 0, split: str = "train", frames: int = 17, height: int = 64,
+                  width: int = 64, fps: int = 8, backgrounds=("black",)) -> Dataset:
+    """``num`` clips of a world spec's ``split`` from offset ``seed``."""
+    parts = []
+    for name, _ in parse_world(spec) or []:
+        if name == "shapes":
+            world = ShapesConfig(height=height, width=width, frames=frames, fps=fps, backgrounds=list(backgrounds))
+            parts.append(ShapesDataset(num, seed=seed, split=split, world=world))
+        else:
+            world = PhotoConfig(height=height, width=width, frames=frames, fps=fps)
+            parts.append(PhotoDataset(num, seed=seed, split=split, world=world))
+    if not parts:
+        raise UsageError(f"data {spec!r}: not one of {', '.join(WORLDS)} or a mix like photos:3+shapes:1")
+    return parts[0] if len(parts) == 1 else MixedDataset(parts, [w for _, w in parse_world(spec)])
 
 
 @dataclass
 class ClipSource:
-    """Which clips to tokenize: Shapes (seeded) or a folder of videos."""
+    """Which clips to tokenize: a world (seeded) or a folder of videos."""
 
-    data: str = "shapes"  # "shapes" (seeded clips) or a folder of videos
+    data: str = "shapes"  # "shapes", "photos", a mix like "photos:3+shapes:1" (seeded clips), or a folder of videos
     num: int = 1024  # clips
-    seed: int = 0  # Shapes: first seed offset (clip i uses seed + i); folder: first clip
-    split: Literal["train", "eval"] = "train"  # Shapes only: eval draws the held-out seeds (>= 1,000,000)
+    seed: int = 0  # worlds: first seed offset (clip i uses seed + i); folder: first clip
+    split: Literal["train", "eval"] = "train"  # worlds only: eval draws the held-out seeds / photographs
     frames: int = 17  # frames per clip, 1 + 4k
     height: int = 64
     width: int = 64
@@ -33,14 +80,13 @@ class ClipSource:
         check_range(self, 0, 2**63 - 1, "seed")
 
     def dataset(self) -> Dataset:
-        if self.data == "shapes":
-            world = ShapesConfig(height=self.height, width=self.width, frames=self.frames, fps=self.fps,
-                                 backgrounds=list(self.backgrounds))
-            return ShapesDataset(self.num, seed=self.seed, split=self.split, world=world)
+        if is_world(self.data):
+            return world_dataset(self.data, self.num, self.seed, self.split, self.frames, self.height, self.width,
+                                 self.fps, self.backgrounds)
         folder = FolderDataset(self.data, frames=self.frames, fps=self.fps, size=(self.height, self.width))
         if self.seed >= len(folder):
             raise DataError(f"{self.data}: has {len(folder)} clips; none from clip {self.seed} on")
         return Subset(folder, range(self.seed, min(self.seed + self.num, len(folder))))
 
 
-__all__ = ["ClipSource"]
+__all__ = ["ClipSource", "MixedDataset", "is_world", "parse_world", "world_dataset"]

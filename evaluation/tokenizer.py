@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from videolm.core.errors import UsageError
+from videolm.core.metrics import psnr, same_bits_baseline, ssim
+from videolm.data.media import probe_video, read_video, write_video
 from videolm.data.sources import ClipSource
-from videolm.tasks.tokenizing import load_tokenizer
+from videolm.tasks.tokenizing import load_tokenizer, load_video_tokenizer
+from videolm.tokenizers.video import SPACE_DOWN, TIME_DOWN, to_frames, to_tensor
 from videolm.tokenizers.modality import AudioModality, VideoModality, codebook_stats, collate_clips
 
 
 @torch.no_grad()
 def evaluate_tokenizer(model: str, data: str = "shapes", num: int = 256, seed: int = 0, batch_size: int = 8,
                        modality: str | None = None, frames: int = 17, size: tuple[int, int] = (64, 64)) -> dict:
-    """Reconstruction quality on held-out clips, as one JSON-ready dict."""
+    """Reconstruction quality on held-out clips, as one JSON-ready dict; for video, with the same
+    figures of the same-bits baseline (`videolm.core.metrics.same_bits_baseline`) beside them."""
     tok = load_tokenizer(model, modality)
     is_video = tok.kind == "video_tokenizer"
     ds = ClipSource(data, num, seed, "eval", frames, size[0], size[1]).dataset()
@@ -34,6 +39,9 @@ def evaluate_tokenizer(model: str, data: str = "shapes", num: int = 256, seed: i
         codes.append(adapter.flat_codes(c))
         for k, v in adapter.metrics(x, recon).items():
             metrics.setdefault(k, []).append(v)
+        if is_video:  # the trivial codec at the same rate, on the same clips
+            for k, v in adapter.metrics(x, same_bits_baseline(x)).items():
+                metrics.setdefault(f"baseline_{k}", []).append(v)
     result = {k: round(float(torch.cat(v).mean()), 4) for k, v in metrics.items()}
     result.update({k: round(v, 4) for k, v in codebook_stats(torch.cat(codes), tok.config.codebook_size).items()})
     result["clips_per_s"] = round(len(ds) / seconds, 2)
@@ -41,4 +49,77 @@ def evaluate_tokenizer(model: str, data: str = "shapes", num: int = 256, seed: i
     return result
 
 
-__all__ = ["evaluate_tokenizer"]
+
+
+# ------------------------------------------------------------------------------------ reconstruct
+
+
+CHUNK_PIXELS = 17 * 256 * 256  # frames x pixels per pass; longer or larger clips go in 1 + 4k-frame chunks
+
+
+def fit_strides(height: int, width: int, frames: int) -> tuple[int, int, int, list[str]]:
+    """The largest clip inside (frames, height, width) that the tokenizer's strides take (H, W
+    multiples of 8, 1 + 4k frames), and what was cut to get it."""
+    h, w = height - height % SPACE_DOWN, width - width % SPACE_DOWN
+    t = 1 + (frames - 1) // TIME_DOWN * TIME_DOWN
+    notes = []
+    if (h, w) != (height, width):
+        notes.append(f"centre-cropped from {height}x{width} to {h}x{w} (the tokenizer takes multiples of "
+                     f"{SPACE_DOWN} pixels)")
+    if t != frames:
+        notes.append(f"kept the first {t} of {frames} frames (the tokenizer takes 1 + {TIME_DOWN}k frames)")
+    return h, w, t, notes
+
+
+@torch.no_grad()
+def roundtrip(tok, x: torch.Tensor) -> torch.Tensor:
+    """Encode and decode a clip (1, 3, T, H, W), in chunks of 1 + 4k frames that share their first
+    frame with the previous chunk's last when the clip is too large for one pass."""
+    _, _, t, h, w = x.shape
+    span = max(1, CHUNK_PIXELS // (h * w * TIME_DOWN)) * TIME_DOWN  # frames a chunk adds
+    if t <= span + 1:
+        return tok.decode(tok.encode(x), h, w)
+    pieces, start = [], 0
+    while start < t - 1:
+        end = min(t, start + span + 1)
+        piece = tok.decode(tok.encode(x[:, :, start:end]), h, w)
+        pieces.append(piece if start == 0 else piece[:, :, 1:])
+        start = end - 1
+    return torch.cat(pieces, dim=2)
+
+
+def reconstruct(model: str, video: str, out: str, size: tuple[int, int] | None = None, frames: int | None = None,
+                fit: str = "crop") -> dict:
+    """Encode and decode a user's clip, write it to ``out`` at the input's frame rate, and measure it
+    (PSNR, SSIM) beside the same-bits baseline. Returns a JSON-ready summary with ``notes``: every
+    change made to the input."""
+    tok = load_video_tokenizer(model)
+    info = probe_video(video)
+    notes = []
+    clip = read_video(video, size=size, fit=fit)  # (T, H, W, 3), every frame
+    if size is not None and size != (info.height, info.width):
+        notes.append(f"resized from {info.height}x{info.width} to {size[0]}x{size[1]} (--size, --fit {fit})")
+    if frames is not None:
+        if frames > len(clip):
+            raise UsageError(f"--frames {frames}: {video} has only {len(clip)} frames")
+        if frames < len(clip):
+            notes.append(f"kept the first {frames} of {len(clip)} frames (--frames)")
+        clip = clip[:frames]
+    h, w, t, cut = fit_strides(clip.shape[1], clip.shape[2], len(clip))
+    notes += cut
+    if h < SPACE_DOWN or w < SPACE_DOWN:
+        raise UsageError(f"{video}: {clip.shape[1]}x{clip.shape[2]} pixels is smaller than one token "
+                         f"({SPACE_DOWN}x{SPACE_DOWN})")
+    top, left = (clip.shape[1] - h) // 2, (clip.shape[2] - w) // 2
+    clip = np.ascontiguousarray(clip[:t, top:top + h, left:left + w])
+    x = to_tensor(clip)
+    made = to_frames(roundtrip(tok, x))[0]
+    base = to_frames(same_bits_baseline(x))[0]
+    write_video(out, made, fps=info.fps or 8)
+    return {"out": str(out), "size": [h, w], "frames": t, "fps": info.fps,
+            "psnr": round(psnr(made, clip), 2), "ssim": round(ssim(made, clip), 4),
+            "baseline_psnr": round(psnr(base, clip), 2), "baseline_ssim": round(ssim(base, clip), 4),
+            "notes": notes}
+
+
+__all__ = ["evaluate_tokenizer", "fit_strides", "reconstruct", "roundtrip"]

@@ -6,6 +6,8 @@ the data (Shapes on the fly, or a folder of videos), builds the model from its p
 
 from __future__ import annotations
 
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -13,12 +15,14 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset, Subset
 
-from videolm.core.config import check_clip_numbers, to_dict
+from videolm.core.config import check_clip_numbers, check_range, to_dict
 from videolm.core.errors import UsageError
 from videolm.core.models import resolve_model
-from videolm.data.folder import FolderDataset
+from videolm.data.folder import FolderDataset, held_out_videos
 from videolm.data.shapes import BACKGROUNDS, ShapesConfig, make_clip
-from videolm.data.shapes_data import ShapesDataset
+from videolm.data.photos import PhotoConfig, make_photo_clip
+from videolm.data.sources import MixedDataset, world_dataset
+from videolm.data.worlds import is_world, parse_world
 from videolm.tasks.prompts import build_table
 from videolm.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
 from videolm.tokenizers.text import TextTokenizer
@@ -27,21 +31,28 @@ from videolm.tokenizers.vocab import Vocabulary
 from videolm.train.tokenizer_module import TrainConfig, fit
 
 VAL_SEED_START = 999_000  # validation during training: the top of the training seed range
+PHOTO_VAL_SEED = 500_000  # ... and held-out photo clips far from the ones `tokenizer eval` reads
 
 
 @dataclass
 class DataConfig:
-    source: str = field(default="shapes", metadata={"flags": ["--data"]})  # "shapes" (drawn on the fly) or a folder
-    #   of videos
-    num: int = 900_000  # Shapes training clips (seeds 0 .. num-1)
+    source: str = field(default="shapes", metadata={"flags": ["--data"]})  # a world drawn on the fly ("shapes",
+    #   "photos", a mix like "photos:3+shapes:1") or a folder of videos
+    num: int = 900_000  # training clips of a world (seeds 0 .. num-1)
     frames: int = 17  # frames per clip, 1 + 4k
     height: int = 64
     width: int = 64
     fps: int = 8
     backgrounds: list[str] = field(default_factory=lambda: ["black"], metadata={"comma": True})
+    # a folder of videos:
+    stride: int | None = None  # frames between clip starts (None: no overlap); each file's tail is kept
+    held_out: float = 0.1  # share of the folder's videos held out for validation (at least one of two or more)
+    cache: bool = True  # decode each video once into videolm's cache; later epochs and runs read it from there
 
     def __post_init__(self):
         check_clip_numbers(self)
+        check_range(self, 1, None, "stride")
+        check_range(self, 0, 0.9, "held_out")
 
     def world(self) -> ShapesConfig:
         return ShapesConfig(height=self.height, width=self.width, frames=self.frames, fps=self.fps,
@@ -66,26 +77,43 @@ def build_tokenizer(modality: str, preset: str, overrides: dict):
 
 
 def clip_dataset(data: DataConfig, split: Literal["train", "val", "eval"], num: int, seed: int = 0) -> Dataset:
-    """Shapes clips of a split, or a folder's clips (train: all; val/eval: the first `num` after `seed`)."""
-    if data.source == "shapes":
-        if split == "val":
-            return ShapesDataset(num, seed=VAL_SEED_START, world=data.world())
-        if split == "eval":
-            return ShapesDataset(num, seed=seed, split="eval", world=data.world())
-        if data.num > VAL_SEED_START:
+    """A world's clips of a split, or a folder's clips (train: all; val/eval: the first `num` after `seed`).
+    Validation during training reads Shapes seeds at the top of the training range, and photo
+    clips of the held-out photographs (seeds apart from those `tokenizer eval` reads)."""
+    if is_world(data.source):
+        if split == "train" and "shapes" in data.source and data.num > VAL_SEED_START:
             raise UsageError(f"data.num={data.num}: Shapes training seeds must stay below {VAL_SEED_START}")
-        return ShapesDataset(data.num, seed=0, world=data.world())
+        parts = []
+        for name, weight in parse_world(data.source):
+            if split == "val":
+                part_split, first = ("train", VAL_SEED_START) if name == "shapes" else ("eval", PHOTO_VAL_SEED)
+            else:
+                part_split, first = split, (seed if split == "eval" else 0)
+            parts.append((world_dataset(name, data.num if split == "train" else num, first, part_split,
+                                        data.frames, data.height, data.width, data.fps, data.backgrounds), weight))
+        return parts[0][0] if len(parts) == 1 else MixedDataset([p for p, _ in parts], [w for _, w in parts])
 
-    ds = FolderDataset(data.source, frames=data.frames, fps=data.fps, size=(data.height, data.width))
-    return ds if split == "train" else Subset(ds, range(seed, min(seed + num, len(ds))))
+    folder = dict(frames=data.frames, fps=data.fps, size=(data.height, data.width), stride=data.stride,
+                  held_out=data.held_out, cache=data.cache)
+    if split == "train":
+        return FolderDataset(data.source, split="train", **folder)
+    if split == "val" and not held_out_videos(FolderDataset(data.source, **folder).paths(), data.held_out):
+        warnings.warn(f"{data.source}: no held-out video (one video, or held_out=0); validating on training clips",
+                      stacklevel=2)
+        ds = FolderDataset(data.source, split="all", **folder)
+    else:
+        ds = FolderDataset(data.source, split="eval" if split == "val" else "all", **folder)
+    return Subset(ds, range(seed, min(seed + num, len(ds))))
 
 
 def run_fit(cfg: TokenizerFitConfig) -> Path:
+    started = time.perf_counter()  # --max-minutes counts the whole command: set-up and data too
     torch.manual_seed(cfg.train.seed)  # the initial weights follow the seed
     model = build_tokenizer(cfg.modality, cfg.preset, cfg.model)
     train = clip_dataset(cfg.data, "train", cfg.data.num)
     val = clip_dataset(cfg.data, "val", cfg.train.val_clips)
-    return fit(model, cfg.modality, cfg.train, train, val, cfg.out, run_config={"entry": "tokenizer fit", **to_dict(cfg)})
+    return fit(model, cfg.modality, cfg.train, train, val, cfg.out, run_config={"entry": "tokenizer fit", **to_dict(cfg)},
+               started=started)
 
 
 # ------------------------------------------------------------------------------------------ eval
@@ -94,14 +122,26 @@ def run_fit(cfg: TokenizerFitConfig) -> Path:
 # ---------------------------------------------------------------------------------------- bundle
 
 
-def corpus_captions(data: str = "shapes", num: int = 4000) -> list[str]:
-    """Captions to train the text tokenizer on: Shapes (every background, so every word of the
-    grammar appears) or a folder's captions."""
-    if data == "shapes":
+def corpus_captions(data: str = "shapes", num: int = 4000) -> tuple[list[str], str]:
+    """Captions to train the text tokenizer on, and where they came from: Shapes (every background,
+    so every word of the grammar appears), photo-world clips, or a folder's captions. A folder
+    without captions gets the Shapes grammar, so its bundle still reads prompts."""
+    parts = dict(parse_world(data) or [])
+    if data != "shapes" and not parts:
+        captions = [c for c in FolderDataset(data).captions() if c][:num]
+        if captions:
+            return captions, f"{len(captions)} captions of {data}"
+        parts, note = {"shapes": 1.0}, f"Shapes captions ({data} has no captions)"
+    else:
+        note = f"captions of {data}"
+    captions = []
+    if "shapes" in parts:
         world = ShapesConfig(backgrounds=list(BACKGROUNDS))
-        return [make_clip(seed, world).caption for seed in range(num)]
-
-    return [c for c in FolderDataset(data).captions() if c][:num]
+        captions += [make_clip(seed, world).caption for seed in range(num)]
+    if "photos" in parts:
+        captions += [make_photo_clip(seed, PhotoConfig(height=32, width=32, frames=1)).caption
+                     for seed in range(min(num, 1000))]
+    return captions, note
 
 
 def build_bundle(out: str | Path, video: str | None, audio: str | None, data: str = "shapes",
@@ -122,7 +162,7 @@ def build_bundle(out: str | Path, video: str | None, audio: str | None, data: st
         audio_tok.save_pretrained(out / "audio_tokenizer", dtype="float16")
     elif (out / "audio_tokenizer").exists():
         audio_tok = AudioTokenizer.from_pretrained(out / "audio_tokenizer")
-    corpus = corpus_captions(data, captions)
+    corpus, source = corpus_captions(data, captions)
     text = TextTokenizer.train(corpus, vocab_size=text_vocab)
     text.save(out)
     build_table(corpus).save(out)  # how generate reads prompts as people type them
@@ -138,5 +178,5 @@ def build_bundle(out: str | Path, video: str | None, audio: str | None, data: st
         weights = out / part / "model.safetensors"
         if weights.exists():
             summary[f"{part}_mb"] = round(weights.stat().st_size / 2**20, 2)
-    summary.update({"text_vocab": text.vocab_size, "vocabulary": len(vocab)})
+    summary.update({"text_vocab": text.vocab_size, "text_corpus": source, "vocabulary": len(vocab)})
     return summary

@@ -207,6 +207,7 @@ class TokenizerModule(RunModule):
             if i == 0 and self.trainer.is_global_zero:
                 self.modality.write_samples(x, out.recon, self.out / "samples" / f"step_{step:06d}")
         self.model.train(was_training)
+        self.finish_cost = time.perf_counter() - start  # the run's end does this again: the budget keeps room
         if codes:
             row = {"step": step, **{f"val_{k}": torch.cat(v).mean().item() for k, v in values.items()},
                    **codebook_stats(torch.cat(codes), self.model.config.codebook_size)}
@@ -228,7 +229,7 @@ class TokenizerModule(RunModule):
 
 
 def fit(model: nn.Module, modality: str, cfg: TrainConfig, train_data: Dataset, val_data: Dataset,
-        out: str | Path, run_config: dict | None = None) -> Path:
+        out: str | Path, run_config: dict | None = None, started: float | None = None) -> Path:
     """Train (resuming exactly from OUT/checkpoints/last.ckpt if present); returns OUT/model."""
     if modality == "video":
         adapter = VideoModality(cfg.video_crop_frames, cfg.video_crop_size)
@@ -238,5 +239,5 @@ def fit(model: nn.Module, modality: str, cfg: TrainConfig, train_data: Dataset, 
     val_batches = [collate_clips(items[i:i + cfg.batch_size]) for i in range(0, len(items), cfg.batch_size)]
     module = TokenizerModule(model, adapter, cfg, Path(out), val_batches)
     fit_run(module, train_data, cfg, "tokenizer fit", collate_clips, precision=cfg.precision,
-            run_config=run_config)
+            run_config=run_config, started=started)
     return Path(out) / "model"

@@ -316,6 +316,28 @@ CASES = [
     ("resume-malicious-pickle", lambda c: ["lm", "fit", "--config", str(CONFIGS / "lm/debug.yaml"), "--shards",
                                            str(c.shards), "--out", c.evil_run()],
      2, ["last.ckpt", "other than tensors"]),
+    # -- the photo world, tokenizer reconstruct, folder training
+    ("photos-size-not-8", lambda c: ["data", "photos", "--out", "o", "--size", "50x50"], 2, ["height=50"]),
+    ("photos-frames-16", lambda c: ["data", "photos", "--out", "o", "--frames", "16"], 2, ["frames=16"]),
+    ("photos-into-user-folder", lambda c: ["data", "photos", "--out", c.user_folder(), "--overwrite"],
+     2, ["not a folder videolm wrote"]),
+    ("reconstruct-not-a-video", lambda c: ["tokenizer", "reconstruct", "--video", c.files / "text.mp4", "--out",
+                                           "r.mp4"], 2, ["text.mp4"]),
+    ("reconstruct-out-exists", lambda c: ["tokenizer", "reconstruct", "--video", c.copy_clip(), "--out",
+                                          c.a_file()], 2, ["exists"]),
+    ("reconstruct-out-is-input", lambda c: ["tokenizer", "reconstruct", "--video", c.copy_clip(), "--out",
+                                            "mine.mp4", "--overwrite"], 2, ["also an input"]),
+    ("reconstruct-frames-10", lambda c: ["tokenizer", "reconstruct", "--video", c.copy_clip(), "--out", "r.mp4",
+                                         "--frames", "10"], 2, ["--frames 10"]),
+    ("reconstruct-frames-too-many", lambda c: ["tokenizer", "reconstruct", "--video", c.copy_clip(), "--out",
+                                               "r.mp4", "--frames", "401"], 2, ["--frames 401", "only"]),
+    ("reconstruct-size-odd", lambda c: ["tokenizer", "reconstruct", "--video", c.copy_clip(), "--out", "r.mp4",
+                                        "--size", "60x90"], 2, ["multiples of 8"]),
+    ("tokenizer-fit-bad-mix", lambda c: ["tokenizer", "fit", "--config", CONFIGS / "tokenizer" / "video-debug.yaml",
+                                         "--out", "run", "--data", "photos:x+shapes"], 2, ["photos:x"]),
+    ("tokenizer-fit-held-out-1", lambda c: ["tokenizer", "fit", "--config",
+                                            CONFIGS / "tokenizer" / "video-debug.yaml", "--out", "run",
+                                            "--data.held-out", "1"], 2, ["--data.held-out=1.0"]),
 ]
 
 

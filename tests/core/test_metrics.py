@@ -31,3 +31,24 @@ def test_the_batch_figures_agree_with_the_array_ones():
     assert float(psnr_per_clip(x, y)[1]) == pytest.approx(psnr(a, a))  # identical: the floor, ~148 dB
     assert float(ssim_per_clip(x, y)[0]) == pytest.approx(ssim(b, a), abs=1e-4)
     assert torch.isfinite(psnr_per_clip(x, y)).all()
+
+
+def test_the_same_bits_baseline_is_exact_where_it_should_be_and_keeps_12_bits_per_block():
+    import torch
+
+    from videolm.core.metrics import same_bits_baseline
+
+    level = torch.tensor([3, 8, 15]).view(1, 3, 1, 1, 1) / 15 * 2 - 1  # 4-bit levels
+    flat = level.expand(2, 3, 9, 16, 24).clone()
+    assert torch.allclose(same_bits_baseline(flat), flat, atol=1e-6)
+    ramp = torch.linspace(-1, 1, 9).view(1, 1, 9, 1, 1).expand(1, 3, 9, 16, 16).clone()
+    ramp[:, :, ::4] = torch.round((ramp[:, :, ::4] + 1) / 2 * 15) / 15 * 2 - 1
+    out = same_bits_baseline(ramp)
+    assert torch.allclose(out[:, :, ::4], ramp[:, :, ::4], atol=1e-6)  # kept frames: exact
+    assert torch.allclose(out[:, :, 2], (ramp[:, :, 0] + ramp[:, :, 4]) / 2, atol=1e-6)  # between: linear
+    noise = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    other = noise.clone()
+    other[:, :, 1:4] = torch.rand(1, 3, 3, 16, 16)  # frames between kept ones carry no bits
+    other[:, :, 0, 0, 0] += 0.1  # nor does how a block's pixels spread around its mean
+    other[:, :, 0, 0, 1] -= 0.1
+    assert torch.equal(same_bits_baseline(noise), same_bits_baseline(other))

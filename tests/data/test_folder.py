@@ -61,14 +61,14 @@ def open_quietly(root, **kw):
 def test_clips_shapes_and_broken_file_warning(root):
     ds, warned = open_quietly(root)
     assert len(warned) == 1 and "broken.mp4" in warned[0]
-    assert len(ds) == 3 + 2 + 2  # a: 24 frames, c: 20, b: 2.5 s at 8 fps = 20
+    assert len(ds) == 3 + 3 + 3  # a: 24 frames, c: 20, b: 2.5 s at 8 fps = 20; the tails of c and b kept
     item = ds[1]
     assert item["video"].shape == (8, 64, 64, 3) and item["video"].dtype == np.uint8
     assert item["audio"].shape == (RATE,) and item["audio"].dtype == np.float32
     assert (item["path"], item["start"]) == ("a.mp4", 1.0)
     assert abs(item["video"][0].mean() - 80) < 3  # a clip 1 starts at source frame 8
-    assert [ds[i]["path"] for i in range(len(ds))] == ["a.mp4"] * 3 + ["c.MOV"] * 2 + [
-        "sub/b.mp4"] * 2
+    assert [ds[i]["path"] for i in range(len(ds))] == ["a.mp4"] * 3 + ["c.MOV"] * 3 + [
+        "sub/b.mp4"] * 3
 
 
 def test_stride_overlaps_clips(root):
@@ -79,7 +79,7 @@ def test_stride_overlaps_clips(root):
 
 def test_captions_and_audio_sources(root):
     ds, _ = open_quietly(root)
-    a, c, b = ds[0], ds[3], ds[6]
+    a, c, b = ds[0], ds[3], ds[7]
     assert (a["caption"], b["caption"], c["caption"]) == ("a gray ramp with a hum", "b", "")
     assert a["has_audio"] and dominant_freq(a["audio"]) == pytest.approx(440, rel=0.02)
     assert b["has_audio"] and dominant_freq(b["audio"]) == pytest.approx(660, rel=0.02)
@@ -109,7 +109,7 @@ def test_index_is_reused_and_updated(root, monkeypatch):
     write_video(root / "d.mkv", gray_ramp(8, 5), fps=8, quality="lossless")
     ds, _ = open_quietly(root)
     assert sorted(p.name for p in probed) == ["c.MOV", "d.mkv"]
-    assert len(ds) == 3 + 4 + 2 + 1  # c.MOV now 36 frames: (36 - 8) // 8 + 1
+    assert len(ds) == 3 + 5 + 3 + 1  # c.MOV now 36 frames: (36 - 8) // 8 + 1 and its tail
 
 
 def test_the_folder_is_only_read_and_the_index_lives_in_the_user_cache(root, tmp_path, monkeypatch):
@@ -165,3 +165,41 @@ def test_empty_folder_is_a_data_error(tmp_path):
     (tmp_path / "nothing_here" / "bad.webm").write_bytes(b"\x00" * 100)
     with pytest.warns(UserWarning, match="bad.webm"), pytest.raises(DataError, match="no readable"):
         FolderDataset(tmp_path / "nothing_here")
+
+
+def test_the_tail_of_a_file_is_a_clip_of_its_last_frames(root):
+    ds, _ = open_quietly(root)
+    last_c = [ds[i] for i in range(len(ds)) if ds[i]["path"] == "c.MOV"][-1]
+    assert last_c["start"] == 1.5  # frames 12..19 of 20
+    assert abs(last_c["video"][-1].mean() - 19 * 12) < 3 and abs(last_c["video"][0].mean() - 12 * 12) < 3
+
+
+def test_videos_split_into_train_and_held_out(tmp_path):
+    for i in range(10):
+        write_video(tmp_path / f"v{i}.mp4", gray_ramp(8, 1 + i, H=32, W=32), fps=8)
+    kw = dict(frames=8, fps=8, size=(32, 32), index_path=tmp_path.parent / "index.json")
+    train = FolderDataset(tmp_path, split="train", held_out=0.2, **kw)
+    held = FolderDataset(tmp_path, split="eval", held_out=0.2, **kw)
+    everything = FolderDataset(tmp_path, **kw)
+    assert set(train.paths()).isdisjoint(held.paths()) and len(held.paths()) >= 1
+    assert sorted(train.paths() + held.paths()) == sorted(everything.paths())
+    write_video(tmp_path / "new.mp4", gray_ramp(8, 3, H=32, W=32), fps=8)  # adding a file moves no video
+    assert set(held.paths()) <= set(FolderDataset(tmp_path, split="eval", held_out=0.2, **kw).paths())
+    assert folder.held_out_videos(["only.mp4"], 0.5) == set()
+    assert len(folder.held_out_videos(["a.mp4", "b.mp4"], 0.01)) == 1  # at least one of two
+
+
+def test_the_cache_decodes_each_video_once_across_epochs_and_datasets(root, monkeypatch):
+    decoded = []
+    real = folder.read_video
+    monkeypatch.setattr(folder, "read_video", lambda path, **kw: decoded.append(path) or real(path, **kw))
+    plain, _ = open_quietly(root)
+    ds, _ = open_quietly(root, cache=True)
+    first = [ds[i]["video"] for i in range(len(ds))]
+    assert len(decoded) == 3  # one decode per video, not per clip
+    again, _ = open_quietly(root, cache=True)  # a later run: nothing decoded again
+    second = [again[i]["video"] for i in range(len(again))]
+    assert len(decoded) == 3
+    reference = [plain[i]["video"] for i in range(len(plain))]
+    assert all(np.array_equal(a, b) and np.array_equal(a, c) for a, b, c in zip(first, second, reference))
+    assert not any(p.name.endswith(".npy") for p in root.rglob("*"))  # the cache is not in the folder

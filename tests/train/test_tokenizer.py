@@ -102,3 +102,114 @@ def test_bundle_assembles_tokenizers_text_and_vocabulary(trained, trained_audio,
     caption = "a large red circle moves left on a striped background"
     assert text.decode(text.encode(caption)) == caption and len(text.encode(caption)) <= 12
     assert main(["tokenizer", "eval", "--model", str(out), "--modality", "audio", "--num", "1", "--batch-size", "1"]) == 0
+
+
+# ------------------------------------------------------------------- a folder of real-looking video
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory):
+    """Six mp4s of mixed sizes and lengths: photo-world clips (48x80, 72x128) and Shapes (64x64);
+    two with a caption sidecar, the others uncaptioned."""
+    from videolm.data.media import write_video
+    from videolm.data.photos import PhotoConfig, make_photo_clip
+    from videolm.data.shapes import ShapesConfig, make_clip
+
+    root = tmp_path_factory.mktemp("mixed")
+    for i, (h, w, n) in enumerate([(48, 80, 17), (72, 128, 13), (48, 80, 21)]):
+        write_video(root / f"photo{i}.mp4", make_photo_clip(i, PhotoConfig(height=h, width=w, frames=n)).video, fps=8)
+    for i in range(3):
+        write_video(root / f"shapes{i}.mp4", make_clip(i, ShapesConfig(frames=13)).video, fps=8)
+    (root / "photo0.txt").write_text("a photograph, panning\n")
+    (root / "shapes0.txt").write_text(make_clip(0).caption + "\n")
+    return root
+
+
+def test_fit_on_a_folder_validates_on_held_out_videos_every_n_steps(mixed_folder, tmp_path):
+    run = tmp_path / "run"
+    assert main(["tokenizer", "fit", "--config", str(DEBUG), "--out", str(run), "--data", str(mixed_folder),
+                 "--frames", "5", "--data.stride", "4", "--data.held-out", "0.3", "--steps", "6",
+                 "--train.val-every", "3", "--train.val-clips", "2", "--train.log-every", "3"]) == 0
+    val = [r["step"] for r in _rows(run) if "val_psnr" in r]
+    assert val == [3, 6]  # not after every step
+    assert sorted(p.name for p in (run / "samples").iterdir()) == [
+        "step_000003.gif", "step_000003.png", "step_000006.gif", "step_000006.png"]
+    from videolm.data.folder import FolderDataset
+
+    train = FolderDataset(mixed_folder, frames=5, size=(32, 32), stride=4, split="train", held_out=0.3)
+    held = FolderDataset(mixed_folder, frames=5, size=(32, 32), stride=4, split="eval", held_out=0.3)
+    assert held.paths() and set(held.paths()).isdisjoint(train.paths())
+    assert len(train) + len(held) > 6 * 2  # overlapping clips: more than one per video
+
+
+def test_the_wall_clock_budget_counts_the_whole_command(mixed_folder, tmp_path):
+    import time
+
+    budget = 0.15  # minutes
+    start = time.perf_counter()
+    assert main(["tokenizer", "fit", "--config", str(DEBUG), "--out", str(tmp_path / "run"), "--data",
+                 str(mixed_folder), "--frames", "5", "--steps", "100000", "--max-minutes", str(budget),
+                 "--train.val-every", "50", "--train.log-every", "50", "--threads", "1"]) == 0
+    took = time.perf_counter() - start
+    steps = max(r["step"] for r in _rows(tmp_path / "run"))
+    assert steps > 10 and abs(took - 60 * budget) <= 0.05 * 60 * budget, took
+
+
+def test_bundle_of_a_folder_without_captions(trained, tmp_path, capsys):
+    from videolm.data.media import write_video
+    from videolm.data.shapes import make_clip
+
+    folder = tmp_path / "videos"
+    for i in range(2):
+        write_video(folder / f"v{i}.mp4", make_clip(i).video, fps=8)
+    out = tmp_path / "bundle"
+    assert main(["tokenizer", "bundle", "--out", str(out), "--video", str(trained / "model"), "--data", str(folder),
+                 "--captions", "300"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert "no captions" in summary["text_corpus"] and (out / "text.model").is_file()
+
+
+def test_eval_puts_the_same_bits_baseline_beside_every_figure(trained, capsys):
+    assert main(["tokenizer", "eval", "--model", str(trained / "model"), "--data", "photos", "--num", "2",
+                 "--batch-size", "2", "--size", "48x80", "--frames", "5"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["clips"] == 2 and 5 < result["baseline_psnr"] < 40 and 0 < result["baseline_ssim"] < 1
+
+
+def test_reconstruct_keeps_size_and_length_and_says_what_it_cut(trained, tmp_path, capsys):
+    from videolm.data.media import probe_video, read_video, write_video
+    from videolm.data.photos import PhotoConfig, make_photo_clip
+
+    clip = make_photo_clip(0, PhotoConfig(height=56, width=96, frames=13)).video
+    write_video(tmp_path / "in.mkv", clip, fps=12, quality="lossless")
+    assert main(["tokenizer", "reconstruct", "--model", str(trained / "model"), "--video", str(tmp_path / "in.mkv"),
+                 "--out", str(tmp_path / "out.mkv")]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    info = probe_video(tmp_path / "out.mkv")
+    assert (info.height, info.width, info.num_frames, info.fps) == (56, 96, 13, 12)
+    assert result["size"] == [56, 96] and result["frames"] == 13 and result["notes"] == []
+    assert result["psnr"] > 0 and result["baseline_psnr"] > 10 and "baseline_ssim" in result
+    write_video(tmp_path / "odd.mkv", clip[:11, :54, :90], fps=12, quality="lossless")
+    assert main(["tokenizer", "reconstruct", "--model", str(trained / "model"), "--video", str(tmp_path / "odd.mkv"),
+                 "--out", str(tmp_path / "odd_out.mkv")]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["size"] == [48, 88] and result["frames"] == 9 and len(result["notes"]) == 2
+    assert "centre-cropped from 54x90 to 48x88" in captured.err and "first 9 of 11 frames" in captured.err
+    assert read_video(tmp_path / "odd_out.mkv").shape == (9, 48, 88, 3)
+
+
+def test_reconstruct_in_chunks_matches_one_pass(trained, monkeypatch):
+    import torch
+
+    from videolm.evaluation import tokenizer as evaluation
+    from videolm.tasks.tokenizing import load_video_tokenizer
+
+    tok = load_video_tokenizer(str(trained / "model"))
+    x = torch.rand(1, 3, 13, 16, 16) * 2 - 1
+    whole = evaluation.roundtrip(tok, x)
+    monkeypatch.setattr(evaluation, "CHUNK_PIXELS", 5 * 16 * 16)  # chunks of 1 + 4 frames
+    chunked = evaluation.roundtrip(tok, x)
+    assert chunked.shape == whole.shape == x.shape
+    assert torch.allclose(chunked[:, :, :5], whole[:, :, :5], atol=1e-5)  # causal: the first chunk is exact
