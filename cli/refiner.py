@@ -13,6 +13,7 @@ from videolm.core.config import check_clip_numbers, check_range
 from videolm.core.errors import UsageError
 from videolm.core.models import DEFAULT_MODEL
 from videolm.core.outputs import check_output_file
+from videolm.data.worlds import is_world
 from videolm.data.media import probe_video, read_video, write_video
 from videolm.diffusion.refiner import load_refiner, refine
 from videolm.evaluation.refiner import evaluate_refiner
@@ -31,6 +32,7 @@ def run_fit_cmd(cfg: RefinerFitConfig) -> int:
 class EvalArgs:
     model: str = DEFAULT_MODEL  # a refiner folder, a model folder or a shipped name
     tokenizer: str = DEFAULT_MODEL  # the video tokenizer whose decodes are refined
+    data: str = "shapes"  # whose held-out clips: 'shapes' or 'photos' (held-out photographs)
     num: int = 256  # held-out clips
     seed: int = 0  # offset among the held-out seeds, and the noise seed
     steps: int | None = None  # Euler steps (default: the refiner's)
@@ -53,13 +55,15 @@ class EvalArgs:
 
 
 def run_eval(args: EvalArgs) -> int:
+    if not is_world(args.data) or "+" in args.data:
+        raise UsageError(f"--data {args.data}: choose shapes or photos")
     if args.threads:
         torch.set_num_threads(args.threads)
     with progress(args.num, "refine") as bar:
         print_json(evaluate_refiner(args.model, num=args.num, seed=args.seed, steps=args.steps,
                                     noise_scale=args.noise_scale, gate_tau=args.gate_tau, tokenizer=args.tokenizer,
                                     batch_size=args.batch_size, progress=bar.update, frames=args.frames,
-                                    size=(args.height, args.width)))
+                                    size=(args.height, args.width), data=args.data))
     return 0
 
 

@@ -58,6 +58,7 @@ class ReconstructArgs:
     size: str | None = None  # HxW to resize to first (default: the input's own size, cut to multiples of 8)
     frames: int | None = None  # the first N frames, 1 + 4k (default: all, cut to 1 + 4k)
     fit: Literal["crop", "pad", "stretch"] = "crop"  # with --size: cover and centre-crop, pad, or stretch
+    refine: bool | None = None  # clean the decode with the model folder's refiner (default: when it has one)
     overwrite: bool = False  # replace --out if it exists
 
     def __post_init__(self):
@@ -77,7 +78,8 @@ def run_reconstruct(args: ReconstructArgs) -> int:
     media_input(args.video, "--video")
     check_output_file(args.out, args.overwrite, inputs=(args.video,))
     size = size_pair(args.size) if args.size else None
-    result = reconstruct(args.model, args.video, args.out, size=size, frames=args.frames, fit=args.fit)
+    result = reconstruct(args.model, args.video, args.out, size=size, frames=args.frames, fit=args.fit,
+                         refine_output=args.refine)
     for note in result["notes"]:
         print(f"note: {note}", file=sys.stderr)
     print_json(result)
@@ -129,7 +131,8 @@ COMMANDS = {
                            "of 8 pixels and 1 + 4k frames, said in a note). Prints one JSON object: psnr and ssim "
                            "against the input, baseline_psnr and baseline_ssim of the same-bits codec (every 4th "
                            "frame at 1/8 size, 4 bits per channel, upsampled linearly: the tokenizer's 12 bits per "
-                           "4x8x8 block), size, frames, notes."),
+                           "4x8x8 block), size, frames, notes. A model folder with a refiner (e.g. natural) cleans "
+                           "the decode by default (--no-refine: not); psnr_decoded then gives the decode alone."),
     "bundle": Command(BundleArgs, run_bundle, "assemble a model folder: tokenizers, a text tokenizer, the vocabulary",
                       "Copy trained video/audio tokenizers into OUT (stored as fp16), train the sentencepiece text "
                       "tokenizer on the data's captions into OUT/text.model, write the prompt table OUT/prompts.json "

@@ -36,17 +36,19 @@ def probe_agreement(a: list[dict], b: list[dict]) -> dict:
 def evaluate_refiner(model_dir: str | Path = "shapes-64", num: int = 256, seed: int = 0, steps: int | None = None,
                      tokenizer: str = "shapes-64", batch_size: int = 8, probe: str | None = "shapes-64",
                      progress: Callable[[int], object] | None = None, noise_scale: float | None = None,
-                     gate_tau: float | None = None, frames: int = 17, size: tuple[int, int] = (64, 64)) -> dict:
+                     gate_tau: float | None = None, frames: int = 17, size: tuple[int, int] = (64, 64),
+                     data: str = "shapes") -> dict:
     """The refiner on held-out Shapes clips (eval seeds from 1,000,000 + seed): PSNR and SSIM against
     the clean clip before and after refining, probe agreement of the refined with the unrefined
     decode, and the refiner's seconds per clip at the current torch thread count. ``noise_scale``
     and ``gate_tau`` (0: no gate) override the refiner's own settings; ``frames`` and ``size``
-    (H, W): the clips'."""
+    (H, W): the clips'; ``data``: the world whose held-out clips are used (the Shapes probe reads
+    Shapes clips only, so other worlds get no probe agreement)."""
     model = load_refiner(model_dir)
     steps = steps or model.config.steps
     if steps < 1:
         raise UsageError(f"--steps {steps} must be >= 1")
-    clips = ClipSource(num=num, seed=seed, split="eval", frames=frames, height=size[0], width=size[1]).dataset()
+    clips = ClipSource(data, num=num, seed=seed, split="eval", frames=frames, height=size[0], width=size[1]).dataset()
     decoded, clean = make_pairs(clips, load_video_tokenizer(tokenizer), batch_size=16)
     refined, seconds = [], 0.0
     for start in range(0, num, batch_size):
@@ -59,7 +61,7 @@ def evaluate_refiner(model_dir: str | Path = "shapes-64", num: int = 256, seed: 
     refined = np.concatenate(refined)  # (N, T, H, W, 3) uint8
     x, raw, ref = to_tensor(clean.numpy()), to_tensor(decoded.numpy()), to_tensor(refined)  # (N, 3, T, H, W)
     result = {
-        "clips": num, "size": f"{size[0]}x{size[1]}", "frames": frames, "steps": steps,
+        "data": data, "clips": num, "size": f"{size[0]}x{size[1]}", "frames": frames, "steps": steps,
         "noise_scale": model.config.noise_scale if noise_scale is None else noise_scale,
         "gate_tau": (model.config.gate_tau if gate_tau is None else gate_tau) or None,
         "psnr_raw": float(psnr_per_clip(raw, x).mean()), "psnr_refined": float(psnr_per_clip(ref, x).mean()),
@@ -69,7 +71,7 @@ def evaluate_refiner(model_dir: str | Path = "shapes-64", num: int = 256, seed: 
     result["psnr_gain"] = result["psnr_refined"] - result["psnr_raw"]
     for name, made in (("raw", decoded.numpy()), ("refined", refined)):  # PSNR of the squared error over all clips
         result[f"psnr_pooled_{name}"] = psnr(made, clean.numpy())
-    if probe:
+    if probe and data == "shapes":
         reader = load_probe(probe)
         agree = probe_agreement(reader.predict(decoded.numpy()), reader.predict(refined))
         result["probe_agreement"] = agree.pop("all")

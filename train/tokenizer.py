@@ -24,6 +24,7 @@ from videolm.data.photos import PhotoConfig, make_photo_clip
 from videolm.data.sources import MixedDataset, world_dataset
 from videolm.data.worlds import is_world, parse_world
 from videolm.tasks.prompts import build_table
+from videolm.tasks.tokenizing import load_tokenizer
 from videolm.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
 from videolm.tokenizers.text import TextTokenizer
 from videolm.tokenizers.video import VideoTokenizer, VideoTokenizerConfig
@@ -67,6 +68,8 @@ class TokenizerFitConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     out: str = "runs/tokenizer"  # the run folder (a rerun resumes it)
+    init: str | None = None  # start from these weights (a tokenizer folder, or a bundle's; same architecture):
+    #   with train.freeze_encoder, the decoder fine-tuning stage of MAGVIT-v2 and VidTok
 
 
 def build_tokenizer(modality: str, preset: str, overrides: dict):
@@ -109,7 +112,10 @@ def clip_dataset(data: DataConfig, split: Literal["train", "val", "eval"], num: 
 def run_fit(cfg: TokenizerFitConfig) -> Path:
     started = time.perf_counter()  # --max-minutes counts the whole command: set-up and data too
     torch.manual_seed(cfg.train.seed)  # the initial weights follow the seed
-    model = build_tokenizer(cfg.modality, cfg.preset, cfg.model)
+    if cfg.init:
+        model = load_tokenizer(cfg.init, cfg.modality).float()
+    else:
+        model = build_tokenizer(cfg.modality, cfg.preset, cfg.model)
     train = clip_dataset(cfg.data, "train", cfg.data.num)
     val = clip_dataset(cfg.data, "val", cfg.train.val_clips)
     return fit(model, cfg.modality, cfg.train, train, val, cfg.out, run_config={"entry": "tokenizer fit", **to_dict(cfg)},

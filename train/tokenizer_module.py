@@ -63,6 +63,7 @@ class TrainConfig(TrainArgs):
     val_every: int = 500  # validation, sample grids and GIFs, and model export every N steps
     val_clips: int = 32
     save_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    freeze_encoder: bool = False  # train the decoder only: the codes stay as they are (a decoder fine-tuning stage)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
     def __post_init__(self):
@@ -122,7 +123,11 @@ class TokenizerModule(RunModule):
     # -- optimization
     def configure_optimizers(self):
         cfg = self.cfg
-        opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+        params = self.model.decoder.parameters() if cfg.freeze_encoder else self.model.parameters()
+        if cfg.freeze_encoder:
+            for part in (self.model.encoder, self.model.bottleneck):
+                part.requires_grad_(False)
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
         if self.discriminator is None:
             return opt
         return [opt, torch.optim.AdamW(self.discriminator.parameters(), lr=cfg.adversarial.lr, betas=(0.5, 0.9))]

@@ -164,7 +164,7 @@ def test_data_folder_summarises_a_folder(tmp_path):
     assert main(["data", "shapes", "--out", str(tmp_path / "s"), "--num", "3"]) == 0
     out = _run("data", "folder", str(tmp_path / "s"), "--frames", "5")
     summary = json.loads(out.stdout)
-    assert out.returncode == 0 and summary["videos"] == 3 and summary["clips"] == 9  # 17 frames -> 3 clips of 5
+    assert out.returncode == 0 and summary["videos"] == 3 and summary["clips"] == 12  # 17 frames -> 3 clips of 5 + the tail
     assert summary["captioned_videos"] == summary["videos_with_audio"] == 3
 
 

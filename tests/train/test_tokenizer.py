@@ -213,3 +213,17 @@ def test_reconstruct_in_chunks_matches_one_pass(trained, monkeypatch):
     chunked = evaluation.roundtrip(tok, x)
     assert chunked.shape == whole.shape == x.shape
     assert torch.allclose(chunked[:, :, :5], whole[:, :, :5], atol=1e-5)  # causal: the first chunk is exact
+
+
+def test_decoder_fine_tuning_keeps_the_codes(trained, tmp_path):
+    import torch
+
+    run = tmp_path / "decoder"
+    assert main(["tokenizer", "fit", "--config", str(DEBUG), "--out", str(run), "--init", str(trained / "model"),
+                 "--train.freeze-encoder", "--steps", "2", "--train.lr", "0.01", "--train.save-dtype", "float32"]) == 0
+    before = VideoTokenizer.from_pretrained(trained / "model")
+    after = VideoTokenizer.from_pretrained(run / "model")
+    x = torch.rand(2, 3, 5, 32, 32) * 2 - 1
+    assert torch.equal(before.encode(x), after.encode(x))  # the encoder and quantizer did not move
+    assert any(not torch.equal(a, b) for a, b in zip(before.decoder.state_dict().values(),
+                                                     after.decoder.state_dict().values()))
