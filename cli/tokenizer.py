@@ -20,7 +20,8 @@ from videolm.train.tokenizer import TokenizerFitConfig, build_bundle, run_fit
 def run_fit_cmd(cfg: TokenizerFitConfig) -> int:
     data_input(cfg.data.source)
     model_dir = run_fit(run_folder(cfg, "tokenizer fit"))
-    print(f"trained {cfg.modality} tokenizer saved to {model_dir}/ (run folder {cfg.out}/)")
+    if model_dir is not None:  # rank 0 of a data-parallel run
+        print(f"trained {cfg.modality} tokenizer saved to {model_dir}/ (run folder {cfg.out}/)")
     return 0
 
 

@@ -109,7 +109,7 @@ def clip_dataset(data: DataConfig, split: Literal["train", "val", "eval"], num: 
     return Subset(ds, range(seed, min(seed + num, len(ds))))
 
 
-def run_fit(cfg: TokenizerFitConfig) -> Path:
+def run_fit(cfg: TokenizerFitConfig) -> Path | None:
     started = time.perf_counter()  # --max-minutes counts the whole command: set-up and data too
     torch.manual_seed(cfg.train.seed)  # the initial weights follow the seed
     if cfg.init:

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from videolm.core.config import check_range
 from videolm.core.errors import ConfigError
-from videolm.core.training import RunModule, TrainArgs, fit_run, lr_factor
+from videolm.core.training import RunModule, TrainArgs, fit_run, lr_factor, resolve_precision
 from videolm.tokenizers.modality import AudioModality, VideoModality, codebook_stats, collate_clips
 
 # ------------------------------------------------------------------------------------- configs
@@ -64,11 +64,14 @@ class TrainConfig(TrainArgs):
     val_clips: int = 32
     save_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
     freeze_encoder: bool = False  # train the decoder only: the codes stay as they are (a decoder fine-tuning stage)
+    strategy: Literal["auto", "ddp"] = "auto"  # ddp: data-parallel over `devices` processes (GPUs, or CPU + gloo)
+    devices: int | str = 1  # processes (GPUs) per machine; "auto": every GPU
+    num_nodes: int = 1  # machines
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
     def __post_init__(self):
         super().__post_init__()
-        check_range(self, 1, None, "val_every", "val_clips")
+        check_range(self, 1, None, "val_every", "val_clips", "num_nodes")
         check_range(self, 0, None, "l1_weight", "mse_weight", "contrast_weight", "aux_weight")
         check_range(self, 0, None, "audio_crop_seconds", low_open=True)
         if self.video_crop_frames is not None and (self.video_crop_frames < 1 or (self.video_crop_frames - 1) % 4):
@@ -234,8 +237,9 @@ class TokenizerModule(RunModule):
 
 
 def fit(model: nn.Module, modality: str, cfg: TrainConfig, train_data: Dataset, val_data: Dataset,
-        out: str | Path, run_config: dict | None = None, started: float | None = None) -> Path:
-    """Train (resuming exactly from OUT/checkpoints/last.ckpt if present); returns OUT/model."""
+        out: str | Path, run_config: dict | None = None, started: float | None = None) -> Path | None:
+    """Train (resuming exactly from OUT/checkpoints/last.ckpt if present); returns OUT/model (None
+    in the other processes of a data-parallel run)."""
     if modality == "video":
         adapter = VideoModality(cfg.video_crop_frames, cfg.video_crop_size)
     else:
@@ -243,6 +247,7 @@ def fit(model: nn.Module, modality: str, cfg: TrainConfig, train_data: Dataset, 
     items = [val_data[i] for i in range(min(len(val_data), cfg.val_clips))]
     val_batches = [collate_clips(items[i:i + cfg.batch_size]) for i in range(0, len(items), cfg.batch_size)]
     module = TokenizerModule(model, adapter, cfg, Path(out), val_batches)
-    fit_run(module, train_data, cfg, "tokenizer fit", collate_clips, precision=cfg.precision,
-            run_config=run_config, started=started)
-    return Path(out) / "model"
+    trainer = fit_run(module, train_data, cfg, "tokenizer fit", collate_clips, precision=resolve_precision(cfg),
+            devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy, run_config=run_config,
+            started=started)
+    return Path(out) / "model" if trainer.is_global_zero else None

@@ -129,7 +129,8 @@ def test_fit_on_a_folder_validates_on_held_out_videos_every_n_steps(mixed_folder
     run = tmp_path / "run"
     assert main(["tokenizer", "fit", "--config", str(DEBUG), "--out", str(run), "--data", str(mixed_folder),
                  "--frames", "5", "--data.stride", "4", "--data.held-out", "0.3", "--steps", "6",
-                 "--train.val-every", "3", "--train.val-clips", "2", "--train.log-every", "3"]) == 0
+                 "--train.val-every", "3", "--train.val-clips", "2", "--train.log-every", "3",
+                 "--train.workers", "1"]) == 0  # clips read by a DataLoader worker, from the decode cache
     val = [r["step"] for r in _rows(run) if "val_psnr" in r]
     assert val == [3, 6]  # not after every step
     assert sorted(p.name for p in (run / "samples").iterdir()) == [
@@ -227,3 +228,20 @@ def test_decoder_fine_tuning_keeps_the_codes(trained, tmp_path):
     assert torch.equal(before.encode(x), after.encode(x))  # the encoder and quantizer did not move
     assert any(not torch.equal(a, b) for a, b in zip(before.decoder.state_dict().values(),
                                                      after.decoder.state_dict().values()))
+
+
+@pytest.mark.skipif((__import__("os").cpu_count() or 1) < 2, reason="needs 2 CPU cores")
+def test_two_process_ddp_on_cpu(tmp_path):
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("videolm")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "videolm.cli.main"]
+    run = tmp_path / "run"
+    out = subprocess.run([*cmd, "tokenizer", "fit", "--config", str(DEBUG), "--out", str(run), "--train.strategy",
+                          "ddp", "--train.devices", "2", "--train.accelerator", "cpu", "--threads", "1"],
+                         capture_output=True, text=True, timeout=180, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("trained video tokenizer saved") == 1  # printed by rank 0 only
+    assert [r["step"] for r in _rows(run) if "loss" in r] == [2, 4]
+    VideoTokenizer.from_pretrained(run / "model")
