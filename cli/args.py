@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,9 @@ def data_input(data: str | None, flag: str = "--data") -> None:
     """A world ('shapes', 'photos', a mix like 'photos:3+shapes:1') or a folder of videos."""
     if data and not is_world(data):
         input_folder(data, flag)
+    elif data and Path(data).is_dir():
+        warnings.warn(f"{flag} {data}: means the built-in world; for your folder of that name write ./{data}",
+                      stacklevel=2)
 
 
 __all__ = ["Command", "Parser", "data_input", "input_file", "input_folder", "media_input", "print_json", "progress", "run_folder",

@@ -36,10 +36,12 @@ class EvalArgs:
     frames: int = 17  # frames per clip, 1 + 4k
     height: int = 64  # frame size of the clips (--size HxW sets both)
     width: int = 64
+    held_out: float | None = None  # a folder: score only the videos `tokenizer fit` held out at this share (e.g. 0.1)
 
     def __post_init__(self):
         check_clip_numbers(self)
         check_range(self, 1, None, "num", "batch_size")
+        check_range(self, 0, 0.9, "held_out", low_open=True)
         check_range(self, 0, 2**63 - 1, "seed")
 
 
@@ -47,7 +49,7 @@ def run_eval(args: EvalArgs) -> int:
     data_input(args.data)
     print_json(evaluate_tokenizer(args.model, data=args.data, num=args.num, seed=args.seed,
                                   batch_size=args.batch_size, modality=args.modality, frames=args.frames,
-                                  size=(args.height, args.width)))
+                                  size=(args.height, args.width), held_out=args.held_out))
     return 0
 
 
@@ -78,6 +80,8 @@ class ReconstructArgs:
 def run_reconstruct(args: ReconstructArgs) -> int:
     media_input(args.video, "--video")
     check_output_file(args.out, args.overwrite, inputs=(args.video,))
+    if Path(args.out).suffix.lower() not in (".mp4", ".mkv", ".webm", ".mov", ".gif"):
+        raise UsageError(f"--out {args.out}: write a video file (.mp4, .mkv, .webm, .mov or .gif)")
     size = size_pair(args.size) if args.size else None
     result = reconstruct(args.model, args.video, args.out, size=size, frames=args.frames, fit=args.fit,
                          refine_output=args.refine)

@@ -274,8 +274,8 @@ class RunModule(L.LightningModule):
         self._rng = None
         self._run_start = self._elapsed_before = 0.0
         self.started: float | None = None  # when the command began (perf_counter): the clock counts set-up too
-        self.end_cost = 0.0  # seconds the end of the run (finish(), the last checkpoint) took when last done
-        self.finish_cost = 0.0  # what finish() took when its work last ran (subclasses measure it)
+        self.finish_cost = 0.0  # seconds finish()'s work took when it last ran (subclasses measure it)
+        self.checkpoint_cost = 0.0  # seconds the last checkpoint took to write
 
     # -- what subclasses write
 
@@ -316,11 +316,12 @@ class RunModule(L.LightningModule):
     def budget_spent(self) -> bool:
         """Whether the steps are done or the minutes spent. The clock runs from the command's start
         (set-up, data loading and validation included), and stops early by what the run's end took
-        last time (``end_cost``), so the whole command ends close to the budget; a step that starts
-        within the budget is taken, so even a tiny budget trains one."""
+        last time (`finish_cost` and `checkpoint_cost`), so the whole command ends close to the
+        budget; a step that starts within the budget is taken, so even a tiny budget trains one."""
         minutes = self.cfg.max_minutes
+        end_cost = self.finish_cost + self.checkpoint_cost
         return self.steps_done >= self.cfg.steps or bool(
-            minutes and self.shared(self.elapsed + self.end_cost) >= 60 * minutes)
+            minutes and self.shared(self.elapsed + end_cost) >= 60 * minutes)
 
     def shared(self, value: float) -> float:
         """Rank 0's ``value`` under several processes, so that all agree (on the lr, on stopping)."""
@@ -350,7 +351,7 @@ class RunModule(L.LightningModule):
     def save_resume_checkpoint(self) -> None:
         start = time.perf_counter()
         self._save_checkpoint()
-        self.end_cost = self.finish_cost + time.perf_counter() - start
+        self.checkpoint_cost = time.perf_counter() - start
 
     def _save_checkpoint(self) -> None:
         path = self.out / CHECKPOINT
@@ -364,7 +365,7 @@ class RunModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["videolm"] = {"steps": self.steps_done, "elapsed": self.elapsed, "rng": rng_state(),
-                                 "extra": self.extra_state()}
+                                 "extra": self.extra_state(), "end_costs": [self.finish_cost, self.checkpoint_cost]}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("videolm")
@@ -372,6 +373,7 @@ class RunModule(L.LightningModule):
             raise UsageError(f"{self.out / CHECKPOINT}: not a checkpoint of this videolm version; move it away "
                              "to start the run afresh")
         self.steps_done, self.elapsed = int(state["steps"]), float(state["elapsed"])
+        self.finish_cost, self.checkpoint_cost = (float(v) for v in state.get("end_costs", (0.0, 0.0)))
         self._rng = state["rng"]
         if self.sampler is not None:
             self.sampler.start_batch = self.steps_done

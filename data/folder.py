@@ -8,8 +8,8 @@ the clips, their captions and audio, and nothing else is a clip.
 
 Clips are cut with a stride (overlap allowed), and the tail of each file is kept: when the
 stride does not land on the end, one more clip ends exactly at the file's last frame. Videos
-(not clips) are split into train and held-out by a hash of their path, so a split never changes
-when files are added and no held-out clip shares a video with a training clip.
+(not clips) are split into train and held-out by a hash of their path (`held_out_videos`), so
+no held-out clip shares a video with a training clip.
 
 Probing every file is slow on big folders, so the results are kept in an index in the user's
 cache (``$VIDEOLM_CACHE``, else ``$XDG_CACHE_HOME/videolm``, else ``~/.cache/videolm``:
@@ -245,8 +245,10 @@ class FolderDataset(Dataset):
 
 def held_out_videos(paths: list[str], share: float) -> set[str]:
     """The videos held out of training: those whose path hashes into the lowest ``share`` of the
-    hash range, so adding files never moves a video between splits; when that picks none of two
-    or more videos, the lowest-hashing one (none at all when share is 0)."""
+    hash range, so adding files does not move a video between splits. Two fallbacks keep both
+    splits non-empty in small folders, and only those can move a video when files are added: when
+    the hash picks none of two or more videos, the lowest-hashing one is held out; when it picks
+    all, the highest-hashing one trains. A share of 0 holds out nothing."""
     if share <= 0 or len(paths) < 2:
         return set()
 

@@ -151,8 +151,9 @@ def _sample(name: str, h, w, cys, cxs, scales, angles) -> torch.Tensor:
     for level in np.unique(picks):
         idx = np.flatnonzero(picks == level)
         img, f = levels[level], 2.0 ** level
-        grid = torch.cat([_window_grid(h, w, cys[i] / f, cxs[i] / f, scales[i] / f, angles[i], *img.shape[-2:])
-                          for i in idx])
+        # source pixel centre c is level pixel centre (c + 0.5) / f - 0.5 (each level averages f x f pixels)
+        grid = torch.cat([_window_grid(h, w, (cys[i] + 0.5) / f - 0.5, (cxs[i] + 0.5) / f - 0.5, scales[i] / f,
+                                       angles[i], *img.shape[-2:]) for i in idx])
         out[idx] = F.grid_sample(img.expand(len(idx), -1, -1, -1), grid, mode="bilinear",
                                  padding_mode="reflection", align_corners=False)
     return out.transpose(0, 1)

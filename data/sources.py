@@ -74,16 +74,19 @@ class ClipSource:
     width: int = 64
     fps: int = 8
     backgrounds: list[str] = field(default_factory=lambda: ["black"], metadata={"comma": True})  # Shapes only
+    held_out: float | None = None  # a folder: only the videos held out at this share (as `tokenizer fit` held them)
 
     def __post_init__(self):
         check_clip_numbers(self)
         check_range(self, 0, 2**63 - 1, "seed")
+        check_range(self, 0, 0.9, "held_out", low_open=True)
 
     def dataset(self) -> Dataset:
         if is_world(self.data):
             return world_dataset(self.data, self.num, self.seed, self.split, self.frames, self.height, self.width,
                                  self.fps, self.backgrounds)
-        folder = FolderDataset(self.data, frames=self.frames, fps=self.fps, size=(self.height, self.width))
+        split = {} if self.held_out is None else {"split": "eval", "held_out": self.held_out}
+        folder = FolderDataset(self.data, frames=self.frames, fps=self.fps, size=(self.height, self.width), **split)
         if self.seed >= len(folder):
             raise DataError(f"{self.data}: has {len(folder)} clips; none from clip {self.seed} on")
         return Subset(folder, range(self.seed, min(self.seed + self.num, len(folder))))

@@ -21,12 +21,13 @@ from videolm.tokenizers.modality import AudioModality, VideoModality, codebook_s
 
 @torch.no_grad()
 def evaluate_tokenizer(model: str, data: str = "shapes", num: int = 256, seed: int = 0, batch_size: int = 8,
-                       modality: str | None = None, frames: int = 17, size: tuple[int, int] = (64, 64)) -> dict:
+                       modality: str | None = None, frames: int = 17, size: tuple[int, int] = (64, 64),
+                       held_out: float | None = None) -> dict:
     """Reconstruction quality on held-out clips, as one JSON-ready dict; for video, with the same
     figures of the same-bits baseline (`videolm.core.metrics.same_bits_baseline`) beside them."""
     tok = load_tokenizer(model, modality)
     is_video = tok.kind == "video_tokenizer"
-    ds = ClipSource(data, num, seed, "eval", frames, size[0], size[1]).dataset()
+    ds = ClipSource(data, num, seed, "eval", frames, size[0], size[1], held_out=held_out).dataset()
     if len(ds) == 0:
         raise UsageError(f"--data {data}: no clips to evaluate")
     adapter = VideoModality() if is_video else AudioModality()
@@ -58,6 +59,7 @@ def evaluate_tokenizer(model: str, data: str = "shapes", num: int = 256, seed: i
 
 
 CHUNK_PIXELS = 17 * 256 * 256  # frames x pixels per pass; longer or larger clips go in 1 + 4k-frame chunks
+MAX_PIXELS = 2048 * 2048  # per frame, at the input's own size (--size resizes larger inputs)
 
 
 def fit_strides(height: int, width: int, frames: int) -> tuple[int, int, int, list[str]]:
@@ -116,16 +118,19 @@ def reconstruct(model: str, video: str, out: str, size: tuple[int, int] | None =
         raise UsageError(f"--refine: {model} has no refiner ({REFINER_DIR}/{CONFIG_NAME})")
     refiner = refiner if refine_output is not False else None
     info = probe_video(video)
+    if size is None and info.height * info.width > MAX_PIXELS:
+        raise UsageError(f"{video}: {info.height}x{info.width} frames are more than {MAX_PIXELS:,} pixels; "
+                         "give a smaller --size")
     notes = []
-    clip = read_video(video, size=size, fit=fit)  # (T, H, W, 3), every frame
+    clip = read_video(video, size=size, fit=fit, num_frames=frames)  # (T, H, W, 3)
     if size is not None and size != (info.height, info.width):
         notes.append(f"resized from {info.height}x{info.width} to {size[0]}x{size[1]} (--size, --fit {fit})")
     if frames is not None:
         if frames > len(clip):
             raise UsageError(f"--frames {frames}: {video} has only {len(clip)} frames")
-        if frames < len(clip):
-            notes.append(f"kept the first {frames} of {len(clip)} frames (--frames)")
-        clip = clip[:frames]
+        total = info.num_frames or len(clip)
+        if frames < total:
+            notes.append(f"kept the first {frames} of {total} frames (--frames)")
     h, w, t, cut = fit_strides(clip.shape[1], clip.shape[2], len(clip))
     notes += cut
     if h < SPACE_DOWN or w < SPACE_DOWN:

@@ -111,6 +111,12 @@ def clip_dataset(data: DataConfig, split: Literal["train", "val", "eval"], num: 
 
 def run_fit(cfg: TokenizerFitConfig) -> Path | None:
     started = time.perf_counter()  # --max-minutes counts the whole command: set-up and data too
+    if cfg.train.freeze_encoder and (cfg.modality != "video" or not cfg.init):
+        raise UsageError("train.freeze_encoder fine-tunes the decoder of a trained video tokenizer: "
+                         "give --init (and --modality video)")
+    if cfg.train.strategy == "ddp" and cfg.train.adversarial.enabled:
+        raise UsageError("train.adversarial with train.strategy ddp is not supported (the discriminator is idle "
+                         "before its start step, which DDP does not allow); train on one device")
     torch.manual_seed(cfg.train.seed)  # the initial weights follow the seed
     if cfg.init:
         model = load_tokenizer(cfg.init, cfg.modality).float()

@@ -119,17 +119,20 @@ class TokenizerModule(RunModule):
         self.model, self.modality = model, modality
         self.automatic_optimization = False
         self.discriminator = PatchDiscriminator3d(cfg.adversarial.channels) if cfg.adversarial.enabled else None
+        if cfg.freeze_encoder:  # before Lightning wraps the model (DDP registers what needs gradients)
+            for part in self._frozen():
+                part.requires_grad_(False)
         self.val_batches = val_batches
         self._validated_at = -1
         self._t0, self._clips = time.perf_counter(), 0
+
+    def _frozen(self) -> list[nn.Module]:
+        return [self.model.encoder, self.model.bottleneck] if self.cfg.freeze_encoder else []
 
     # -- optimization
     def configure_optimizers(self):
         cfg = self.cfg
         params = self.model.decoder.parameters() if cfg.freeze_encoder else self.model.parameters()
-        if cfg.freeze_encoder:
-            for part in (self.model.encoder, self.model.bottleneck):
-                part.requires_grad_(False)
         opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
         if self.discriminator is None:
             return opt
@@ -146,6 +149,8 @@ class TokenizerModule(RunModule):
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, cfg, self.elapsed_now())
         x = self.modality.inputs(batch, train=True)
+        for part in self._frozen():
+            part.eval()  # a VQ codebook's EMA and dead-code revival stay still too
         out = self.model(x)
         recon_loss, logs = self.modality.loss(x, out.recon, cfg, self.model)
         loss = recon_loss + cfg.aux_weight * out.aux_loss
@@ -215,12 +220,12 @@ class TokenizerModule(RunModule):
             if i == 0 and self.trainer.is_global_zero:
                 self.modality.write_samples(x, out.recon, self.out / "samples" / f"step_{step:06d}")
         self.model.train(was_training)
-        self.finish_cost = time.perf_counter() - start  # the run's end does this again: the budget keeps room
         if codes:
             row = {"step": step, **{f"val_{k}": torch.cat(v).mean().item() for k, v in values.items()},
                    **codebook_stats(torch.cat(codes), self.model.config.codebook_size)}
             self._append_metrics(row)
         self._export()
+        self.finish_cost = time.perf_counter() - start  # the run's end does this again: the budget keeps room
         self._t0 += time.perf_counter() - start  # throughput counts training time only
 
     # -- outputs

@@ -141,6 +141,11 @@ def test_fit_on_a_folder_validates_on_held_out_videos_every_n_steps(mixed_folder
     held = FolderDataset(mixed_folder, frames=5, size=(32, 32), stride=4, split="eval", held_out=0.3)
     assert held.paths() and set(held.paths()).isdisjoint(train.paths())
     assert len(train) + len(held) > 6 * 2  # overlapping clips: more than one per video
+    from videolm.evaluation.tokenizer import evaluate_tokenizer
+
+    scored = evaluate_tokenizer(str(run / "model"), data=str(mixed_folder), num=100, frames=5, size=(32, 32),
+                                held_out=0.3)
+    assert scored["clips"] == len(FolderDataset(mixed_folder, frames=5, size=(32, 32), split="eval", held_out=0.3))
 
 
 def test_the_wall_clock_budget_counts_the_whole_command(mixed_folder, tmp_path):
