@@ -119,7 +119,7 @@ def run_fit(cfg: TokenizerFitConfig) -> Path | None:
                          "before its start step, which DDP does not allow); train on one device")
     torch.manual_seed(cfg.train.seed)  # the initial weights follow the seed
     if cfg.init:
-        model = load_tokenizer(cfg.init, cfg.modality).float()
+        model = load_tokenizer(cfg.init, cfg.modality).float().train()
     else:
         model = build_tokenizer(cfg.modality, cfg.preset, cfg.model)
     train = clip_dataset(cfg.data, "train", cfg.data.num)
