@@ -16,6 +16,7 @@ import warnings
 from importlib.metadata import PackageNotFoundError, version
 
 from videolm.cli.args import Command
+from videolm.core import clock
 from videolm.core.errors import UsageError, VideolmError
 
 # group -> (the module whose COMMANDS (a group's subcommands) or COMMAND it runs, one line of help)
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if not debug:
         warnings.formatwarning = _one_line_warning
     try:
-        return dispatch(argv)
+        with clock.command():
+            return dispatch(argv)
     except VideolmError as e:
         if debug:
             traceback.print_exc()

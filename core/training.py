@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from videolm.core import clock
 from videolm.core.config import check_range
 from videolm.core.errors import ConfigError, UsageError
 from videolm.core.outputs import mark_run_dir
@@ -425,7 +426,7 @@ def fit_run(module: RunModule, data: Dataset, cfg, command: str, collate_fn=None
     ``cfg.batch_size``), resuming from OUT/checkpoints/last.ckpt if there is one. ``started`` (a
     `time.perf_counter` reading, default now) is when the wall-clock budget began. Returns the
     Trainer (``is_global_zero`` tells the main process)."""
-    module.started = time.perf_counter() if started is None else started
+    module.started = clock.started() if started is None else started
     out = module.out
     if len(data) < cfg.batch_size:
         raise ConfigError(f"train.batch_size={cfg.batch_size} is more than the {len(data)} training items")

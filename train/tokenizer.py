@@ -6,7 +6,6 @@ the data (Shapes on the fly, or a folder of videos), builds the model from its p
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset, Subset
 
+from videolm.core import clock
 from videolm.core.config import check_clip_numbers, check_range, to_dict
 from videolm.core.errors import UsageError
 from videolm.core.models import resolve_model
@@ -110,7 +110,7 @@ def clip_dataset(data: DataConfig, split: Literal["train", "val", "eval"], num: 
 
 
 def run_fit(cfg: TokenizerFitConfig) -> Path | None:
-    started = time.perf_counter()  # --max-minutes counts the whole command: set-up and data too
+    started = clock.started()  # --max-minutes counts the whole command: imports, set-up and data too
     if cfg.train.freeze_encoder and (cfg.modality != "video" or not cfg.init):
         raise UsageError("train.freeze_encoder fine-tunes the decoder of a trained video tokenizer: "
                          "give --init (and --modality video)")
