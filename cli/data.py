@@ -19,13 +19,18 @@ class ShapesArgs(ShapesDataConfig):
     overwrite: bool = False  # replace an earlier output of videolm in --out
 
 
-def run_shapes(args: ShapesArgs) -> int:
+def _write_world(args, config_class, write, name: str, files: str) -> int:
+    """`data shapes` and `data photos`: check --out, write the clips with a progress bar, say what was written."""
     check_output_dir(args.out, args.overwrite)
-    cfg = ShapesDataConfig(num=args.num, seed=args.seed, split=args.split, world=args.world)
-    with progress(cfg.num, "shapes") as bar:
-        out = write_shapes(args.out, cfg, overwrite=args.overwrite, progress=bar.update)
-    print(f"wrote {cfg.num} clips (seeds {cfg.seeds.start}..{cfg.seeds.stop - 1}) to {out}/ with manifest.jsonl")
+    cfg = config_class(num=args.num, seed=args.seed, split=args.split, world=args.world)
+    with progress(cfg.num, name) as bar:
+        out = write(args.out, cfg, overwrite=args.overwrite, progress=bar.update)
+    print(f"wrote {cfg.num} {cfg.split} clips (seeds {cfg.seeds.start}..{cfg.seeds.stop - 1}) to {out}/ with {files}")
     return 0
+
+
+def run_shapes(args: ShapesArgs) -> int:
+    return _write_world(args, ShapesDataConfig, write_shapes, "shapes", "manifest.jsonl")
 
 
 @dataclass
@@ -35,13 +40,7 @@ class PhotosArgs(PhotoDataConfig):
 
 
 def run_photos(args: PhotosArgs) -> int:
-    check_output_dir(args.out, args.overwrite)
-    cfg = PhotoDataConfig(num=args.num, seed=args.seed, split=args.split, world=args.world)
-    with progress(cfg.num, "photos") as bar:
-        out = write_photos(args.out, cfg, overwrite=args.overwrite, progress=bar.update)
-    print(f"wrote {cfg.num} {cfg.split} clips (seeds {cfg.seeds.start}..{cfg.seeds.stop - 1}) to {out}/ with "
-          "manifest.jsonl and sources.json")
-    return 0
+    return _write_world(args, PhotoDataConfig, write_photos, "photos", "manifest.jsonl and sources.json")
 
 
 def run_folder(args: FolderConfig) -> int:

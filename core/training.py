@@ -274,7 +274,7 @@ class RunModule(L.LightningModule):
         self.sampler: ResumableSampler | None = None
         self._rng = None
         self._run_start = self._elapsed_before = 0.0
-        self.started: float | None = None  # when the command began (perf_counter): the clock counts set-up too
+        self.started: float | None = None  # when the command began (`videolm.core.clock`): budgets count set-up too
         self.finish_cost = 0.0  # seconds finish()'s work took when it last ran (subclasses measure it)
         self.checkpoint_cost = 0.0  # seconds the last checkpoint took to write
 
@@ -421,12 +421,12 @@ def read_checkpoint(path: Path) -> None:
 
 def fit_run(module: RunModule, data: Dataset, cfg, command: str, collate_fn=None, *, devices=1, num_nodes: int = 1,
             strategy="auto", precision: str = "32-true", grad_clip: float | None = None,
-            run_config: dict | None = None, started: float | None = None) -> L.Trainer:
+            run_config: dict | None = None) -> L.Trainer:
     """Train ``module`` on ``data`` (read through a `ResumableSampler` in batches of
-    ``cfg.batch_size``), resuming from OUT/checkpoints/last.ckpt if there is one. ``started`` (a
-    `time.perf_counter` reading, default now) is when the wall-clock budget began. Returns the
-    Trainer (``is_global_zero`` tells the main process)."""
-    module.started = clock.started() if started is None else started
+    ``cfg.batch_size``), resuming from OUT/checkpoints/last.ckpt if there is one. The wall-clock
+    budget runs from the command's start (`videolm.core.clock`). Returns the Trainer
+    (``is_global_zero`` tells the main process)."""
+    module.started = clock.started()
     out = module.out
     if len(data) < cfg.batch_size:
         raise ConfigError(f"train.batch_size={cfg.batch_size} is more than the {len(data)} training items")

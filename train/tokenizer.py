@@ -14,7 +14,6 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset, Subset
 
-from videolm.core import clock
 from videolm.core.config import check_clip_numbers, check_range, to_dict
 from videolm.core.errors import UsageError
 from videolm.core.models import resolve_model
@@ -110,7 +109,6 @@ def clip_dataset(data: DataConfig, split: Literal["train", "val", "eval"], num: 
 
 
 def run_fit(cfg: TokenizerFitConfig) -> Path | None:
-    started = clock.started()  # --max-minutes counts the whole command: imports, set-up and data too
     if cfg.train.freeze_encoder and (cfg.modality != "video" or not cfg.init):
         raise UsageError("train.freeze_encoder fine-tunes the decoder of a trained video tokenizer: "
                          "give --init (and --modality video)")
@@ -125,7 +123,7 @@ def run_fit(cfg: TokenizerFitConfig) -> Path | None:
     train = clip_dataset(cfg.data, "train", cfg.data.num)
     val = clip_dataset(cfg.data, "val", cfg.train.val_clips)
     return fit(model, cfg.modality, cfg.train, train, val, cfg.out, run_config={"entry": "tokenizer fit", **to_dict(cfg)},
-               started=started)
+)
 
 
 # ------------------------------------------------------------------------------------------ eval

@@ -242,7 +242,7 @@ class TokenizerModule(RunModule):
 
 
 def fit(model: nn.Module, modality: str, cfg: TrainConfig, train_data: Dataset, val_data: Dataset,
-        out: str | Path, run_config: dict | None = None, started: float | None = None) -> Path | None:
+        out: str | Path, run_config: dict | None = None) -> Path | None:
     """Train (resuming exactly from OUT/checkpoints/last.ckpt if present); returns OUT/model (None
     in the other processes of a data-parallel run)."""
     if modality == "video":
@@ -253,6 +253,5 @@ def fit(model: nn.Module, modality: str, cfg: TrainConfig, train_data: Dataset, 
     val_batches = [collate_clips(items[i:i + cfg.batch_size]) for i in range(0, len(items), cfg.batch_size)]
     module = TokenizerModule(model, adapter, cfg, Path(out), val_batches)
     trainer = fit_run(module, train_data, cfg, "tokenizer fit", collate_clips, precision=resolve_precision(cfg),
-            devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy, run_config=run_config,
-            started=started)
+            devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy, run_config=run_config)
     return Path(out) / "model" if trainer.is_global_zero else None
