@@ -25,6 +25,7 @@ Prints one JSON object: ``{"model", "num", "tasks": {name: metrics}, "seconds"}`
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from videolm.evaluation.scoring import Scorer
 from videolm.lm.data import TaskBatch
 from videolm.lm.losses import held_out_losses
 from videolm.lm.masks import pad
+from videolm.lm.positions import GridLayout, grid_positions, uses_grid
 from videolm.tasks.base import Task
 from videolm.tasks.pipeline import Pipeline, Plan, check_frames, check_size
 
@@ -151,7 +153,9 @@ def truth_loss(model, task, samples: list[dict], pad_id: int, batch_size: int = 
         task.training = training
     items = [(torch.cat([prefix, target]).long(), len(prefix)) for prefix, target in built]
     chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
-    batches = [TaskBatch(pad(chunk, pad_id=pad_id), torch.zeros(len(chunk), dtype=torch.long)) for chunk in chunks]
+    positions = functools.partial(grid_positions, layout=GridLayout.from_vocab(task.vocab)) if uses_grid(model) else None
+    batches = [TaskBatch(pad(chunk, pad_id=pad_id, positions=positions), torch.zeros(len(chunk), dtype=torch.long))
+               for chunk in chunks]
     loss, count = held_out_losses(model, batches, num_tasks=1)
     return float(loss.sum() / count.sum().clamp(min=1))
 

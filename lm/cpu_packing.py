@@ -24,6 +24,7 @@ from transformers.activations import SiLUActivation
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from videolm.lm.engine import llama_of
+from videolm.lm.positions import frequency_axes, rope_rows, uses_grid
 
 USE_ONEDNN = True  # DecodeWeights: oneDNN's packed layout for batches where it works (False: split layout only)
 PACK_ROWS = 16  # the number of rows oneDNN is told to expect when it packs a matrix
@@ -262,10 +263,11 @@ class CpuFastPath:
     """What the engine asks of a fast path (`videolm.lm.engine.FastPath`), over `DecodeWeights`:
     cache memory, the layers, and the head's logits."""
 
-    def __init__(self, weights: DecodeWeights, cos: torch.Tensor, sin: torch.Tensor):
+    def __init__(self, weights: DecodeWeights, cos: torch.Tensor, sin: torch.Tensor, grid: bool = False):
         half = weights.head_dim // 2
         self.weights = weights
         self.turn = torch.complex(cos[:, :half], sin[:, :half])  # (S, Dh / 2): RoPE as one complex product
+        self.axes = frequency_axes(half) if grid else None  # (Dh / 2,): grid positions' component per pair
 
     def kv_memory(self, shape: tuple[int, ...]) -> torch.Tensor:
         """Room for every layer's keys and values: one buffer in huge pages (`_huge_empty`;
@@ -275,7 +277,7 @@ class CpuFastPath:
 
     def layers(self, x: torch.Tensor, positions: torch.Tensor, kv: list[torch.Tensor], start: int,
                mask: torch.Tensor | None) -> torch.Tensor:
-        turn = self.turn[positions][:, None]  # (B, 1, T, Dh / 2) complex
+        turn = rope_rows(self.turn, positions, self.axes)[:, None]  # (B, 1, T, Dh / 2) complex
         for i, layer_kv in enumerate(kv):
             x = _lean_block(self.weights, i, x, turn, layer_kv, start, mask)  # (B, T, D)
         return x
@@ -294,7 +296,7 @@ def cpu_fast_path(model, rows: int, cos: torch.Tensor, sin: torch.Tensor) -> Cpu
     half = weights.head_dim // 2
     if not (torch.equal(cos[:, :half], cos[:, half:]) and torch.equal(sin[:, :half], sin[:, half:])):
         return None
-    return CpuFastPath(weights, cos, sin)
+    return CpuFastPath(weights, cos, sin, grid=uses_grid(model))
 
 
 def _lean_block(w: DecodeWeights, i: int, x, turn, kv, start: int, mask):

@@ -12,6 +12,7 @@ apart per task.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,6 +22,7 @@ from torch.utils.data import Dataset
 
 from videolm.core.errors import ConfigError, DataError
 from videolm.lm.masks import PackedBatch, pack, pad
+from videolm.lm.positions import GridLayout, grid_positions
 
 Sample = dict  # code fields -> int64 tensors, plus metadata (caption, seed, height, width, ...)
 
@@ -187,19 +189,22 @@ class TaskBatch:
 
 class PackCollate:
     """DataLoader collate: sequences packed into rows of ``row_len`` tokens (first fit decreasing).
-    ``packing=False`` is the baseline: one sequence per row, padded to the batch's longest."""
+    ``packing=False`` is the baseline: one sequence per row, padded to the batch's longest.
+    ``grid``: the vocabulary's `GridLayout`, for a model with grid positions (rows then carry
+    ``(R, L, 3)`` positions); None: sequence positions."""
 
-    def __init__(self, row_len: int, pad_id: int = 0, packing: bool = True):
+    def __init__(self, row_len: int, pad_id: int = 0, packing: bool = True, grid: GridLayout | None = None):
         if row_len < 1:
             raise ConfigError(f"row_len={row_len} must be >= 1")
         self.row_len, self.pad_id, self.packing = row_len, pad_id, packing
+        self.positions = None if grid is None else functools.partial(grid_positions, layout=grid)
 
     def __call__(self, items: Sequence[TaskExample]) -> TaskBatch:
         examples = [(it.ids, it.prefix_len) for it in items]
         if self.packing:
-            rows = pack(examples, self.row_len, pad_id=self.pad_id)
+            rows = pack(examples, self.row_len, pad_id=self.pad_id, positions=self.positions)
         else:
-            rows = pad(examples, max(len(it.ids) for it in items), pad_id=self.pad_id)
+            rows = pad(examples, max(len(it.ids) for it in items), pad_id=self.pad_id, positions=self.positions)
         return TaskBatch(rows, torch.tensor([it.task for it in items], dtype=torch.long))
 
 

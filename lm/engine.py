@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -36,6 +37,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from videolm.core.errors import UsageError
 from videolm.lm.constraints import AllowedIds, Constraint
 from videolm.lm.masks import attention_bias, prefix_lm_mask
+from videolm.lm.positions import GridLayout, GridPositions, column_axes, rope_rows, uses_grid
 
 Prompts = Sequence[Sequence[int] | torch.Tensor]
 
@@ -67,21 +69,26 @@ class KVCache:
     valid: torch.Tensor  # (B, S) bool: the slot holds a real token (not padding)
     cos: torch.Tensor  # (S, Dh) RoPE table by position
     sin: torch.Tensor  # (S, Dh)
-    positions: torch.Tensor  # (B,) long: RoPE position of each row's next token
+    positions: torch.Tensor  # (B,) long: RoPE position of each row's next token (sequence positions)
     length: int = 0  # slots filled
     padded: bool = False  # some slot is padding, so attention needs a mask
     fast: FastPath | None = None  # the forward that fills it (None: the model's modules)
+    axes: torch.Tensor | None = None  # (Dh,) grid positions: the component each RoPE column follows
+    grid: list[GridPositions] | None = None  # grid positions: each row's, fed every token it reads
 
     @property
     def capacity(self) -> int:
         return self.valid.shape[1]
 
 
-def new_cache(model, batch_size: int, max_len: int, fast: FastPathFactory | None = None) -> KVCache:
+def new_cache(model, batch_size: int, max_len: int, fast: FastPathFactory | None = None,
+              grid: GridLayout | None = None) -> KVCache:
     """An empty cache for ``batch_size`` rows of ``max_len`` tokens (prompt and output). ``fast``
     builds the forward that fills it where it applies (e.g. `videolm.lm.cpu_packing.cpu_fast_path`);
-    otherwise, or without it, the model's own modules run."""
+    otherwise, or without it, the model's own modules run. A model with grid positions needs the
+    vocabulary's ``grid`` (`GridLayout.from_vocab`); other models ignore it."""
     lm = llama_of(model)
+    rows = _grid_rows(model, batch_size, grid)
     cfg, param = lm.config, lm.lm_head.weight
     shape = (cfg.num_hidden_layers, batch_size, 2 * cfg.num_key_value_heads, max_len, cfg.head_dim)
     table = torch.arange(max_len, device=param.device)[None]  # (1, S)
@@ -92,12 +99,23 @@ def new_cache(model, batch_size: int, max_len: int, fast: FastPathFactory | None
         kv=list(kv.unbind(0)), valid=torch.zeros(batch_size, max_len, dtype=torch.bool, device=param.device),
         cos=cos.to(param.dtype), sin=sin.to(param.dtype),
         positions=torch.zeros(batch_size, dtype=torch.long, device=param.device), fast=path,
+        axes=None if rows is None else column_axes(cfg.head_dim).to(param.device), grid=rows,
     )
+
+
+def _grid_rows(model, batch_size: int, grid: GridLayout | None) -> list[GridPositions] | None:
+    """One `GridPositions` per row for a model with grid positions; None for other models."""
+    if not uses_grid(model):
+        return None
+    if grid is None:
+        raise UsageError("this model places video tokens on their grid (grid positions): generation needs "
+                         "the vocabulary's grid layout (grid=GridLayout.from_vocab(vocab))")
+    return [GridPositions(grid) for _ in range(batch_size)]
 
 
 def forward(model, cache: KVCache, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
             last_only: bool = False, span: tuple[int, int] | None = None) -> torch.Tensor:
-    """Run ``ids (B, T)`` at RoPE ``positions (B, T)`` into the next T cache slots. ``mask
+    """Run ``ids (B, T)`` at RoPE ``positions (B, T)`` (grid positions: ``(B, T, 3)``) into the next T cache slots. ``mask
     (B, 1, T, length + T)`` is boolean (True: attend); None attends to every filled slot.
     Returns logits ``(B, T, V)``, or ``(B, 1, V)`` for the last slot only. ``span = (lo, hi)``
     says only ids in ``[lo, hi)`` will be looked at: the head may then skip the others, whose
@@ -108,7 +126,7 @@ def forward(model, cache: KVCache, ids: torch.Tensor, positions: torch.Tensor, m
         raise UsageError(f"the cache holds {cache.capacity} tokens; cannot add {ids.shape[1]} after {start}")
     x = lm.model.embed_tokens(ids)  # (B, T, D)
     if cache.fast is None:
-        cos, sin = cache.cos[positions], cache.sin[positions]  # (B, T, Dh) each
+        cos, sin = rope_rows(cache.cos, positions, cache.axes), rope_rows(cache.sin, positions, cache.axes)  # (B, T, Dh)
         for layer, kv in zip(lm.model.layers, cache.kv):
             x = _block(layer, x, cos, sin, kv, start, mask)  # (B, T, D)
     else:
@@ -131,6 +149,8 @@ def prefill(model, cache: KVCache, prompts: Prompts, pad_id: int = 0) -> torch.T
     cache.padded = not bool(valid.all())
     first = valid.shape[1] - valid.sum(1, keepdim=True)  # (B, 1): slot of each row's first token
     positions = (torch.arange(ids.shape[1], device=ids.device) - first).clamp(min=0)  # (B, P)
+    if cache.grid is not None:
+        positions = _grid_prompts(cache.grid, ids, valid)  # (B, P, 3)
     mask = None
     if cache.padded:  # real tokens see the real tokens of their row; padding sees itself
         eye = torch.eye(ids.shape[1], dtype=torch.bool, device=ids.device)  # (P, P)
@@ -151,6 +171,9 @@ def decode_one_token(model, cache: KVCache, tokens: torch.Tensor, span: tuple[in
     cache.valid[:, slot] = True
     mask = cache.valid[:, None, None, :slot + 1] if cache.padded else None  # (B, 1, 1, slot + 1)
     positions = cache.positions[:, None]  # (B, 1)
+    if cache.grid is not None:
+        fed = [row.feed(t) for row, t in zip(cache.grid, tokens.tolist())]  # each (1, 3)
+        positions = torch.from_numpy(np.stack(fed)).to(tokens.device)  # (B, 1, 3)
     logits = forward(model, cache, tokens[:, None], positions, mask, span=span)[:, 0]  # (B, V)
     cache.positions = cache.positions + 1
     return logits
@@ -273,7 +296,8 @@ def generate(model, prompts: Prompts, max_new_tokens: int | None = None, *, temp
              constraint: Constraint | Sequence[Constraint] | None = None, cfg_scale: float = 1.0,
              uncond_prompts: Prompts | None = None, stop_id: int | None = None, pad_id: int = 0,
              generator: torch.Generator | int | None = None, use_cache: bool = True,
-             fast: FastPathFactory | None = None, progress: Callable[[int], object] | None = None) -> torch.Tensor:
+             fast: FastPathFactory | None = None, progress: Callable[[int], object] | None = None,
+             grid: GridLayout | None = None) -> torch.Tensor:
     """Continue each prompt (a prefix ending in its output-begin token). Returns ``(B, N)`` ids,
     N <= max_new_tokens, ``pad_id`` after a row ends.
 
@@ -283,21 +307,22 @@ def generate(model, prompts: Prompts, max_new_tokens: int | None = None, *, temp
     ``generator`` (a torch.Generator or a seed, or a list of them: one per prompt, so that each
     row draws what it would alone) makes the draw reproducible. ``use_cache=False``
     recomputes the whole sequence with the model's own forward at every step (a reference and a
-    baseline; slow). ``fast``: a faster forward where it applies (see `new_cache`). ``progress`` is called with 1 after each drawn token (e.g. a progress bar's
-    ``update``).
+    baseline; slow). ``fast``: a faster forward where it applies (see `new_cache`). ``progress`` is
+    called with 1 after each drawn token (e.g. a progress bar's ``update``). ``grid``: the
+    vocabulary's `GridLayout`, which a model with grid positions needs (others ignore it).
     """
     with torch.inference_mode():  # no autograd bookkeeping at all: each small step op is cheaper than under no_grad
         tokens = _generate(model, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                            constraint=constraint, cfg_scale=cfg_scale, uncond_prompts=uncond_prompts,
                            stop_id=stop_id, pad_id=pad_id, generator=generator, use_cache=use_cache,
-                           fast=fast, progress=progress)
+                           fast=fast, progress=progress, grid=grid)
     return tokens.clone()  # cloned outside inference mode: an ordinary tensor the caller may edit in place
 
 
 def _generate(model, prompts: Prompts, max_new_tokens: int | None, *, temperature: float, top_k: int | None,
               top_p: float | None, constraint, cfg_scale: float, uncond_prompts: Prompts | None,
               stop_id: int | None, pad_id: int, generator, use_cache: bool, fast: FastPathFactory | None,
-              progress: Callable[[int], object] | None) -> torch.Tensor:
+              progress: Callable[[int], object] | None, grid: GridLayout | None) -> torch.Tensor:
     lm = llama_of(model)
     device, vocab_size = lm.lm_head.weight.device, lm.config.vocab_size
     prompts = _check_prompts(prompts, vocab_size, "prompts")
@@ -317,9 +342,9 @@ def _generate(model, prompts: Prompts, max_new_tokens: int | None, *, temperatur
                            stop_id=stop_id, pad_id=pad_id, generator=generator, device=device)
     chooser.progress = progress
     if not use_cache:
-        return _generate_uncached(model, rows, num_tokens, chooser, pad_id)
+        return _generate_uncached(model, rows, num_tokens, chooser, pad_id, grid)
     width = max(len(p) for p in rows)
-    cache = new_cache(model, len(rows), width + num_tokens, fast)
+    cache = new_cache(model, len(rows), width + num_tokens, fast, grid)
     logits = prefill(model, cache, rows, pad_id)  # (R, V)
     return decode_n_tokens(model, cache, logits, num_tokens, chooser)
 
@@ -350,10 +375,10 @@ def left_pad(prompts: Prompts, pad_id: int = 0, device=None) -> tuple[torch.Tens
 
 @torch.no_grad()
 def full_logits(model, prompts: Prompts, outputs: torch.Tensor | None = None, pad_id: int = 0,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, grid: GridLayout | None = None) -> torch.Tensor:
     """Logits ``(B, P + T, V)`` of left-padded prompts followed by ``outputs (B, T)``, from the
     model's own (transformers) forward under the prefix-LM mask: the uncached reference.
-    ``last_only``: ``(B, 1, V)``, the last position's only."""
+    ``last_only``: ``(B, 1, V)``, the last position's only. ``grid``: as for `new_cache`."""
     lm = llama_of(model)
     device = lm.lm_head.weight.device
     ids, valid = left_pad(prompts, pad_id, device)  # (B, P) each
@@ -365,22 +390,37 @@ def full_logits(model, prompts: Prompts, outputs: torch.Tensor | None = None, pa
     is_prefix = torch.arange(ids.shape[1], device=device)[None] < width  # (1, P + T)
     mask = prefix_lm_mask(example, is_prefix.expand_as(valid))  # (B, 1, P + T, P + T)
     positions = (valid.cumsum(1) - 1).clamp(min=0)  # (B, P + T)
+    if uses_grid(model):
+        if grid is None:
+            raise UsageError("a model with grid positions needs the vocabulary's grid layout (grid=...)")
+        positions = _grid_prompts([GridPositions(grid) for _ in range(len(ids))], ids, valid)  # (B, P + T, 3)
     bias = attention_bias(mask, lm.dtype)
     return model(input_ids=ids, attention_mask=bias, position_ids=positions, use_cache=False,
                  logits_to_keep=1 if last_only else 0).logits
 
 
 def _generate_uncached(model, rows: list[list[int]], num_tokens: int, chooser: TokenChooser,
-                       pad_id: int) -> torch.Tensor:
+                       pad_id: int, grid: GridLayout | None) -> torch.Tensor:
     device = llama_of(model).lm_head.weight.device
     outputs = torch.zeros(len(rows), 0, dtype=torch.long, device=device)  # (R, 0)
 
     def extend(tokens: torch.Tensor, span) -> torch.Tensor:  # (R,) -> (R, V); every logit computed
         nonlocal outputs
         outputs = torch.cat([outputs, tokens[:, None]], 1)  # (R, t)
-        return full_logits(model, rows, outputs, pad_id, last_only=True)[:, -1]
+        return full_logits(model, rows, outputs, pad_id, last_only=True, grid=grid)[:, -1]
 
-    return _decode(extend, full_logits(model, rows, None, pad_id, last_only=True)[:, -1], num_tokens, chooser)
+    first = full_logits(model, rows, None, pad_id, last_only=True, grid=grid)[:, -1]
+    return _decode(extend, first, num_tokens, chooser)
+
+
+def _grid_prompts(rows: list[GridPositions], ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Grid positions ``(B, P, 3)`` of left-padded ``ids (B, P)``: each row's real tokens fed to its
+    `GridPositions`, 0 on padding."""
+    positions = torch.zeros(*ids.shape, 3, dtype=torch.long)  # (B, P, 3)
+    for b, row in enumerate(rows):
+        real = valid[b].cpu()
+        positions[b, real] = torch.from_numpy(row.feed(ids[b].cpu()[real].numpy()))
+    return positions.to(ids.device)
 
 
 def _decode(extend: Callable[[torch.Tensor, tuple[int, int] | None], torch.Tensor], logits: torch.Tensor,

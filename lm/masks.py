@@ -15,7 +15,7 @@ no attention row is ever empty and fully padded rows give finite outputs, never 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +25,7 @@ from videolm.core.errors import UsageError
 IGNORE = -100  # label of positions without loss (the Hugging Face / cross-entropy convention)
 
 Example = tuple[Sequence[int] | torch.Tensor, int]  # (ids, prefix_len)
+PositionsOf = Callable[[torch.Tensor], torch.Tensor]  # an example's ids (N,) -> its positions (N, 3)
 
 
 def prefix_lm_mask(example: torch.Tensor, is_prefix: torch.Tensor) -> torch.Tensor:
@@ -59,7 +60,7 @@ class PackedBatch:
 
     ids: torch.Tensor  # long; pad_id on padding
     example: torch.Tensor  # long; index of the example in the packed list, -1 on padding
-    positions: torch.Tensor  # long; RoPE position within the example, 0 on padding
+    positions: torch.Tensor  # long; RoPE position within the example, 0 on padding; (R, L, 3) for grid positions
     is_prefix: torch.Tensor  # bool; True on prefix tokens
 
     def attention_mask(self) -> torch.Tensor:
@@ -84,11 +85,13 @@ class PackedBatch:
         return PackedBatch(*(t.to(device) for t in (self.ids, self.example, self.positions, self.is_prefix)))
 
 
-def pack(examples: Sequence[Example], row_len: int, pad_id: int = 0, longest_first: bool = True) -> PackedBatch:
+def pack(examples: Sequence[Example], row_len: int, pad_id: int = 0, longest_first: bool = True,
+         positions: PositionsOf | None = None) -> PackedBatch:
     """Pack examples into rows of ``row_len`` tokens by first fit: each example goes into the
     first row with room for it, or opens a new row. ``longest_first`` places the longest examples
     first (first-fit decreasing), which leaves less padding; ``example`` indices always refer to
-    the order given."""
+    the order given. ``positions(ids) -> (N, 3)``: each example's grid positions
+    (`videolm.lm.positions.grid_positions`); None: 0..N-1."""
     checked = _check_examples(examples, row_len)
     order = range(len(checked))
     if longest_first:
@@ -104,15 +107,16 @@ def pack(examples: Sequence[Example], row_len: int, pad_id: int = 0, longest_fir
             slot = len(rows) - 1
         rows[slot].append(i)
         free[slot] -= size
-    return _fill(checked, rows, row_len, pad_id)
+    return _fill(checked, rows, row_len, pad_id, positions)
 
 
-def pad(examples: Sequence[Example], row_len: int | None = None, pad_id: int = 0) -> PackedBatch:
+def pad(examples: Sequence[Example], row_len: int | None = None, pad_id: int = 0,
+        positions: PositionsOf | None = None) -> PackedBatch:
     """One example per row, right-padded to ``row_len`` (default: the longest example): the
-    layout without packing."""
+    layout without packing. ``positions`` as for `pack`."""
     row_len = max((len(ids) for ids, _ in examples), default=0) if row_len is None else row_len
     checked = _check_examples(examples, row_len)
-    return _fill(checked, [[i] for i in range(len(checked))], row_len, pad_id)
+    return _fill(checked, [[i] for i in range(len(checked))], row_len, pad_id, positions)
 
 
 def prefix_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -149,12 +153,13 @@ def _check_example(ids, prefix_len, index: int, row_len: int) -> tuple[torch.Ten
     return ids, int(prefix_len)
 
 
-def _fill(examples: list[tuple[torch.Tensor, int]], rows: list[list[int]], row_len: int, pad_id: int) -> PackedBatch:
+def _fill(examples: list[tuple[torch.Tensor, int]], rows: list[list[int]], row_len: int, pad_id: int,
+          positions: PositionsOf | None = None) -> PackedBatch:
     shape = (len(rows), row_len)
     batch = PackedBatch(
         ids=torch.full(shape, pad_id, dtype=torch.long),  # (R, L)
         example=torch.full(shape, -1, dtype=torch.long),  # (R, L)
-        positions=torch.zeros(shape, dtype=torch.long),  # (R, L)
+        positions=torch.zeros(shape + ((3,) if positions is not None else ()), dtype=torch.long),  # (R, L) or (R, L, 3)
         is_prefix=torch.zeros(shape, dtype=torch.bool),  # (R, L)
     )
     for r, members in enumerate(rows):
@@ -164,7 +169,7 @@ def _fill(examples: list[tuple[torch.Tensor, int]], rows: list[list[int]], row_l
             stop = start + len(ids)
             batch.ids[r, start:stop] = ids
             batch.example[r, start:stop] = i
-            batch.positions[r, start:stop] = torch.arange(len(ids))
+            batch.positions[r, start:stop] = torch.arange(len(ids)) if positions is None else positions(ids)
             batch.is_prefix[r, start:start + prefix_len] = True
             start = stop
     return batch

@@ -23,6 +23,7 @@ from transformers.utils import logging as hf_logging
 from videolm.core.errors import ConfigError, UsageError
 from videolm.core.saving import check_weights, read_json, weights_file
 from videolm.lm.masks import attention_bias
+from videolm.lm.positions import AXES, CONFIG_KEY, KINDS, GridRotaryEmbedding, positions_of
 
 
 @dataclass
@@ -45,6 +46,8 @@ class LMConfig:
     bos_id: int = 1
     eos_id: int = 2
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    # "sequence": RoPE at each token's index; "grid": video tokens at (t, h, w) (M-RoPE, lm/positions.py)
+    positions: Literal["sequence", "grid"] = "sequence"
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -61,6 +64,10 @@ class LMConfig:
                              "heads of even size (RoPE rotates pairs)")
         if self.n_heads % self.n_kv_heads:
             raise UsageError(f"LMConfig: n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.positions not in KINDS:
+            raise UsageError(f"LMConfig: positions={self.positions!r}: choose from {', '.join(KINDS)}")
+        if self.positions == "grid" and (self.d_model // self.n_heads) // 2 < AXES:
+            raise UsageError(f"LMConfig: grid positions need at least {AXES} rotary frequencies per head")
         if max(self.pad_id, self.bos_id, self.eos_id) >= self.vocab_size:
             raise UsageError(f"LMConfig: special ids must be below vocab_size={self.vocab_size}")
 
@@ -103,7 +110,9 @@ PRESETS: dict[str, dict] = {
 
 
 def to_llama_config(cfg: LMConfig) -> LlamaConfig:
-    """The `transformers` config of the model `cfg` describes."""
+    """The `transformers` config of the model `cfg` describes (grid positions: one more key,
+    `videolm.lm.positions.CONFIG_KEY`; a sequence-position config is plain Llama's)."""
+    extra = {CONFIG_KEY: cfg.positions} if cfg.positions != "sequence" else {}
     return LlamaConfig(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.d_model,
@@ -122,6 +131,7 @@ def to_llama_config(cfg: LMConfig) -> LlamaConfig:
         bos_token_id=cfg.bos_id,
         eos_token_id=cfg.eos_id,
         attn_implementation=cfg.attn_implementation,
+        **extra,
     )
 
 
@@ -141,7 +151,7 @@ def from_llama_config(llama: LlamaConfig) -> LMConfig:
         max_seq_len=llama.max_position_embeddings, norm_eps=llama.rms_norm_eps,
         tie_embeddings=llama.tie_word_embeddings, init_std=llama.initializer_range,
         pad_id=_or(llama.pad_token_id, 0), bos_id=_or(llama.bos_token_id, 1), eos_id=_or(eos, 2),
-        attn_implementation=impl,
+        attn_implementation=impl, positions=positions_of(llama),
     )
 
 
@@ -150,7 +160,14 @@ def _or(value, default):
 
 
 class VideoLM(LlamaForCausalLM):
-    """`LlamaForCausalLM` with a prefix-LM entry point. Same weights, same numerics, same files."""
+    """`LlamaForCausalLM` with a prefix-LM entry point. Same weights, same numerics, same files.
+    A config with grid positions gets `GridRotaryEmbedding` in place of Llama's rotary module (no weights:
+    the files stay Llama's; position ids may then be ``(B, T, 3)``)."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__(config)
+        if positions_of(config) == "grid":
+            self.model.rotary_emb = GridRotaryEmbedding(config)
 
     @classmethod
     def from_lm_config(cls, cfg: LMConfig | str, **overrides) -> VideoLM:
@@ -168,9 +185,15 @@ class VideoLM(LlamaForCausalLM):
     def logits(self, ids: torch.Tensor, mask: torch.Tensor | None = None,
                positions: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``(B, T, V)`` of ``ids (B, T)`` under a boolean attention ``mask (B, 1, T, T)``
-        (True: may attend; None: causal) at RoPE ``positions (B, T)`` (None: 0..T-1)."""
+        (True: may attend; None: causal) at RoPE ``positions (B, T)``, or ``(B, T, 3)`` for a model
+        with grid positions (None: 0..T-1)."""
         if ids.dim() != 2:
             raise UsageError(f"ids must be (batch, length), got shape {tuple(ids.shape)}")
+        if positions is not None and positions.dim() == 3:
+            if positions_of(self.config) != "grid":
+                raise UsageError("(batch, length, 3) positions need a model with grid positions")
+            if mask is None:  # transformers reads 2D position ids for its own causal mask; give it one
+                mask = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool, device=ids.device).tril()[None, None]
         bias = None if mask is None else attention_bias(mask, self.dtype)  # (B, 1, T, T)
         return self(input_ids=ids, attention_mask=bias, position_ids=positions, use_cache=False).logits
 

@@ -9,6 +9,7 @@ import torch
 from videolm.lm.cpu_packing import cpu_fast_path
 from videolm.lm.engine import generate
 from videolm.lm.model import VideoLM
+from videolm.lm.positions import GridLayout
 from videolm.tasks.base import Task
 
 
@@ -25,7 +26,8 @@ def generate_codes(model: VideoLM, task: Task, items: list[dict], *, cfg_scale: 
                        cfg_scale=cfg_scale if guided else 1.0,
                        uncond_prompts=[task.prefix(item, drop_text=True) for item in items] if guided else None,
                        temperature=temperature, top_k=top_k, top_p=top_p, pad_id=task.vocab["<pad>"],
-                       generator=generator, fast=cpu_fast_path, progress=progress)  # (B, N)
+                       generator=generator, fast=cpu_fast_path, progress=progress,
+                       grid=GridLayout.from_vocab(task.vocab))  # (B, N)
     finally:
         task.training = training
     return [task.output_codes(row, shape) for row, shape in zip(ids.cpu(), shapes)]

@@ -28,6 +28,7 @@ from videolm.data.sources import ClipSource
 from videolm.core.outputs import write_json_atomic as write_json
 from videolm.lm.data import Buckets, TaskSequences
 from videolm.lm.model import LMConfig, VideoLM, load_videolm
+from videolm.lm.positions import positions_of, set_positions
 from videolm.tasks.base import Task, build_tasks, clip_length
 from videolm.tasks.generation import generate_codes
 from videolm.tasks.tokenizing import ClipTokenizer, LazySamples
@@ -108,7 +109,8 @@ class LMFitConfig:
     samples: SampleConfig = field(default_factory=SampleConfig)
     out: str = "runs/lm"  # the run folder (a rerun resumes it)
     init: str | None = None  # start from these weights (a model folder: save_pretrained's, or a run's
-    #                          model/); the preset and model overrides are then not used
+    #                          model/); the preset and model overrides are then not used,
+    #                          except model.positions, which switches it (e.g. to "grid")
 
 
 def training_data(cfg: LMDataConfig):
@@ -203,9 +205,10 @@ def _memory_bytes() -> int | None:
         return None
 
 
-def warm_start(folder: str, vocab, row_len: int) -> VideoLM:
+def warm_start(folder: str, vocab, row_len: int, positions: str | None = None) -> VideoLM:
     """The model saved in ``folder``, checked against the data's vocabulary: a second stage of
-    training with a fresh schedule (the first stage's optimizer state is not carried over)."""
+    training with a fresh schedule (the first stage's optimizer state is not carried over).
+    ``positions`` ("sequence" or "grid"), where given, switches the model to those positions."""
     path = Path(folder)
     if not (path / "config.json").is_file():
         raise ConfigError(f"init: {folder} is not a model folder (no config.json)")
@@ -219,6 +222,8 @@ def warm_start(folder: str, vocab, row_len: int) -> VideoLM:
     if model.config.max_position_embeddings < row_len:
         raise ConfigError(f"train.row_len={row_len} exceeds the model's max_seq_len="
                           f"{model.config.max_position_embeddings}")
+    if positions is not None and positions != positions_of(model.config):
+        set_positions(model, positions)
     return model.float().train()  # float32 master weights (a bundle stores float16); from_pretrained gives eval mode
 
 
@@ -228,7 +233,8 @@ def run_fit(cfg: LMFitConfig):
     tasks = build_tasks(list(cfg.data.tasks), vocab)
     data = TaskSequences(samples, tasks, list(cfg.data.tasks.values()), cfg.data.text_dropout, cfg.train.row_len)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg, len(vocab), vocab) if cfg.init is None else warm_start(cfg.init, vocab, cfg.train.row_len)
+    model = build_model(cfg, len(vocab), vocab) if cfg.init is None else warm_start(
+        cfg.init, vocab, cfg.train.row_len, cfg.model.get("positions"))
     sample = None
     if cfg.train.sample_every:
         sample = SampleWriter(tasks, samples, model_dir, Path(cfg.out) / "samples", cfg.samples)

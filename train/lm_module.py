@@ -51,6 +51,7 @@ from videolm.lm.losses import (
     weights_fingerprint,
 )
 from videolm.lm.model import VideoLM
+from videolm.lm.positions import GridLayout, uses_grid
 
 
 @dataclass
@@ -87,11 +88,12 @@ class LMTrainConfig(TrainArgs):
 
 
 
-def held_out_batches(data: Dataset, cfg: LMTrainConfig, pad_id: int = 0, seed: int = 1234) -> list[TaskBatch]:
+def held_out_batches(data: Dataset, cfg: LMTrainConfig, pad_id: int = 0, seed: int = 1234,
+                     grid: GridLayout | None = None) -> list[TaskBatch]:
     """A fixed draw of ``cfg.val_sequences`` examples from held-out ``data`` (its first items; the
     tasks drawn with their own seed, so training's random stream is untouched), packed as training
     packs them. The same batches are scored every time, so the curve moves only with the weights."""
-    collate = PackCollate(cfg.row_len, pad_id, cfg.packing)
+    collate = PackCollate(cfg.row_len, pad_id, cfg.packing, grid)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         items = [data[i] for i in range(min(len(data), cfg.val_sequences))]
@@ -357,11 +359,16 @@ def fit(model: VideoLM, cfg: LMTrainConfig, train_data: Dataset, out: str | Path
                           "(the last partial batch is dropped, so nothing would train)")
     if cfg.val_every and held_out is None:
         raise ConfigError(f"train.val_every={cfg.val_every}: held-out loss needs held-out data (data.val_shards)")
-    batches = held_out_batches(held_out, cfg, pad_id) if held_out is not None and cfg.val_every else None
+    grid = None
+    if uses_grid(model):
+        if vocab is None:
+            raise ConfigError("a model with grid positions trains with its vocabulary (fit(..., vocab=...))")
+        grid = GridLayout.from_vocab(vocab)
+    batches = held_out_batches(held_out, cfg, pad_id, grid=grid) if held_out is not None and cfg.val_every else None
     module = LMModule(model, cfg, out, task_names, vocab=vocab, sample=sample, export=export,
                       held_out=batches, teacher=teacher, distill=distill, fast_rows=fast_rows,
                       fast_rows_scale=fast_rows_scale, protect=protect, protect_per_tensor=protect_per_tensor)
-    trainer = fit_run(module, train_data, cfg, command, PackCollate(cfg.row_len, pad_id, cfg.packing),
+    trainer = fit_run(module, train_data, cfg, command, PackCollate(cfg.row_len, pad_id, cfg.packing, grid),
                       devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=_strategy(cfg),
                       precision=resolve_precision(cfg), grad_clip=cfg.grad_clip, run_config=run_config)
     return out / "model" if trainer.is_global_zero else None
