@@ -2,6 +2,7 @@
 
     python benchmarks/decode.py [--threads 2] [--repeats 5] [--new-tokens 320] [--prefix 32] [--context 1024]
     python benchmarks/decode.py --device cuda --dtype bfloat16 --preset small   # on a GPU
+    python benchmarks/decode.py --grid --size 48x80x17   # also with grid positions (3D RoPE)
 
 The `tiny` preset (10.9 M parameters, random weights, seeded, eval mode, float32) on CPU, one
 model object for both systems, so the weights are identical. Each system continues t2v prompts
@@ -22,7 +23,8 @@ decoding step against recomputing the whole sequence with the model's own forwar
 
 ``--modules`` adds a row for our engine running the model's modules instead of the CPU fast path's
 layout of the weights (``generate(fast=None)``, what it does for LoRA-wrapped models), to show what that
-layout buys. ``--device cuda`` (with ``--dtype`` and ``--preset``) runs both systems on a GPU and
+layout buys. ``--grid`` adds a row for the same weights with grid positions (3D RoPE for video
+tokens, `videolm.lm.positions`): what placing each decoded token on its grid costs per step. ``--device cuda`` (with ``--dtype`` and ``--preset``) runs both systems on a GPU and
 adds, per batch size, the memory-bandwidth bound (`bandwidth_bound`). Prints a table, then one
 JSON line.
 """
@@ -30,6 +32,7 @@ JSON line.
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import statistics
@@ -43,6 +46,7 @@ from videolm.lm import engine
 from videolm.lm.cpu_packing import cpu_fast_path
 from videolm.lm.constraints import video_layout
 from videolm.lm.model import VideoLM
+from videolm.lm.positions import GridLayout, set_positions
 from videolm.tokenizers.geometry import grid_of, latent_frames, parse_clip_size
 from videolm.tokenizers.vocab import Vocabulary
 
@@ -83,6 +87,11 @@ def ours(model, prompts, layout, new_tokens: int) -> torch.Tensor:
 def ours_modules(model, prompts, layout, new_tokens: int) -> torch.Tensor:
     """`engine.generate` with the cache filled by the model's modules (no fast path)."""
     return engine.generate(model, prompts, new_tokens, temperature=0, constraint=layout)
+
+
+def ours_grid(model, prompts, layout, new_tokens: int, grid: GridLayout) -> torch.Tensor:
+    """`engine.generate` for a model with grid positions: each row's positions followed token by token."""
+    return engine.generate(model, prompts, new_tokens, temperature=0, constraint=layout, fast=cpu_fast_path, grid=grid)
 
 
 def theirs(model, prompts, video: tuple[int, int], new_tokens: int) -> torch.Tensor:
@@ -154,6 +163,7 @@ def main():
     parser.add_argument("--context", type=int, default=1024, help="length at which the KV cache's speedup is measured")
     parser.add_argument("--context-tokens", type=int, default=4, help="tokens timed at that length, per repeat")
     parser.add_argument("--modules", action="store_true", help="also time our engine running the model's modules")
+    parser.add_argument("--grid", action="store_true", help="also time our engine with grid positions (same weights)")
     parser.add_argument("--preset", default="tiny", help="model size preset (default tiny, the CPU model)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (adds the memory-bandwidth bound)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -185,6 +195,11 @@ def main():
                "transformers generate()": lambda p: theirs(model, p, video, args.new_tokens)}
     if args.modules:
         systems["videolm engine, modules"] = lambda p: ours_modules(model, p, layout, args.new_tokens)
+    if args.grid:
+        on_grid = copy.deepcopy(model)
+        set_positions(on_grid, "grid")
+        grid = GridLayout.from_vocab(vocab)
+        systems["videolm engine, grid pos."] = lambda p: ours_grid(on_grid, p, layout, args.new_tokens, grid)
     prompts = {b: t2v_prompts(vocab, b, args.prefix, args.seed + b, size) for b in args.batches}
     for name, fn in systems.items():  # warm up (allocator, kernels), and check the outputs
         out = fn(t2v_prompts(vocab, 1, args.prefix, 99, size)[:1])
@@ -228,6 +243,12 @@ def main():
     if args.modules:
         result["ours_modules_tok_s"] = round(rate[("videolm engine, modules", first)], 1)
         result[f"ours_modules_tok_s_b{last}"] = round(rate[("videolm engine, modules", last)], 1)
+    if args.grid:
+        for b in (first, last):
+            tag = "" if b == first else f"_b{b}"
+            result[f"ours_grid_tok_s{tag}"] = round(rate[("videolm engine, grid pos.", b)], 1)
+            result[f"grid_over_sequence{tag}"] = round(rate[("videolm engine, grid pos.", b)]
+                                                       / rate[("videolm engine", b)], 3)
     print(f"ours / transformers at batch {first}: {result['ratio_vs_hf']:.2f}x (goal >= {GOALS['ratio_vs_hf']}); "
           f"at batch {last}: {result[f'ratio_vs_hf_b{last}']:.2f}x")
     print(f"ours, batch {last} / batch {first}: {result['batch8_over_batch1']:.2f}x "

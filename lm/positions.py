@@ -70,8 +70,29 @@ class GridPositions:
         self.base = 0  # the open run's p0
         self.top = -1  # the largest component so far in the open run
 
+    def step(self, token: int) -> tuple[int, int, int]:
+        """The position of one more token (the same as `feed`, in plain integers: a decoding step)."""
+        if self.index is not None and token in self.layout.closes:
+            self.next, self.index = self.top + 1, None
+        if self.index is None:
+            p = self.next
+            self.next += 1
+            if token in self.layout.grids:
+                self.grid = self.layout.grids[token]
+            elif token in self.layout.opens and self.grid is not None:
+                self.index, self.base, self.top = 0, self.next, self.next - 1
+            return p, p, p
+        gh, gw = self.grid
+        k = self.index
+        place = (self.base + k // (gh * gw), self.base + (k // gw) % gh, self.base + k % gw)
+        self.top = max(self.top, *place)
+        self.index += 1
+        return place
+
     def feed(self, ids) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) == 1:
+            return np.asarray([self.step(int(ids[0]))], dtype=np.int64)
         out = np.empty((len(ids), AXES), dtype=np.int64)
         i = 0
         while i < len(ids):

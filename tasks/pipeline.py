@@ -43,6 +43,7 @@ from videolm.data.media import probe_audio, probe_video, read_audio, read_image,
 from videolm.diffusion.dit_pipeline import TASKS, DiTGenerator
 from videolm.diffusion.refiner import Refiner, refine
 from videolm.lm.model import load_videolm
+from videolm.lm.positions import positions_of
 from videolm.tasks.base import BUILTIN, Media, Task, TaskInputs, task_class
 from videolm.tasks.generation import generate_codes
 from videolm.tasks.prompts import PromptTable
@@ -276,6 +277,7 @@ class Pipeline:
     def describe_lm(self) -> dict:
         """Parameters, training compute (``lm/training.json``) and sampler of the AR model."""
         return {"params_m": round(sum(p.numel() for p in self.model.parameters()) / 1e6, 2),
+                "positions": positions_of(self.model.config),  # "sequence" or "grid" (lm/positions.py)
                 "training": _read_training(self.folder / LM_DIR),
                 "sampler": "one token per forward pass (KV cache), constrained, CFG for text"}
 

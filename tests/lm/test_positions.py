@@ -73,6 +73,8 @@ def test_fed_in_pieces_the_positions_are_the_same(cuts):
     bounds = [0, *cuts, len(ids)]
     pieces = [stream.feed(ids[a:b]) for a, b in zip(bounds, bounds[1:])]
     np.testing.assert_array_equal(np.concatenate(pieces), whole)
+    one_by_one = GridPositions(GRID)
+    np.testing.assert_array_equal([one_by_one.step(t) for t in ids], whole)
 
 
 @pytest.fixture(scope="module")

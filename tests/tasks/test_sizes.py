@@ -163,3 +163,26 @@ def test_eval_judges_long_clips_over_their_last_frames_too(model_dir, capsys):
     assert main(["eval", "--model", str(model_dir), "--tasks", "t2v", "--num", "2", "--frames", "21"]) == 0
     block = json.loads(capsys.readouterr().out)["tasks"]["t2v"]
     assert set(block["late"]) == {"shape", "color", "size"} and "direction" in block
+
+
+@pytest.fixture(scope="module")
+def grid_dir(model_dir, tmp_path_factory):
+    """`model_dir` with its LM switched to grid positions (the same weights)."""
+    folder = tmp_path_factory.mktemp("grid") / "model"
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "lm" / "config.json").read_text())
+    (folder / "lm" / "config.json").write_text(json.dumps({**config, "videolm_positions": "grid"}))
+    return folder
+
+
+def test_a_grid_position_model_generates_and_scores_at_any_size(grid_dir, capsys):
+    pipe = Pipeline.from_pretrained(grid_dir)
+    assert pipe.describe_lm()["positions"] == "grid"
+    task = pipe.task("t2v")
+    wide = pipe.prepare("t2v", "a small blue square moves up", size="48x80").sample
+    square = pipe.prepare("t2v", "a small blue square moves up", frames=9).sample
+    together = pipe.codes(task, [wide, square], [3, 4])
+    assert all(torch.equal(a, pipe.codes(task, [s], [seed])[0]) for a, s, seed in zip(together, [wide, square], [3, 4]))
+    assert main(["eval", "--model", str(grid_dir), "--tasks", "t2v,extend", "--num", "2", "--size", "64x112"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["size"] == "64x112" and "psnr" in report["tasks"]["extend"]

@@ -20,7 +20,7 @@ from videolm.core.training import lr_factor
 from videolm.lm.data import PackCollate, TaskExample
 from videolm.lm.losses import distill_losses, output_logits, output_losses, project_conflict
 from videolm.lm.masks import token_losses
-from videolm.lm.model import VideoLM
+from videolm.lm.model import VideoLM, load_videolm
 from videolm.tokenizers.vocab import Vocabulary
 from videolm.train.lm import LMFitConfig, training_data
 from videolm.train.lm_module import LMModule, LMTrainConfig, _scale_row_steps, fit
@@ -421,6 +421,32 @@ def test_a_mixture_of_sizes_and_lengths_trains_in_weighted_buckets_and_records_i
     assert (clip["height"], clip["width"], clip["frames"]) == (32, 48, 9)  # the heaviest bucket
     assert sorted(map(tuple, clip["sizes"])) == [(32, 32, 5), (32, 48, 9)]
     assert all(math.isfinite(r["loss"]) for r in _rows(run))
+
+
+def test_grid_positions_train_on_mixed_sizes_and_a_trained_model_switches_to_them(trained, shards, tmp_path):
+    square = _sized_shards(tmp_path / "square", 32, 32, 5, 12, 0)
+    wide = _sized_shards(tmp_path / "wide", 32, 48, 9, 12, 1)
+    cfg = yaml.safe_load(DEBUG.read_text())
+    cfg["model"] = {"positions": "grid"}
+    cfg["data"] = {"shards": [str(square), str(wide)], "buckets": {"32x32x5": 1.0, "32x48x9": 1.0}, "tasks": {"t2v": 1.0},
+                   "val_shards": str(wide)}
+    cfg["train"].update(steps=2, log_every=1, checkpoint_every=2, val_every=2)
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert main(["lm", "fit", "--config", str(tmp_path / "grid.yaml"), "--out", str(run)]) == 0
+    assert load_videolm(run / "model").lm_config.positions == "grid"
+    rows = _rows(run)
+    assert all(math.isfinite(r.get("loss", r.get("val_loss"))) for r in rows) and any("val_loss" in r for r in rows)
+    # a model trained with sequence positions, continued with grid ones: same weights to start from
+    cfg = yaml.safe_load(DEBUG.read_text())
+    cfg.update(init=str(trained / "model"), model={"positions": "grid"})
+    cfg["train"].update(steps=1, lr=0.0, warmup_steps=1)
+    (tmp_path / "switch.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["lm", "fit", "--config", str(tmp_path / "switch.yaml"), "--shards", str(shards),
+                 "--out", str(tmp_path / "switched")]) == 0
+    before, after = load_videolm(trained / "model"), load_videolm(tmp_path / "switched" / "model")
+    assert before.lm_config.positions == "sequence" and after.lm_config.positions == "grid"
+    assert all(torch.equal(v, after.state_dict()[k]) for k, v in before.state_dict().items())
 
 
 def test_buckets_that_name_no_data_or_data_outside_them_are_config_errors(tmp_path):
