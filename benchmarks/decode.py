@@ -43,10 +43,11 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from videolm.core.models import resolve_model
 from videolm.lm import engine
-from videolm.lm.cpu_packing import cpu_fast_path
 from videolm.lm.constraints import video_layout
+from videolm.lm.cpu_packing import cpu_fast_path
 from videolm.lm.model import VideoLM
 from videolm.lm.positions import GridLayout, set_positions
+from videolm.tasks.base import grid_layout
 from videolm.tokenizers.geometry import grid_of, latent_frames, parse_clip_size
 from videolm.tokenizers.vocab import Vocabulary
 
@@ -198,8 +199,8 @@ def main():
     if args.grid:
         on_grid = copy.deepcopy(model)
         set_positions(on_grid, "grid")
-        grid = GridLayout.from_vocab(vocab)
-        systems["videolm engine, grid pos."] = lambda p: ours_grid(on_grid, p, layout, args.new_tokens, grid)
+        on_grid_layout = grid_layout(vocab)
+        systems["videolm engine, grid pos."] = lambda p: ours_grid(on_grid, p, layout, args.new_tokens, on_grid_layout)
     prompts = {b: t2v_prompts(vocab, b, args.prefix, args.seed + b, size) for b in args.batches}
     for name, fn in systems.items():  # warm up (allocator, kernels), and check the outputs
         out = fn(t2v_prompts(vocab, 1, args.prefix, 99, size)[:1])

@@ -39,7 +39,7 @@ from videolm.data.shards import TokenShards
 from videolm.lm.data import Buckets, PackCollate, TaskSequences
 from videolm.lm.losses import output_losses
 from videolm.lm.model import LMConfig, VideoLM
-from videolm.tasks.base import build_tasks
+from videolm.tasks.base import build_tasks, grid_layout
 from videolm.tokenizers.geometry import parse_clip_size
 from videolm.tokenizers.vocab import Vocabulary
 from videolm.train.lm import LMFitConfig
@@ -222,7 +222,8 @@ def main():
     sample_batches = batches(data, batch_size, args.padding_batches, args.seed)
     lengths = {t.name: sorted({len(ex.ids) for b in sample_batches for ex in b if ex.task == k})
                for k, t in enumerate(tasks)}
-    packed, unpacked = PackCollate(row_len, pad_id), PackCollate(row_len, pad_id, packing=False)
+    grid = grid_layout(vocab) if cfg.model.get("positions") == "grid" else None  # a config with grid positions
+    packed, unpacked = PackCollate(row_len, pad_id, grid=grid), PackCollate(row_len, pad_id, packing=False, grid=grid)
     collate_start = time.perf_counter()
     pad_packed = padding(sample_batches, packed)
     collate_ms = 1e3 * (time.perf_counter() - collate_start) / len(sample_batches)

@@ -131,7 +131,10 @@ def media_input(path, flag: str, kind: str = "video"):
 
 
 def data_input(data: str | None, flag: str = "--data") -> None:
-    """A world ('shapes', 'photos', a mix like 'photos:3+shapes:1') or a folder of videos."""
+    """A world ('shapes', 'photos', a mix like 'photos:3+shapes:1'), a folder of videos or a clip pack
+    (a folder with pack.json, or a URL; a URL is checked when it is opened)."""
+    if data and "://" in data:
+        return
     if data and not is_world(data):
         input_folder(data, flag)
     elif data and Path(data).is_dir():

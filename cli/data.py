@@ -1,14 +1,17 @@
-"""`videolm data shapes | folder | examples`: make or index datasets."""
+"""`videolm data shapes | photos | folder | pack | examples`: make, index or pack datasets."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from videolm.cli.args import Command, input_folder, print_json, progress
 from videolm.core.config import check_range
+from videolm.core.errors import UsageError
 from videolm.core.outputs import check_output_dir
 from videolm.data.examples import FILES, write_examples
 from videolm.data.folder import FolderConfig
+from videolm.data.packs import ClipPack, write_pack
 from videolm.data.photos import PhotoDataConfig, write_photos
 from videolm.data.shapes_data import ShapesDataConfig, write_shapes
 
@@ -50,6 +53,35 @@ def run_folder(args: FolderConfig) -> int:
 
 
 @dataclass
+class PackArgs(FolderConfig):
+    out: str = field(kw_only=True)  # the pack's folder (new or empty, or an earlier output of videolm with --overwrite)
+    shard_clips: int = 64  # clips per shard file
+    overwrite: bool = False  # replace an earlier output of videolm in --out
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range(self, 1, None, "shard_clips")
+        if self.split != "all":
+            raise UsageError("data pack: --split does not apply (a pack holds the training and the held-out "
+                             "videos apart, as --held-out divides them)")
+
+
+def run_pack(args: PackArgs) -> int:
+    root = input_folder(args.root, "ROOT")
+    out = Path(args.out).resolve()
+    if out == root.resolve() or root.resolve() in out.parents:
+        raise UsageError(f"--out {args.out}: inside ROOT {args.root}; videolm never writes into the folder it reads")
+    check_output_dir(args.out, args.overwrite)
+    folder = args.dataset()
+    with progress(len(folder), "clips") as bar:
+        out = write_pack(args.out, folder, args.shard_clips, overwrite=args.overwrite, progress=bar.update)
+    parts = {part: ClipPack(out, part).summary() for part in ("train", "eval")}
+    print(f"packed {parts['train']['clips']} training and {parts['eval']['clips']} held-out clips "
+          f"({parts['train']['shards'] + parts['eval']['shards']} shards) into {out}/")
+    return 0
+
+
+@dataclass
 class ExamplesArgs:
     out: str  # output folder (new or empty, or an earlier output of videolm with --overwrite)
     seed: int = 0  # which held-out scene
@@ -83,6 +115,14 @@ COMMANDS = {
                       "or NAME.wav. The index is cached in videolm's cache folder (VIDEOLM_CACHE, or "
                       "~/.cache/videolm); ROOT itself is only read. Unreadable files are skipped with one warning "
                       "each.", config="data folder", schema=FolderConfig),
+    "pack": Command(PackArgs, run_pack, "decode a folder of videos once into shards of clips (a clip pack)",
+                    "Cut every video under ROOT into clips as `data folder` does (--frames, --fps, --size, --fit, "
+                    "--stride; --held-out of the videos kept apart by a hash of their path), decode each once and "
+                    "write them to --out as shards of --shard-clips clips (NumPy arrays, with each clip's caption, "
+                    "file and start) and pack.json. Every --data that takes a folder takes the pack, or its URL once "
+                    "copied to object storage (s3://, gs://, https://, ... with the matching fsspec package): "
+                    "training then reads clips, never videos, and keeps fetched shards in videolm's cache.",
+                    config="data pack"),
     "examples": Command(ExamplesArgs, run_examples,
                         "write example inputs for every task (the files the README's commands use)",
                         "Write a held-out Shapes scene as the inputs of every task: " +

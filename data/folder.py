@@ -103,7 +103,7 @@ class FolderDataset(Dataset):
             raise UsageError(f"{self.root}: no such folder" if not self.root.exists() else f"{self.root}: not a folder")
         self.frames, self.fps, self.size, self.fit = frames, fps, tuple(size), fit
         self.sample_rate, self.stride = sample_rate, stride or frames
-        self.split, self.cache = split, cache
+        self.split, self.cache, self.held_out = split, cache, held_out
         self.index_path = Path(index_path) if index_path else _default_index_path(self.root)
         sources = _manifest_sources(self.root)
         if sources is None:

@@ -1,5 +1,5 @@
-"""Which clips a command reads: a generated world (Shapes, photos, or a weighted mix of both), or a
-folder of videos.
+"""Which clips a command reads: a generated world (Shapes, photos, or a weighted mix of both), a
+folder of videos, or a clip pack of one (`videolm.data.packs`, local or at a URL).
 
 A world is named by a spec: ``shapes``, ``photos``, or a mix such as ``photos:3+shapes:1`` (item i
 of a mix comes from one of the worlds, chosen with the given weights by a low-discrepancy sequence,
@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, Subset
 from videolm.core.config import check_clip_numbers, check_range
 from videolm.core.errors import DataError, UsageError
 from videolm.data.folder import FolderDataset
+from videolm.data.packs import ClipPack, is_pack
 from videolm.data.photos import PhotoConfig, PhotoDataset
 from videolm.data.shapes import ShapesConfig
 from videolm.data.shapes_data import ShapesDataset
@@ -85,11 +86,29 @@ class ClipSource:
         if is_world(self.data):
             return world_dataset(self.data, self.num, self.seed, self.split, self.frames, self.height, self.width,
                                  self.fps, self.backgrounds)
+        if is_pack(self.data):  # a pack's split was made when it was packed: eval reads its held-out part
+            pack = open_pack(self.data, "eval" if self.split == "eval" else "train", self.height, self.width,
+                             self.frames, self.fps)
+            return _clips_from(pack, self.data, self.seed, self.num)
         split = {} if self.held_out is None else {"split": "eval", "held_out": self.held_out}
         folder = FolderDataset(self.data, frames=self.frames, fps=self.fps, size=(self.height, self.width), **split)
-        if self.seed >= len(folder):
-            raise DataError(f"{self.data}: has {len(folder)} clips; none from clip {self.seed} on")
-        return Subset(folder, range(self.seed, min(self.seed + self.num, len(folder))))
+        return _clips_from(folder, self.data, self.seed, self.num)
 
 
-__all__ = ["ClipSource", "MixedDataset", "is_world", "parse_world", "world_dataset"]
+def _clips_from(clips: Dataset, name: str, first: int, num: int) -> Subset:
+    if first >= len(clips):
+        raise DataError(f"{name}: has {len(clips)} clips; none from clip {first} on")
+    return Subset(clips, range(first, min(first + num, len(clips))))
+
+
+def open_pack(url: str, part: str, height: int, width: int, frames: int, fps: float) -> ClipPack:
+    """A pack's part, checked to hold clips of the size, length and rate asked for."""
+    pack = ClipPack(url, part)
+    want, have = (height, width, frames, float(fps)), (*pack.size, pack.frames, pack.fps)
+    if want != have:
+        raise UsageError(f"{url}: the pack holds {have[0]}x{have[1]} clips of {have[2]} frames at {have[3]:g} fps; "
+                         f"pass --size {have[0]}x{have[1]} --frames {have[2]} --fps {have[3]:g} (or pack again)")
+    return pack
+
+
+__all__ = ["ClipSource", "MixedDataset", "is_world", "open_pack", "parse_world", "world_dataset"]

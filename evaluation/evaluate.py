@@ -42,10 +42,11 @@ from videolm.data.shapes_data import ShapesDataset
 from videolm.evaluation.probe import load_probe
 from videolm.evaluation.scoring import Scorer
 from videolm.lm.data import TaskBatch
+from videolm.lm.engine import uses_grid
 from videolm.lm.losses import held_out_losses
 from videolm.lm.masks import pad
-from videolm.lm.positions import GridLayout, grid_positions, uses_grid
-from videolm.tasks.base import Task
+from videolm.lm.positions import grid_positions
+from videolm.tasks.base import Task, grid_layout
 from videolm.tasks.pipeline import Pipeline, Plan, check_frames, check_size
 
 
@@ -153,7 +154,7 @@ def truth_loss(model, task, samples: list[dict], pad_id: int, batch_size: int = 
         task.training = training
     items = [(torch.cat([prefix, target]).long(), len(prefix)) for prefix, target in built]
     chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
-    positions = functools.partial(grid_positions, layout=GridLayout.from_vocab(task.vocab)) if uses_grid(model) else None
+    positions = functools.partial(grid_positions, layout=grid_layout(task.vocab)) if uses_grid(model) else None
     batches = [TaskBatch(pad(chunk, pad_id=pad_id, positions=positions), torch.zeros(len(chunk), dtype=torch.long))
                for chunk in chunks]
     loss, count = held_out_losses(model, batches, num_tasks=1)

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from transformers.activations import SiLUActivation
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from videolm.lm.engine import llama_of
-from videolm.lm.positions import frequency_axes, rope_rows, uses_grid
+from videolm.lm.engine import llama_of, uses_grid
+from videolm.lm.positions import frequency_axes, rope_rows
 
 USE_ONEDNN = True  # DecodeWeights: oneDNN's packed layout for batches where it works (False: split layout only)
 PACK_ROWS = 16  # the number of rows oneDNN is told to expect when it packs a matrix

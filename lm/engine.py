@@ -32,12 +32,12 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 from videolm.core.errors import UsageError
 from videolm.lm.constraints import AllowedIds, Constraint
 from videolm.lm.masks import attention_bias, prefix_lm_mask
-from videolm.lm.positions import GridLayout, GridPositions, column_axes, rope_rows, uses_grid
+from videolm.lm.positions import GridLayout, GridPositions, column_axes, positions_of, rope_rows
 
 Prompts = Sequence[Sequence[int] | torch.Tensor]
 
@@ -50,7 +50,8 @@ class FastPath(Protocol):
 
     def layers(self, x: torch.Tensor, positions: torch.Tensor, kv: list[torch.Tensor], start: int,
                mask: torch.Tensor | None) -> torch.Tensor:
-        """Every layer over the embeddings ``x (B, T, D)`` at RoPE ``positions (B, T)``, writing
+        """Every layer over the embeddings ``x (B, T, D)`` at RoPE ``positions (B, T)`` (``(B, T, 3)``
+        for a model with grid positions: see `videolm.lm.positions.rope_rows`), writing
         cache slots ``start..start + T`` of ``kv``; returns ``(B, T, D)``."""
 
     def logits(self, x: torch.Tensor, span: tuple[int, int] | None) -> torch.Tensor:
@@ -92,7 +93,7 @@ def new_cache(model, batch_size: int, max_len: int, fast: FastPathFactory | None
     cfg, param = lm.config, lm.lm_head.weight
     shape = (cfg.num_hidden_layers, batch_size, 2 * cfg.num_key_value_heads, max_len, cfg.head_dim)
     table = torch.arange(max_len, device=param.device)[None]  # (1, S)
-    cos, sin = (t[0].float() for t in lm.model.rotary_emb(param, table))  # (S, Dh) each
+    cos, sin = (t[0].float() for t in LlamaRotaryEmbedding.forward(lm.model.rotary_emb, param, table))  # (S, Dh)
     path = fast(model, batch_size, cos, sin) if fast is not None else None
     kv = path.kv_memory(shape) if path is not None else param.new_zeros(shape)
     return KVCache(
@@ -477,6 +478,11 @@ def llama_of(model):
     return model
 
 
+def uses_grid(model) -> bool:
+    """Whether ``model`` (a VideoLM, or one wrapped by PEFT) takes ``(B, T, 3)`` grid positions."""
+    return positions_of(llama_of(model).config) == "grid"
+
+
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     if temperature < 0:
         raise UsageError(f"temperature={temperature} must be >= 0 (0: greedy)")
@@ -518,4 +524,4 @@ def _num_tokens(max_new_tokens: int | None, constraints: list[Constraint] | None
 
 
 __all__ = ["FastPath", "FastPathFactory", "KVCache", "TokenChooser", "decode_n_tokens", "decode_one_token", "forward",
-           "full_logits", "generate", "left_pad", "llama_of", "new_cache", "prefill", "sample"]
+           "full_logits", "generate", "left_pad", "llama_of", "new_cache", "prefill", "sample", "uses_grid"]

@@ -56,7 +56,7 @@ def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 @dataclass
 class PackedBatch:
-    """Rows of packed examples. All fields are ``(R, L)``."""
+    """Rows of packed examples. All fields are ``(R, L)``, but grid ``positions``: ``(R, L, 3)``."""
 
     ids: torch.Tensor  # long; pad_id on padding
     example: torch.Tensor  # long; index of the example in the packed list, -1 on padding

@@ -19,6 +19,11 @@ follows component ``i mod 3``), as Qwen3-VL does, so each axis gets high and low
 rather than one axis all the low ones. When the three components are equal this is plain RoPE, so
 text-only sequences get exactly the sequence model's numbers.
 
+A video run takes the grid only after a ``<res:HxW>`` token (every built-in task gives one); without
+it the run stays on 1D positions. The grid is one map of ``H/8 x W/8`` tokens per latent frame, as
+the ``magvit2`` video tokenizer lays them out; `videolm.train.lm` refuses grid positions for
+tokenizers that lay frames out otherwise (``vqvae2``'s two maps).
+
 `GridLayout` is what the positions need of the vocabulary; `grid_positions` gives one sequence's
 ``(N, 3)`` positions, `GridPositions` the same one token (or chunk) at a time for decoding;
 `GridRotaryEmbedding` is the model's rotary module for ``(B, T, 3)`` position ids, and `rope_rows` looks
@@ -50,10 +55,11 @@ class GridLayout:
     closes: frozenset[int]
 
     @classmethod
-    def from_vocab(cls, vocab) -> GridLayout:
-        from videolm.tokenizers.geometry import grid_of  # tokenizers import the LM's config, not this
-
-        grids = {vocab.res_id(h, w): grid_of(h, w) for h, w in vocab.resolutions}
+    def from_vocab(cls, vocab, stride: int) -> GridLayout:
+        """The layout of a `Vocabulary`'s sequences for a video tokenizer that lays each latent frame
+        out as one ``H/stride x W/stride`` map, row by row (``videolm.tasks.base.grid_layout``
+        passes the built-in tokenizers' stride)."""
+        grids = {vocab.res_id(h, w): (h // stride, w // stride) for h, w in vocab.resolutions}
         return cls(grids, frozenset(vocab[n] for n in ("<bov_i>", "<bov_o>")),
                    frozenset(vocab[n] for n in ("<eov_i>", "<eov_o>")))
 
@@ -157,10 +163,9 @@ class GridRotaryEmbedding(LlamaRotaryEmbedding):
     loads a model (they are not in the weights file)."""
 
     def forward(self, x, position_ids):
-        if position_ids.dim() == 2:
-            return super().forward(x, position_ids)
-        if position_ids.shape[-1] != AXES:
-            raise UsageError(f"grid position ids must be (batch, length, 3), got {tuple(position_ids.shape)}")
+        if position_ids.dim() != 3 or position_ids.shape[-1] != AXES:  # never 1D by mistake
+            raise UsageError(f"a model with grid positions needs (batch, length, 3) position ids, got shape "
+                             f"{tuple(position_ids.shape)} (positions from videolm.lm.positions.grid_positions)")
         inv = self.inv_freq.to(device=x.device, dtype=torch.float)  # (F,)
         freqs = position_ids[..., None].float() * inv  # (B, T, 3, F)
         axes = frequency_axes(len(inv)).to(x.device)
@@ -178,18 +183,14 @@ def positions_of(config) -> str:
     return kind
 
 
-def uses_grid(model) -> bool:
-    """Whether ``model`` (a VideoLM, or one wrapped by PEFT) takes ``(B, T, 3)`` grid positions."""
-    from videolm.lm.engine import llama_of
-
-    return positions_of(llama_of(model).config) == "grid"
-
-
 def set_positions(model, kind: str) -> None:
     """Switch ``model`` (unwrapped) to ``kind`` positions in place: its config and its rotary module.
     The weights are untouched (a switch of a trained model is a starting point, to be trained on)."""
     if kind not in KINDS:
         raise UsageError(f"positions={kind!r}: choose from {', '.join(KINDS)}")
+    head_dim = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
+    if kind == "grid" and head_dim // 2 < AXES:
+        raise UsageError(f"grid positions need at least {AXES} rotary frequencies per head (head size {head_dim})")
     setattr(model.config, CONFIG_KEY, kind)
     device = model.model.rotary_emb.inv_freq.device
     rotary = GridRotaryEmbedding(model.config) if kind == "grid" else LlamaRotaryEmbedding(model.config)
@@ -197,4 +198,4 @@ def set_positions(model, kind: str) -> None:
 
 
 __all__ = ["CONFIG_KEY", "KINDS", "GridLayout", "GridPositions", "GridRotaryEmbedding", "column_axes", "frequency_axes",
-           "grid_positions", "positions_of", "rope_rows", "set_positions", "uses_grid"]
+           "grid_positions", "positions_of", "rope_rows", "set_positions"]

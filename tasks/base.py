@@ -32,8 +32,9 @@ from videolm.core.config import resolve
 from videolm.core.errors import ConfigError, UsageError
 from videolm.data.shapes import ATTRIBUTES
 from videolm.lm.constraints import OutputLayout, audio_layout, video_layout
+from videolm.lm.positions import GridLayout
 from videolm.tasks.tokenizing import has_field
-from videolm.tokenizers.geometry import frames_of
+from videolm.tokenizers.geometry import SPACE_DOWN, frames_of
 from videolm.tokenizers.vocab import Vocabulary
 
 # name -> "module:Class"
@@ -296,6 +297,12 @@ class Task(ABC):
         return f"{type(self).__name__}({self.name!r}: {', '.join(self.inputs) or 'nothing'} -> {self.output})"
 
 
+def grid_layout(vocab: Vocabulary) -> GridLayout:
+    """Where the tasks' video tokens lie, for a model with grid positions: each ``<res:HxW>`` of
+    ``vocab`` on the video tokenizer's latent grid."""
+    return GridLayout.from_vocab(vocab, SPACE_DOWN)
+
+
 def latents(sample: dict) -> int:
     """Latent frames of the sample's clip."""
     return int(sample["latents"]) if "latents" in sample else int(sample["video"].shape[0])
@@ -346,5 +353,5 @@ def build_tasks(names, vocab: Vocabulary) -> list[Task]:
     return [cls(vocab) for cls in classes]
 
 
-__all__ = ["BUILTIN", "Media", "Task", "TaskInputs", "build_tasks", "clip_frames", "clip_length", "latents", "require", "task_class",
+__all__ = ["BUILTIN", "Media", "Task", "TaskInputs", "build_tasks", "clip_frames", "clip_length", "grid_layout", "latents", "require", "task_class",
            "tokens_per_frame"]

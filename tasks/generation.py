@@ -9,8 +9,7 @@ import torch
 from videolm.lm.cpu_packing import cpu_fast_path
 from videolm.lm.engine import generate
 from videolm.lm.model import VideoLM
-from videolm.lm.positions import GridLayout
-from videolm.tasks.base import Task
+from videolm.tasks.base import Task, grid_layout
 
 
 def generate_codes(model: VideoLM, task: Task, items: list[dict], *, cfg_scale: float = 1.0,
@@ -27,7 +26,7 @@ def generate_codes(model: VideoLM, task: Task, items: list[dict], *, cfg_scale: 
                        uncond_prompts=[task.prefix(item, drop_text=True) for item in items] if guided else None,
                        temperature=temperature, top_k=top_k, top_p=top_p, pad_id=task.vocab["<pad>"],
                        generator=generator, fast=cpu_fast_path, progress=progress,
-                       grid=GridLayout.from_vocab(task.vocab))  # (B, N)
+                       grid=grid_layout(task.vocab))  # (B, N)
     finally:
         task.training = training
     return [task.output_codes(row, shape) for row, shape in zip(ids.cpu(), shapes)]

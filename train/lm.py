@@ -22,17 +22,17 @@ from torch.utils.data import ConcatDataset
 from videolm.core.config import check_clip_numbers, check_range, to_dict
 from videolm.core.errors import ConfigError
 from videolm.core.models import LM_DIR, resolve_model
+from videolm.core.outputs import write_json_atomic as write_json
 from videolm.data.media import write_audio, write_grid, write_video
 from videolm.data.shards import TokenShards
 from videolm.data.sources import ClipSource
-from videolm.core.outputs import write_json_atomic as write_json
 from videolm.lm.data import Buckets, TaskSequences
 from videolm.lm.model import LMConfig, VideoLM, load_videolm
 from videolm.lm.positions import positions_of, set_positions
-from videolm.tasks.base import Task, build_tasks, clip_length
+from videolm.tasks.base import Task, build_tasks, clip_length, tokens_per_frame
 from videolm.tasks.generation import generate_codes
 from videolm.tasks.tokenizing import ClipTokenizer, LazySamples
-from videolm.tokenizers.geometry import parse_clip_size, size_name
+from videolm.tokenizers.geometry import SPACE_DOWN, parse_clip_size, size_name
 from videolm.tokenizers.vocab import Vocabulary
 from videolm.train.lm_module import LMTrainConfig, fit
 
@@ -205,6 +205,17 @@ def _memory_bytes() -> int | None:
         return None
 
 
+def check_grid_tokens(sample: dict) -> None:
+    """Grid positions lay each latent frame out as one ``H/8 x W/8`` map; refuse clips whose video
+    tokenizer lays frames out otherwise (``vqvae2``'s two maps)."""
+    h, w = int(sample["height"]), int(sample["width"])
+    gh, gw = h // SPACE_DOWN, w // SPACE_DOWN
+    if tokens_per_frame(sample) != gh * gw:
+        raise ConfigError(f"model.positions: grid positions need one {gh}x{gw} map of tokens per latent frame at "
+                          f"{h}x{w}; these clips have {tokens_per_frame(sample)} (a vqvae2 tokenizer?). "
+                          "Use positions: sequence")
+
+
 def warm_start(folder: str, vocab, row_len: int, positions: str | None = None) -> VideoLM:
     """The model saved in ``folder``, checked against the data's vocabulary: a second stage of
     training with a fresh schedule (the first stage's optimizer state is not carried over).
@@ -235,6 +246,8 @@ def run_fit(cfg: LMFitConfig):
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, len(vocab), vocab) if cfg.init is None else warm_start(
         cfg.init, vocab, cfg.train.row_len, cfg.model.get("positions"))
+    if positions_of(model.config) == "grid":
+        check_grid_tokens(samples[0])
     sample = None
     if cfg.train.sample_every:
         sample = SampleWriter(tasks, samples, model_dir, Path(cfg.out) / "samples", cfg.samples)

@@ -42,6 +42,7 @@ from videolm.core.training import (
     resolve_precision,
 )
 from videolm.lm.data import PackCollate, TaskBatch
+from videolm.lm.engine import uses_grid
 from videolm.lm.losses import (
     distill_losses,
     held_out_losses,
@@ -51,7 +52,8 @@ from videolm.lm.losses import (
     weights_fingerprint,
 )
 from videolm.lm.model import VideoLM
-from videolm.lm.positions import GridLayout, uses_grid
+from videolm.lm.positions import GridLayout
+from videolm.tasks.base import grid_layout
 
 
 @dataclass
@@ -363,7 +365,7 @@ def fit(model: VideoLM, cfg: LMTrainConfig, train_data: Dataset, out: str | Path
     if uses_grid(model):
         if vocab is None:
             raise ConfigError("a model with grid positions trains with its vocabulary (fit(..., vocab=...))")
-        grid = GridLayout.from_vocab(vocab)
+        grid = grid_layout(vocab)
     batches = held_out_batches(held_out, cfg, pad_id, grid=grid) if held_out is not None and cfg.val_every else None
     module = LMModule(model, cfg, out, task_names, vocab=vocab, sample=sample, export=export,
                       held_out=batches, teacher=teacher, distill=distill, fast_rows=fast_rows,

@@ -18,9 +18,10 @@ from videolm.core.config import check_clip_numbers, check_range, to_dict
 from videolm.core.errors import UsageError
 from videolm.core.models import resolve_model
 from videolm.data.folder import FolderDataset, held_out_videos
-from videolm.data.shapes import BACKGROUNDS, ShapesConfig, make_clip
+from videolm.data.packs import ClipPack, is_pack
 from videolm.data.photos import PhotoConfig, make_photo_clip
-from videolm.data.sources import MixedDataset, world_dataset
+from videolm.data.shapes import BACKGROUNDS, ShapesConfig, make_clip
+from videolm.data.sources import MixedDataset, open_pack, world_dataset
 from videolm.data.worlds import is_world, parse_world
 from videolm.tasks.prompts import build_table
 from videolm.tasks.tokenizing import load_tokenizer
@@ -95,6 +96,13 @@ def clip_dataset(data: DataConfig, split: Literal["train", "val", "eval"], num: 
                                         data.frames, data.height, data.width, data.fps, data.backgrounds), weight))
         return parts[0][0] if len(parts) == 1 else MixedDataset([p for p, _ in parts], [w for _, w in parts])
 
+    if is_pack(data.source):  # split when packed: its held-out part validates, as a folder's held-out videos do
+        part = "train" if split == "train" else "eval"
+        if part == "eval" and not len(ClipPack(data.source, "eval")):
+            warnings.warn(f"{data.source}: the pack has no held-out clips; validating on training clips", stacklevel=2)
+            part = "train"
+        pack = open_pack(data.source, part, data.height, data.width, data.frames, data.fps)
+        return pack if split == "train" else Subset(pack, range(seed, min(seed + num, len(pack))))
     folder = dict(frames=data.frames, fps=data.fps, size=(data.height, data.width), stride=data.stride,
                   held_out=data.held_out, cache=data.cache)
     if split == "train":
@@ -138,7 +146,8 @@ def corpus_captions(data: str = "shapes", num: int = 4000) -> tuple[list[str], s
     without captions gets the Shapes grammar, so its bundle still reads prompts."""
     parts = dict(parse_world(data) or [])
     if data != "shapes" and not parts:
-        captions = [c for c in FolderDataset(data).captions() if c][:num]
+        source = ClipPack(data) if is_pack(data) else FolderDataset(data)
+        captions = [c for c in source.captions() if c][:num]
         if captions:
             return captions, f"{len(captions)} captions of {data}"
         parts, note = {"shapes": 1.0}, f"Shapes captions ({data} has no captions)"

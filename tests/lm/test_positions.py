@@ -11,16 +11,17 @@ from videolm.core.errors import UsageError
 from videolm.lm import engine
 from videolm.lm.cpu_packing import cpu_fast_path
 from videolm.lm.data import PackCollate, TaskExample
+from videolm.lm.engine import uses_grid
 from videolm.lm.losses import output_logits
 from videolm.lm.masks import pack
 from videolm.lm.model import LMConfig, VideoLM, load_videolm
-from videolm.lm.positions import GridLayout, GridPositions, grid_positions, set_positions, uses_grid
+from videolm.lm.positions import GridLayout, GridPositions, grid_positions, set_positions
 from videolm.tokenizers.vocab import Vocabulary
 
 VOCAB = Vocabulary(text_size=16, video_codes=32, audio_levels=2, audio_codes=8,
                    resolutions=[(16, 24), (24, 16), (16, 16)], task_slots=4)  # 89 ids, inside the debug model's 256
 VOCAB.add_task("t2v")
-GRID = GridLayout.from_vocab(VOCAB)
+GRID = GridLayout.from_vocab(VOCAB, 8)
 V0 = VOCAB.range("video")[0]
 T0 = VOCAB.range("text")[0]
 
@@ -100,6 +101,8 @@ def test_equal_components_are_plain_rope_and_files_round_trip(grid_model, tmp_pa
         torch.testing.assert_close(again.logits(ids, positions=grid_positions(ids[0], GRID)[None]), on_grid)
     with pytest.raises(UsageError, match="grid positions"):
         plain.logits(ids, positions=line[..., None].expand(-1, -1, 3))
+    with pytest.raises(UsageError, match=r"needs \(batch, length, 3\) position ids"):  # never 1D by mistake
+        grid_model.logits(ids, positions=line)
     with pytest.raises(UsageError, match="positions='cube'"):
         LMConfig.from_name("debug", positions="cube")
 

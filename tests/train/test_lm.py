@@ -423,30 +423,41 @@ def test_a_mixture_of_sizes_and_lengths_trains_in_weighted_buckets_and_records_i
     assert all(math.isfinite(r["loss"]) for r in _rows(run))
 
 
-def test_grid_positions_train_on_mixed_sizes_and_a_trained_model_switches_to_them(trained, shards, tmp_path):
+def test_grid_positions_train_on_mixed_sizes_and_a_trained_model_switches_to_them(shards, tmp_path, capsys):
     square = _sized_shards(tmp_path / "square", 32, 32, 5, 12, 0)
     wide = _sized_shards(tmp_path / "wide", 32, 48, 9, 12, 1)
-    cfg = yaml.safe_load(DEBUG.read_text())
-    cfg["model"] = {"positions": "grid"}
-    cfg["data"] = {"shards": [str(square), str(wide)], "buckets": {"32x32x5": 1.0, "32x48x9": 1.0}, "tasks": {"t2v": 1.0},
-                   "val_shards": str(wide)}
-    cfg["train"].update(steps=2, log_every=1, checkpoint_every=2, val_every=2)
-    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(cfg))
-    run = tmp_path / "run"
-    assert main(["lm", "fit", "--config", str(tmp_path / "grid.yaml"), "--out", str(run)]) == 0
-    assert load_videolm(run / "model").lm_config.positions == "grid"
-    rows = _rows(run)
+
+    def run(name: str, **changes) -> int:
+        cfg = yaml.safe_load(DEBUG.read_text())
+        cfg["data"] = {"shards": [str(square), str(wide)], "buckets": {"32x32x5": 1.0, "32x48x9": 1.0},
+                       "tasks": {"t2v": 1.0}, "val_shards": str(wide)}
+        cfg["train"].update(steps=2, log_every=1, checkpoint_every=2, val_every=2)
+        for key, value in changes.items():
+            cfg[key] = {**cfg[key], **value} if isinstance(cfg.get(key), dict) else value
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        return main(["lm", "fit", "--config", str(tmp_path / f"{name}.yaml"), "--out", str(tmp_path / name)])
+
+    assert run("grid", model={"positions": "grid"}) == 0
+    assert load_videolm(tmp_path / "grid" / "model").lm_config.positions == "grid"
+    rows = _rows(tmp_path / "grid")
     assert all(math.isfinite(r.get("loss", r.get("val_loss"))) for r in rows) and any("val_loss" in r for r in rows)
-    # a model trained with sequence positions, continued with grid ones: same weights to start from
-    cfg = yaml.safe_load(DEBUG.read_text())
-    cfg.update(init=str(trained / "model"), model={"positions": "grid"})
-    cfg["train"].update(steps=1, lr=0.0, warmup_steps=1)
-    (tmp_path / "switch.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["lm", "fit", "--config", str(tmp_path / "switch.yaml"), "--shards", str(shards),
-                 "--out", str(tmp_path / "switched")]) == 0
-    before, after = load_videolm(trained / "model"), load_videolm(tmp_path / "switched" / "model")
+    # a model trained with sequence positions, continued with grid ones: the same weights to start from
+    assert run("seq") == 0
+    assert run("switched", init=str(tmp_path / "seq" / "model"), model={"positions": "grid"},
+               train={"steps": 1, "lr": 0.0, "warmup_steps": 1, "val_every": 0}) == 0
+    before, after = load_videolm(tmp_path / "seq" / "model"), load_videolm(tmp_path / "switched" / "model")
     assert before.lm_config.positions == "sequence" and after.lm_config.positions == "grid"
     assert all(torch.equal(v, after.state_dict()[k]) for k, v in before.state_dict().items())
+    # clips whose frames are not one H/8 x W/8 map (the debug shards: 8 codes a frame at 32x32) are refused
+    cfg = yaml.safe_load(DEBUG.read_text())
+    cfg["model"] = {"positions": "grid"}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    code = main(["lm", "fit", "--config", str(tmp_path / "bad.yaml"), "--shards", str(shards), "--out",
+                 str(tmp_path / "bad")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "one 4x4 map of tokens per latent frame" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
 
 
 def test_buckets_that_name_no_data_or_data_outside_them_are_config_errors(tmp_path):

@@ -148,6 +148,28 @@ def test_fit_on_a_folder_validates_on_held_out_videos_every_n_steps(mixed_folder
     assert scored["clips"] == len(FolderDataset(mixed_folder, frames=5, size=(32, 32), split="eval", held_out=0.3))
 
 
+def test_fit_on_a_pack_reads_clips_never_videos_and_validates_on_its_held_out_part(mixed_folder, tmp_path,
+                                                                                  monkeypatch, capsys):
+    pack = tmp_path / "pack"
+    assert main(["data", "pack", str(mixed_folder), "--out", str(pack), "--size", "32x32", "--frames", "5",
+                 "--stride", "4", "--held-out", "0.3"]) == 0
+    import videolm.data.folder
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a video was decoded")
+
+    monkeypatch.setattr(videolm.data.folder, "read_video", no_decoding)
+    run = tmp_path / "run"
+    assert main(["tokenizer", "fit", "--config", str(DEBUG), "--out", str(run), "--data", str(pack), "--frames", "5",
+                 "--steps", "2", "--train.val-every", "2", "--train.val-clips", "2", "--train.log-every", "2"]) == 0
+    assert [r["step"] for r in _rows(run) if "val_psnr" in r] == [2]
+    capsys.readouterr()
+    code = main(["tokenizer", "fit", "--config", str(DEBUG), "--out", str(tmp_path / "bad"), "--data", str(pack),
+                 "--frames", "9", "--steps", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "pass --size 32x32 --frames 5" in err and len(err.splitlines()) == 1
+
+
 def test_the_wall_clock_budget_counts_the_whole_command(mixed_folder, tmp_path):
     import time
 

@@ -1,0 +1,82 @@
+"""Clip packs: a folder decoded once into shards, split as the folder splits, read back from a
+folder or a URL (fsspec's in-memory filesystem stands in for object storage), fetched shards kept."""
+
+import fsspec
+import numpy as np
+import pytest
+
+from videolm.cli.main import main
+from videolm.core.errors import DataError
+from videolm.data.folder import FolderDataset
+from videolm.data.media import write_video
+from videolm.data.packs import ClipPack, is_pack
+from videolm.data.shapes import ShapesConfig, make_clip
+from videolm.data.sources import ClipSource
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    for i in range(4):
+        write_video(root / f"v{i}.mp4", make_clip(i, ShapesConfig(height=32, width=32, frames=13)).video, fps=8)
+        (root / f"v{i}.txt").write_text(f"clip {i}\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pack(folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("packs") / "pack"
+    assert main(["data", "pack", str(folder), "--out", str(out), "--size", "32x32", "--frames", "5", "--stride", "4",
+                 "--held-out", "0.25", "--shard-clips", "3"]) == 0
+    return out
+
+
+def test_a_pack_holds_the_folders_clips_split_by_video(folder, pack):
+    settings = dict(frames=5, size=(32, 32), stride=4, held_out=0.25)
+    for part, split in (("train", "train"), ("eval", "eval")):
+        clips, videos = ClipPack(pack, part), FolderDataset(folder, split=split, **settings)
+        assert len(clips) == len(videos) > 0
+        for i in range(len(videos)):
+            a, b = clips[i], videos[i]
+            assert np.array_equal(a["video"], b["video"]) and np.array_equal(a["audio"], b["audio"])
+            assert (a["path"], a["start"], a["caption"]) == (b["path"], b["start"], b["caption"])
+    assert is_pack(str(pack)) and not is_pack(str(folder))
+    assert len(ClipPack(pack).shards) == -(-len(ClipPack(pack)) // 3)
+    source = ClipSource(str(pack), num=2, seed=1, frames=5, height=32, width=32)
+    assert np.array_equal(source.dataset()[0]["video"], ClipPack(pack)[1]["video"])
+
+
+def test_a_pack_at_a_url_is_fetched_once_and_kept(pack, tmp_path, monkeypatch):
+    monkeypatch.setenv("VIDEOLM_CACHE", str(tmp_path / "cache"))
+    memory = fsspec.filesystem("memory")
+    for f in pack.iterdir():
+        memory.pipe(f"/bucket/pack/{f.name}", f.read_bytes())
+    try:
+        remote, local = ClipPack("memory://bucket/pack"), ClipPack(pack)
+        assert len(remote) == len(local)
+        assert all(np.array_equal(remote[i]["video"], local[i]["video"]) for i in range(len(local)))
+        for name in memory.ls("/bucket/pack", detail=False):
+            if not name.endswith("pack.json"):
+                memory.rm(name)  # the shards are gone from the store: a new reader uses the cached copies
+        again = ClipPack("memory://bucket/pack")
+        assert np.array_equal(again[len(again) - 1]["video"], local[len(local) - 1]["video"])
+    finally:
+        memory.rm("/bucket", recursive=True)
+    with pytest.raises(DataError, match="not a readable clip pack"):
+        ClipPack("memory://bucket/none")
+
+
+def test_bad_packs_and_pack_commands_are_one_line(pack, folder, tmp_path, capsys):
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "pack.json").write_text('{"format": "something else"}')
+    with pytest.raises(DataError, match="not a videolm clip pack"):
+        ClipPack(tmp_path / "fake")
+    capsys.readouterr()
+    assert main(["data", "pack", str(folder), "--out", str(pack)]) == 2  # not over an existing output
+    assert main(["data", "pack", str(folder), "--out", str(tmp_path / "p"), "--split", "eval"]) == 2
+    assert main(["data", "pack", str(tmp_path / "missing"), "--out", str(tmp_path / "p")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 3 and all(line.startswith("videolm: error:") for line in lines)
+    assert not (tmp_path / "p").exists()
+    with pytest.raises(Exception, match="pass --size 32x32 --frames 5"):
+        ClipSource(str(pack), frames=9, height=32, width=32).dataset()
