@@ -6,6 +6,10 @@ Makes a folder of mixed-size mp4s (photo-world clips at 48x80, 72x128 and 128x12
 64x64; 25-41 frames at 8 fps), then, side by side in one run:
 - loading every training clip (17x64x64, stride 8) three times: without the cache, and with it
   cold (epoch 1 decodes each video once) and warm (epoch 2 slices the cached arrays);
+- packing the folder (`videolm data pack`: every clip decoded once into shards), then loading
+  every training clip from the pack twice (a fresh reader each time), and from the pack through
+  a URL (fsspec's in-memory filesystem standing in for object storage: epoch 1 fetches each
+  shard into the cache, epoch 2 reads the cached copy);
 - `videolm tokenizer fit` (default preset) on the folder with `--max-minutes`, timing the whole
   command against the budget, and showing the train / held-out split it used.
 Prints a table, then one JSON line.
@@ -20,8 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import fsspec
+
 from videolm.data.folder import FolderDataset
 from videolm.data.media import write_video
+from videolm.data.packs import ClipPack, write_pack
 from videolm.data.photos import PhotoConfig, make_photo_clip
 from videolm.data.shapes import ShapesConfig, make_clip
 
@@ -62,6 +69,15 @@ def main():
         plain = load_all(FolderDataset(root, **kw))
         cold = load_all(FolderDataset(root, cache=True, **kw))
         warm = load_all(FolderDataset(root, cache=True, **kw))
+        start = time.perf_counter()
+        write_pack(tmp / "pack", FolderDataset(root, **{**kw, "split": "all"}))
+        pack_s = time.perf_counter() - start
+        pack_1, pack_2 = load_all(ClipPack(tmp / "pack")), load_all(ClipPack(tmp / "pack"))
+        memory = fsspec.filesystem("memory")
+        for f in (tmp / "pack").iterdir():
+            memory.pipe(f"/bench/pack/{f.name}", f.read_bytes())
+        url_1, url_2 = load_all(ClipPack("memory://bench/pack")), load_all(ClipPack("memory://bench/pack"))
+        memory.rm("/bench", recursive=True)
         train = FolderDataset(root, **kw)
         held = FolderDataset(root, **{**kw, "split": "eval"})
         from videolm.cli.main import main as videolm
@@ -77,6 +93,9 @@ def main():
         "train_clips": len(train), "held_out_clips": len(held),
         "load_s": {"no_cache": round(plain, 3), "cache_epoch_1": round(cold, 3), "cache_epoch_2": round(warm, 3)},
         "epoch_2_speedup": round(cold / warm, 1), "speedup_vs_no_cache": round(plain / warm, 1),
+        "pack_s": round(pack_s, 3), "pack_load_s": {"local": [round(pack_1, 3), round(pack_2, 3)],
+                                                    "url": [round(url_1, 3), round(url_2, 3)]},
+        "pack_speedup_vs_no_cache": round(plain / pack_2, 1),
         "fit_exit": code, "budget_s": 60 * args.budget_minutes, "fit_wall_s": round(took, 1),
         "budget_error_pct": round(100 * (took - 60 * args.budget_minutes) / (60 * args.budget_minutes), 1),
         "steps": max(r["step"] for r in rows), "validations": sum("val_psnr" in r for r in rows),
@@ -85,6 +104,9 @@ def main():
           f"held out from {result['held_out_videos']}")
     print(f"load every training clip: no cache {plain:.2f} s, cache epoch 1 {cold:.2f} s, epoch 2 {warm:.3f} s "
           f"({result['epoch_2_speedup']}x faster than epoch 1)")
+    print(f"pack: written in {pack_s:.2f} s; every training clip read from it {pack_1:.3f} s, again {pack_2:.3f} s "
+          f"({result['pack_speedup_vs_no_cache']}x faster than decoding); through a URL {url_1:.3f} s (fetching), "
+          f"then {url_2:.3f} s (cached)")
     print(f"tokenizer fit --max-minutes {args.budget_minutes:g}: {took:.1f} s wall "
           f"({result['budget_error_pct']:+.1f}% of the budget), {result['steps']} steps, "
           f"{result['validations']} validations")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from videolm.cli.args import Command, input_folder, print_json, progress
-from videolm.core.config import check_range
+from videolm.core.config import check_clip_numbers, check_range
 from videolm.core.errors import UsageError
 from videolm.core.outputs import check_output_dir
 from videolm.data.examples import FILES, write_examples
-from videolm.data.folder import FolderConfig
+from videolm.data.folder import FolderConfig, FolderDataset
 from videolm.data.packs import ClipPack, write_pack
 from videolm.data.photos import PhotoDataConfig, write_photos
 from videolm.data.shapes_data import ShapesDataConfig, write_shapes
@@ -53,17 +54,27 @@ def run_folder(args: FolderConfig) -> int:
 
 
 @dataclass
-class PackArgs(FolderConfig):
+class PackArgs:
+    root: str = field(metadata={"positional": True})  # the folder of videos
     out: str = field(kw_only=True)  # the pack's folder (new or empty, or an earlier output of videolm with --overwrite)
+    frames: int = 17  # frames per clip, 1 + 4k
+    fps: int = 8  # the frame rate clips are resampled to
+    height: int = 64
+    width: int = 64
+    fit: Literal["crop", "pad", "stretch"] = "crop"  # aspect rule: cover then centre-crop, pad, or stretch
+    stride: int | None = None  # frames between clip starts (None: --frames, no overlap); a file's tail is kept
+    held_out: float = 0.1  # share of videos in the held-out part (by a hash of the path; at least one of two or more)
     shard_clips: int = 64  # clips per shard file
     overwrite: bool = False  # replace an earlier output of videolm in --out
 
     def __post_init__(self):
-        super().__post_init__()
-        check_range(self, 1, None, "shard_clips")
-        if self.split != "all":
-            raise UsageError("data pack: --split does not apply (a pack holds the training and the held-out "
-                             "videos apart, as --held-out divides them)")
+        check_clip_numbers(self)
+        check_range(self, 1, None, "stride", "shard_clips")
+        check_range(self, 0, 0.9, "held_out")
+
+    def dataset(self) -> FolderDataset:
+        return FolderConfig(self.root, self.frames, self.fps, self.height, self.width, self.fit,
+                            stride=self.stride, held_out=self.held_out).dataset()
 
 
 def run_pack(args: PackArgs) -> int:

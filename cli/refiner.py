@@ -13,8 +13,8 @@ from videolm.core.config import check_clip_numbers, check_range
 from videolm.core.errors import UsageError
 from videolm.core.models import DEFAULT_MODEL
 from videolm.core.outputs import check_output_file
-from videolm.data.worlds import is_world
 from videolm.data.media import probe_video, read_video, write_video
+from videolm.data.worlds import is_world
 from videolm.diffusion.refiner import load_refiner, refine
 from videolm.evaluation.refiner import evaluate_refiner
 from videolm.train.refiner import RefinerFitConfig, run_fit

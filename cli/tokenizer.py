@@ -29,7 +29,7 @@ def run_fit_cmd(cfg: TokenizerFitConfig) -> int:
 class EvalArgs:
     model: str = DEFAULT_MODEL  # a tokenizer folder, a model bundle, or a shipped name
     modality: Literal["video", "audio"] | None = None  # which tokenizer of a bundle (default video)
-    data: str = "shapes"  # 'shapes' (held-out seeds), 'photos' (held-out photographs), a mix, or a folder of videos
+    data: str = "shapes"  # 'shapes' (held-out seeds), 'photos' (held-out photographs), a mix, a folder or a pack
     num: int = 256  # clips
     seed: int = 0  # first held-out seed offset / first folder clip
     batch_size: int = 8
@@ -96,7 +96,7 @@ class BundleArgs:
     out: str  # the model folder to fill (e.g. models/shapes-64)
     video: str | None = None  # a trained video tokenizer folder (e.g. RUN/model)
     audio: str | None = None  # a trained audio tokenizer folder
-    data: str = "shapes"  # captions from a world (shapes: all backgrounds; photos) or a folder (none: Shapes captions)
+    data: str = "shapes"  # captions from a world (shapes: all backgrounds; photos), a folder or a pack (none: Shapes')
     captions: int = field(default=4000)  # how many captions to train the text tokenizer on
     text_vocab: int = 512  # text vocabulary size
 

@@ -157,15 +157,27 @@ class FolderDataset(Dataset):
         if not -n <= i < n:
             raise IndexError(f"clip {i} out of range for {n} clips")
         for k in range(i % n, i % n + n):
-            video, clip = self._locate(k % n)
-            if video.path in self._bad:
-                continue
-            try:
-                return self._load(video, clip)
-            except MediaError as e:
-                self._bad.add(video.path)
-                warnings.warn(f"skipping unreadable video: {e}", stacklevel=2)
+            item = self.exact(k % n)
+            if item is not None:
+                return item
         raise DataError(f"{self.root}: every video failed to read")
+
+    def exact(self, i: int) -> dict | None:
+        """Clip ``i`` itself, or None when its video cannot be read (said once per video, in a
+        warning); `__getitem__` then gives the next readable clip instead."""
+        video, clip = self._locate(i)
+        if video.path in self._bad:
+            return None
+        try:
+            return self._load(video, clip)
+        except MediaError as e:
+            self._bad.add(video.path)
+            warnings.warn(f"skipping unreadable video: {e}", stacklevel=3)
+            return None
+
+    def unreadable(self) -> list[str]:
+        """The videos that failed to read so far (besides `skipped`, those that failed to index)."""
+        return sorted(self._bad)
 
     def _locate(self, k: int) -> tuple[_Video, int]:
         f = bisect_right(self._starts, k) - 1

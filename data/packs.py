@@ -5,21 +5,26 @@ object storage.
 stride and held-out share as `FolderDataset` cuts them), decodes each once and writes them as
 shards: ``train-00000.npy`` (uint8 ``(k, T, H, W, 3)``), ``train-00000.audio.npy`` (float32
 ``(k, S)``) and ``train-00000.json`` (each clip's caption, file, start and whether it has sound),
-and the same for the held-out videos (``eval-*``), with ``pack.json`` describing it all. Training
-then reads clips, never videos: no decoder runs, so data loading costs a memory-mapped read.
+and the same for the held-out videos (``eval-*``), with ``pack.json`` describing it all (each
+shard's byte sizes, and an id that changes whenever the pack is written). Training then reads
+clips, never videos: no decoder runs, so data loading costs a memory-mapped read.
 
 `ClipPack` reads a pack by index (a map-style dataset, so sampling and exact resume work as on
 any dataset) from a local folder or from any URL `fsspec` knows (``s3://``, ``gs://``,
 ``https://``, ... given the matching fsspec package, such as s3fs, and its credentials). A remote
-shard is fetched whole the first time a clip of it is read and kept in videolm's cache
-(``VIDEOLM_CACHE/packs``) for later epochs and runs, so a pack can outgrow the training machine's
-disk only by as much as that cache holds.
+shard is fetched whole the first time a clip of it is read, into ``VIDEOLM_CACHE/packs/ID/`` (a
+temporary file renamed into place, so concurrent readers never see half a file), and read from
+there by later epochs and runs. After one epoch the local disk holds the whole pack: delete that
+folder to free it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
+import re
+import shutil
+import uuid
 from bisect import bisect_right
 from pathlib import Path
 
@@ -29,12 +34,13 @@ from torch.utils.data import Dataset
 
 from videolm.core.errors import DataError, UsageError
 from videolm.core.outputs import atomic_output_dir
-from videolm.data.folder import cache_dir, held_out_videos
+from videolm.data.folder import FolderDataset, cache_dir, held_out_videos
 
 INDEX = "pack.json"
 FORMAT = "videolm clip pack"
 VERSION = 1
 PARTS = ("train", "eval")
+SUFFIXES = (".npy", ".audio.npy", ".json")  # a shard's files
 
 
 def is_pack(source: str) -> bool:
@@ -42,9 +48,13 @@ def is_pack(source: str) -> bool:
     return "://" in str(source) or (Path(source) / INDEX).is_file()
 
 
-def write_pack(out: str | Path, folder, shard_clips: int = 64, overwrite: bool = False, progress=None) -> Path:
-    """Decode every clip of ``folder`` (a `FolderDataset` with ``split="all"``) into a pack at ``out``
-    (all or nothing), its train and held-out videos in their own shards. Returns the pack's path."""
+def write_pack(out: str | Path, folder: FolderDataset, shard_clips: int = 64, overwrite: bool = False,
+               progress=None) -> Path:
+    """Decode every clip of ``folder`` (a `FolderDataset` of every video, ``split="all"``) into a pack
+    at ``out`` (all or nothing), its train and held-out videos in their own shards. A video that
+    cannot be read is left out (one warning) and listed in pack.json. Returns the pack's path."""
+    if folder.split != "all":
+        raise UsageError("a pack holds every video of the folder (its training and held-out parts apart)")
     if shard_clips < 1:
         raise UsageError(f"--shard-clips {shard_clips}: a shard holds at least one clip")
     held = held_out_videos(folder.paths(), folder.held_out)
@@ -52,21 +62,25 @@ def write_pack(out: str | Path, folder, shard_clips: int = 64, overwrite: bool =
         parts = {part: {"clips": 0, "shards": []} for part in PARTS}
         pending = {part: [] for part in PARTS}
         for i in range(len(folder)):
-            item = folder[i]
-            part = "eval" if item["path"] in held else "train"
-            pending[part].append(item)
-            if len(pending[part]) == shard_clips:
-                _write_shard(tmp, part, pending[part], parts[part])
-                pending[part] = []
+            item = folder.exact(i)
+            if item is not None:
+                part = "eval" if item["path"] in held else "train"
+                pending[part].append(item)
+                if len(pending[part]) == shard_clips:
+                    _write_shard(tmp, part, pending[part], parts[part])
+                    pending[part] = []
             if progress:
                 progress(1)
         for part in PARTS:
             if pending[part]:
                 _write_shard(tmp, part, pending[part], parts[part])
-        index = {"format": FORMAT, "version": VERSION, "source": str(folder.root), "frames": folder.frames,
-                 "fps": folder.fps, "height": folder.size[0], "width": folder.size[1], "fit": folder.fit,
-                 "stride": folder.stride, "held_out": folder.held_out, "sample_rate": folder.sample_rate,
-                 "held_out_videos": sorted(held), "parts": parts}
+        if not parts["train"]["clips"] + parts["eval"]["clips"]:
+            raise DataError(f"{folder.root}: no video could be read; nothing to pack")
+        index = {"format": FORMAT, "version": VERSION, "id": uuid.uuid4().hex, "source": str(folder.root.resolve()),
+                 "frames": folder.frames, "fps": folder.fps, "height": folder.size[0], "width": folder.size[1],
+                 "fit": folder.fit, "stride": folder.stride, "held_out": folder.held_out,
+                 "sample_rate": folder.sample_rate, "held_out_videos": sorted(held),
+                 "skipped_videos": sorted(set(folder.skipped) | set(folder.unreadable())), "parts": parts}
         (tmp / INDEX).write_text(json.dumps(index, indent=1))
     return Path(out)
 
@@ -78,7 +92,8 @@ def _write_shard(root: Path, part: str, items: list[dict], record: dict) -> None
     meta = [{"caption": it["caption"], "path": it["path"], "start": it["start"], "has_audio": bool(it["has_audio"])}
             for it in items]
     (root / f"{name}.json").write_text(json.dumps(meta))
-    record["shards"].append({"name": name, "clips": len(items)})
+    sizes = {suffix: (root / f"{name}{suffix}").stat().st_size for suffix in SUFFIXES}
+    record["shards"].append({"name": name, "clips": len(items), "bytes": sizes})
     record["clips"] += len(items)
 
 
@@ -92,32 +107,16 @@ class ClipPack(Dataset):
             raise UsageError(f"pack part {part!r}: choose from {', '.join(PARTS)}")
         self.url, self.part = str(url).rstrip("/"), part
         self.remote = "://" in self.url and not self.url.startswith("file://")
-        index = self._read_index()
-        self.index = index
-        self.frames, self.fps = int(index["frames"]), float(index["fps"])
-        self.size = (int(index["height"]), int(index["width"]))
-        self.shards = index["parts"][part]["shards"]
+        self.index = _read_index(self.url)
+        self.frames, self.fps = int(self.index["frames"]), float(self.index["fps"])
+        self.size = (int(self.index["height"]), int(self.index["width"]))
+        self.sample_rate = int(self.index["sample_rate"])
+        self.shards = self.index["parts"][part]["shards"]
         self._starts = np.cumsum([0] + [s["clips"] for s in self.shards]).tolist()
         self._open: dict[int, tuple[np.ndarray, np.ndarray, list[dict]]] = {}
 
-    def _read_index(self) -> dict:
-        try:
-            with fsspec.open(f"{self.url}/{INDEX}", "r") as f:
-                index = json.load(f)
-        except (OSError, ValueError, ImportError) as e:  # no file, bad JSON, or no fsspec backend for the scheme
-            raise DataError(f"{self.url}: not a readable clip pack ({type(e).__name__}: {_first(e)})") from None
-        if not isinstance(index, dict) or index.get("format") != FORMAT:
-            raise DataError(f"{self.url}/{INDEX}: not a videolm clip pack")
-        if index.get("version") != VERSION:
-            raise DataError(f"{self.url}/{INDEX}: pack version {index.get('version')}; this videolm reads {VERSION}")
-        return index
-
     def __len__(self) -> int:
         return self._starts[-1]
-
-    def captions(self) -> list[str]:
-        """Every clip's caption in this part ("" where none)."""
-        return [m["caption"] for s in range(len(self.shards)) for m in self._shard(s)[2]]
 
     def summary(self) -> dict:
         return {"pack": self.url, "part": self.part, "clips": len(self), "shards": len(self.shards),
@@ -134,35 +133,92 @@ class ClipPack(Dataset):
         return {"video": np.array(video[k]), "audio": np.array(audio[k]), **meta[k]}
 
     def _shard(self, s: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-        """Shard ``s``, memory-mapped from a local file (a remote one fetched into the cache first);
-        opened once per process (DataLoader workers each open their own)."""
+        """Shard ``s``, memory-mapped from a local file (a remote one fetched into the cache first),
+        checked against pack.json; opened once per process (DataLoader workers open their own)."""
         if s not in self._open:
-            name = self.shards[s]["name"]
-            video = np.load(self._local(f"{name}.npy"), mmap_mode="r")
-            audio = np.load(self._local(f"{name}.audio.npy"), mmap_mode="r")
-            meta = json.loads(Path(self._local(f"{name}.json")).read_text())
-            if len(video) != self.shards[s]["clips"] or len(meta) != len(video):
-                raise DataError(f"{self.url}: shard {name} holds {len(video)} clips, pack.json says "
-                                f"{self.shards[s]['clips']}")
+            shard = self.shards[s]
+            name, k = shard["name"], shard["clips"]
+            paths = [self._local(name + suffix, shard["bytes"][suffix]) for suffix in SUFFIXES]
+            try:
+                video = np.load(paths[0], mmap_mode="r", allow_pickle=False)
+                audio = np.load(paths[1], mmap_mode="r", allow_pickle=False)
+                meta = json.loads(Path(paths[2]).read_text())
+            except (OSError, ValueError) as e:
+                self._forget(paths)
+                raise DataError(f"{self.url}/{name}: a missing or damaged shard ({_first(e)}); copy the pack "
+                                "again or pack the folder again") from None
+            want = (k, self.frames, *self.size, 3)
+            if video.dtype != np.uint8 or video.shape != want or len(audio) != k or len(meta) != k:
+                self._forget(paths)
+                raise DataError(f"{self.url}/{name}: holds {video.dtype} clips of shape {video.shape}, pack.json says "
+                                f"{k} of {want[1:]}; copy the pack again or pack the folder again")
             self._open[s] = (video, audio, meta)
         return self._open[s]
 
-    def _local(self, name: str) -> str:
-        """A local path of one of the pack's files."""
-        url = f"{self.url}/{name}"
+    def _local(self, name: str, size: int) -> str:
+        """A local path of one of the pack's files of ``size`` bytes; a remote one is fetched
+        into the cache once (by whichever process asks first; a copy of the right size is kept)."""
         if not self.remote:
-            return url.removeprefix("file://")
-        store = cache_dir() / "packs" / hashlib.sha1(self.url.encode()).hexdigest()[:16]
+            return f"{self.url}/{name}".removeprefix("file://")
+        path = cache_dir() / "packs" / self.index["id"] / name
+        if path.is_file() and path.stat().st_size == size:
+            return str(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
         try:
-            return fsspec.open_local(f"filecache::{url}", filecache={"cache_storage": str(store)})
+            with fsspec.open(f"{self.url}/{name}", "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+            os.replace(tmp, path)  # readers that mapped an earlier copy keep theirs
         except (OSError, ValueError, ImportError) as e:
-            raise DataError(f"{url}: cannot fetch ({type(e).__name__}: {_first(e)})") from None
+            raise DataError(f"{self.url}/{name}: cannot fetch ({type(e).__name__}: {_first(e)})") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return str(path)
+
+    def _forget(self, paths: list[str]) -> None:
+        """Drop the cached copies of a shard that failed its checks, so the next read fetches it again."""
+        if self.remote:
+            for p in paths:
+                Path(p).unlink(missing_ok=True)
 
 
-def pack_size(url: str) -> tuple[int, int, int]:
-    """(height, width, frames) of a pack's clips."""
+def _read_index(url: str) -> dict:
+    try:
+        with fsspec.open(f"{url}/{INDEX}", "r") as f:
+            index = json.load(f)
+    except (OSError, ValueError, ImportError) as e:  # no file, bad JSON, or no fsspec backend for the scheme
+        raise DataError(f"{url}: not a readable clip pack ({type(e).__name__}: {_first(e)})") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise DataError(f"{url}/{INDEX}: not a videolm clip pack")
+    if index.get("version") != VERSION:
+        raise DataError(f"{url}/{INDEX}: pack version {index.get('version')}; this videolm reads {VERSION}")
+    try:
+        for key in ("frames", "fps", "height", "width", "sample_rate"):
+            float(index[key])
+        if not re.fullmatch(r"[0-9a-f]{32}", index["id"]):
+            raise ValueError("id")
+        for part in PARTS:
+            for shard in index["parts"][part]["shards"]:
+                if not isinstance(shard["name"], str):
+                    raise TypeError("shard name")
+                for value in (shard["clips"], *(shard["bytes"][s] for s in SUFFIXES)):
+                    int(value)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{url}/{INDEX}: an incomplete pack index ({type(e).__name__}: {_first(e)})") from None
+    return index
+
+
+def pack_captions(url: str) -> list[str]:
+    """One caption per video of the pack (both parts; "" where none), read from the shards' small
+    JSON files only."""
     pack = ClipPack(url)
-    return pack.size[0], pack.size[1], pack.frames
+    captions: dict[str, str] = {}
+    for part in PARTS:
+        for shard in pack.index["parts"][part]["shards"]:
+            with fsspec.open(f"{pack.url}/{shard['name']}.json", "r") as f:
+                for clip in json.load(f):
+                    captions.setdefault(clip["path"], clip["caption"])
+    return list(captions.values())
 
 
 def _first(e: Exception) -> str:
@@ -170,4 +226,4 @@ def _first(e: Exception) -> str:
     return lines[0][:160] if lines else type(e).__name__
 
 
-__all__ = ["ClipPack", "INDEX", "is_pack", "pack_size", "write_pack"]
+__all__ = ["ClipPack", "INDEX", "is_pack", "pack_captions", "write_pack"]

@@ -64,12 +64,12 @@ def world_dataset(spec: str, num: int, seed: int = 0, split: str = "train", fram
 
 @dataclass
 class ClipSource:
-    """Which clips to tokenize: a world (seeded) or a folder of videos."""
+    """Which clips to tokenize: a world (seeded), a folder of videos or a clip pack."""
 
-    data: str = "shapes"  # "shapes", "photos", a mix like "photos:3+shapes:1" (seeded clips), or a folder of videos
+    data: str = "shapes"  # "shapes", "photos", a mix like "photos:3+shapes:1" (seeded), a folder of videos or a pack
     num: int = 1024  # clips
     seed: int = 0  # worlds: first seed offset (clip i uses seed + i); folder: first clip
-    split: Literal["train", "eval"] = "train"  # worlds only: eval draws the held-out seeds / photographs
+    split: Literal["train", "eval"] = "train"  # eval: a world's held-out seeds / photographs, a pack's held-out part
     frames: int = 17  # frames per clip, 1 + 4k
     height: int = 64
     width: int = 64
@@ -86,9 +86,12 @@ class ClipSource:
         if is_world(self.data):
             return world_dataset(self.data, self.num, self.seed, self.split, self.frames, self.height, self.width,
                                  self.fps, self.backgrounds)
-        if is_pack(self.data):  # a pack's split was made when it was packed: eval reads its held-out part
-            pack = open_pack(self.data, "eval" if self.split == "eval" else "train", self.height, self.width,
-                             self.frames, self.fps)
+        if is_pack(self.data):  # split when packed: --split eval or --held-out read its held-out part
+            held = self.split == "eval" or self.held_out is not None
+            pack = open_pack(self.data, "eval" if held else "train", self.height, self.width, self.frames, self.fps)
+            if held and not len(pack):
+                raise DataError(f"{self.data}: the pack has no held-out clips (packed with --held-out 0, or from "
+                                "one video)")
             return _clips_from(pack, self.data, self.seed, self.num)
         split = {} if self.held_out is None else {"split": "eval", "held_out": self.held_out}
         folder = FolderDataset(self.data, frames=self.frames, fps=self.fps, size=(self.height, self.width), **split)
@@ -106,8 +109,11 @@ def open_pack(url: str, part: str, height: int, width: int, frames: int, fps: fl
     pack = ClipPack(url, part)
     want, have = (height, width, frames, float(fps)), (*pack.size, pack.frames, pack.fps)
     if want != have:
-        raise UsageError(f"{url}: the pack holds {have[0]}x{have[1]} clips of {have[2]} frames at {have[3]:g} fps; "
-                         f"pass --size {have[0]}x{have[1]} --frames {have[2]} --fps {have[3]:g} (or pack again)")
+        def clips(h, w, n, rate):
+            return f"{h}x{w} clips of {n} frames at {rate:g} fps"
+
+        raise UsageError(f"{url}: the pack holds {clips(*have)}; this command reads {clips(*want)}: set its size, "
+                         "frames and fps to the pack's, or pack the folder again")
     return pack
 
 

@@ -41,7 +41,7 @@ from videolm.train.lm_module import LMTrainConfig, fit
 class LMDataConfig:
     shards: str | list[str] | None = field(default=None, metadata={"flags": ["--shards"]})  # a folder written by
     #   `videolm tokenize`, or several (same tokenizers; each of one clip size)
-    source: str | None = None  # or tokenize on the fly: "shapes" or a folder of videos
+    source: str | None = None  # or tokenize on the fly: "shapes", a folder of videos or a clip pack
     num: int = 100_000  # on the fly: Shapes training clips (seeds 0 .. num-1) or a folder's first clips
     frames: int = 17  # on the fly: clip size
     height: int = 64

@@ -18,7 +18,7 @@ from videolm.core.config import check_clip_numbers, check_range, to_dict
 from videolm.core.errors import UsageError
 from videolm.core.models import resolve_model
 from videolm.data.folder import FolderDataset, held_out_videos
-from videolm.data.packs import ClipPack, is_pack
+from videolm.data.packs import ClipPack, is_pack, pack_captions
 from videolm.data.photos import PhotoConfig, make_photo_clip
 from videolm.data.shapes import BACKGROUNDS, ShapesConfig, make_clip
 from videolm.data.sources import MixedDataset, open_pack, world_dataset
@@ -38,7 +38,7 @@ PHOTO_VAL_SEED = 500_000  # ... and held-out photo clips far from the ones `toke
 @dataclass
 class DataConfig:
     source: str = field(default="shapes", metadata={"flags": ["--data"]})  # a world drawn on the fly ("shapes",
-    #   "photos", a mix like "photos:3+shapes:1") or a folder of videos
+    #   "photos", a mix like "photos:3+shapes:1"), a folder of videos or a clip pack (a folder or URL)
     num: int = 900_000  # training clips of a world (seeds 0 .. num-1)
     frames: int = 17  # frames per clip, 1 + 4k
     height: int = 64
@@ -146,8 +146,7 @@ def corpus_captions(data: str = "shapes", num: int = 4000) -> tuple[list[str], s
     without captions gets the Shapes grammar, so its bundle still reads prompts."""
     parts = dict(parse_world(data) or [])
     if data != "shapes" and not parts:
-        source = ClipPack(data) if is_pack(data) else FolderDataset(data)
-        captions = [c for c in source.captions() if c][:num]
+        captions = [c for c in (pack_captions(data) if is_pack(data) else FolderDataset(data).captions()) if c][:num]
         if captions:
             return captions, f"{len(captions)} captions of {data}"
         parts, note = {"shapes": 1.0}, f"Shapes captions ({data} has no captions)"

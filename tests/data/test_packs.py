@@ -1,6 +1,11 @@
 """Clip packs: a folder decoded once into shards, split as the folder splits, read back from a
 folder or a URL (fsspec's in-memory filesystem stands in for object storage), fetched shards kept."""
 
+import json
+import os
+import shutil
+from pathlib import Path
+
 import fsspec
 import numpy as np
 import pytest
@@ -21,6 +26,10 @@ def folder(tmp_path_factory):
         write_video(root / f"v{i}.mp4", make_clip(i, ShapesConfig(height=32, width=32, frames=13)).video, fps=8)
         (root / f"v{i}.txt").write_text(f"clip {i}\n")
     return root
+
+
+def folder_of(pack: Path) -> Path:
+    return Path(json.loads((pack / "pack.json").read_text())["source"])
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +69,15 @@ def test_a_pack_at_a_url_is_fetched_once_and_kept(pack, tmp_path, monkeypatch):
                 memory.rm(name)  # the shards are gone from the store: a new reader uses the cached copies
         again = ClipPack("memory://bucket/pack")
         assert np.array_equal(again[len(again) - 1]["video"], local[len(local) - 1]["video"])
+        # packed again at the same URL: a new id, so nothing stale is read from the cache
+        other = tmp_path / "other"
+        assert main(["data", "pack", str(folder_of(pack)), "--out", str(other), "--size", "32x32", "--frames", "9",
+                     "--held-out", "0.25"]) == 0
+        for f in other.iterdir():
+            memory.pipe(f"/bucket/pack/{f.name}", f.read_bytes())
+        fresh = ClipPack("memory://bucket/pack")
+        assert len(fresh) == len(ClipPack(other)) and fresh[len(fresh) - 1]["video"].shape == (9, 32, 32, 3)
+        assert np.array_equal(fresh[len(fresh) - 1]["video"], ClipPack(other)[len(fresh) - 1]["video"])
     finally:
         memory.rm("/bucket", recursive=True)
     with pytest.raises(DataError, match="not a readable clip pack"):
@@ -78,5 +96,40 @@ def test_bad_packs_and_pack_commands_are_one_line(pack, folder, tmp_path, capsys
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 3 and all(line.startswith("videolm: error:") for line in lines)
     assert not (tmp_path / "p").exists()
-    with pytest.raises(Exception, match="pass --size 32x32 --frames 5"):
+    with pytest.raises(Exception, match="holds 32x32 clips of 5 frames at 8 fps; this command reads 32x32 clips of 9"):
         ClipSource(str(pack), frames=9, height=32, width=32).dataset()
+    broken = tmp_path / "broken"
+    shutil.copytree(pack, broken)
+    shard = broken / "train-00001.npy"
+    shard.write_bytes(shard.read_bytes()[:500])  # truncated
+    clips = ClipPack(broken)
+    assert clips[0]["video"].shape == (5, 32, 32, 3)  # the first shard is whole
+    with pytest.raises(DataError, match="train-00001: a missing or damaged shard"):
+        clips[3]
+    index = json.loads((broken / "pack.json").read_text())
+    del index["parts"]["eval"]
+    (broken / "pack.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match="an incomplete pack index"):
+        ClipPack(broken)
+
+
+def test_captions_held_out_part_and_unreadable_videos(folder, pack, tmp_path):
+    from videolm.data.packs import pack_captions, write_pack
+
+    assert sorted(pack_captions(str(pack))) == [f"clip {i}" for i in range(4)]  # one per video, both parts
+    held = ClipSource(str(pack), num=100, frames=5, height=32, width=32, held_out=0.25).dataset()
+    assert len(held) == len(ClipPack(pack, "eval")) and held[0]["path"] == ClipPack(pack, "eval")[0]["path"]
+    mixed = tmp_path / "mixed"
+    shutil.copytree(folder, mixed)
+    dataset = FolderDataset(mixed, frames=5, size=(32, 32), stride=4, held_out=0.25)  # indexed while whole
+    v1 = mixed / "v1.mp4"
+    stat = v1.stat()
+    v1.write_bytes(b"\0" * stat.st_size)  # then broken, its size and time unchanged: it fails only to decode
+    os.utime(v1, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    dataset = FolderDataset(mixed, frames=5, size=(32, 32), stride=4, held_out=0.25)
+    with pytest.warns(UserWarning, match="skipping unreadable video"):
+        write_pack(tmp_path / "p", dataset, shard_clips=2)
+    index = json.loads((tmp_path / "p" / "pack.json").read_text())
+    assert "v1.mp4" in index["skipped_videos"]
+    clips = [(c["path"], c["start"]) for part in ("train", "eval") for c in ClipPack(tmp_path / "p", part)]
+    assert len(clips) == len(set(clips)) and all(p != "v1.mp4" for p, _ in clips)  # no clip twice, none of v1

@@ -167,7 +167,7 @@ def test_fit_on_a_pack_reads_clips_never_videos_and_validates_on_its_held_out_pa
     code = main(["tokenizer", "fit", "--config", str(DEBUG), "--out", str(tmp_path / "bad"), "--data", str(pack),
                  "--frames", "9", "--steps", "1"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "pass --size 32x32 --frames 5" in err and len(err.splitlines()) == 1
+    assert code == 2 and "holds 32x32 clips of 5 frames at 8 fps" in err and len(err.splitlines()) == 1
 
 
 def test_the_wall_clock_budget_counts_the_whole_command(mixed_folder, tmp_path):
