@@ -25,7 +25,6 @@ Prints one JSON object: ``{"model", "num", "tasks": {name: metrics}, "seconds"}`
 
 from __future__ import annotations
 
-import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -45,7 +44,6 @@ from videolm.lm.data import TaskBatch
 from videolm.lm.engine import uses_grid
 from videolm.lm.losses import held_out_losses
 from videolm.lm.masks import pad
-from videolm.lm.positions import grid_positions
 from videolm.tasks.base import Task, grid_layout
 from videolm.tasks.pipeline import Pipeline, Plan, check_frames, check_size
 
@@ -154,7 +152,7 @@ def truth_loss(model, task, samples: list[dict], pad_id: int, batch_size: int = 
         task.training = training
     items = [(torch.cat([prefix, target]).long(), len(prefix)) for prefix, target in built]
     chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
-    positions = functools.partial(grid_positions, layout=grid_layout(task.vocab)) if uses_grid(model) else None
+    positions = grid_layout(task.vocab).positions if uses_grid(model) else None
     batches = [TaskBatch(pad(chunk, pad_id=pad_id, positions=positions), torch.zeros(len(chunk), dtype=torch.long))
                for chunk in chunks]
     loss, count = held_out_losses(model, batches, num_tasks=1)

@@ -12,7 +12,6 @@ apart per task.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,7 +21,7 @@ from torch.utils.data import Dataset
 
 from videolm.core.errors import ConfigError, DataError
 from videolm.lm.masks import PackedBatch, pack, pad
-from videolm.lm.positions import GridLayout, grid_positions
+from videolm.lm.positions import GridLayout
 
 Sample = dict  # code fields -> int64 tensors, plus metadata (caption, seed, height, width, ...)
 
@@ -197,7 +196,7 @@ class PackCollate:
         if row_len < 1:
             raise ConfigError(f"row_len={row_len} must be >= 1")
         self.row_len, self.pad_id, self.packing = row_len, pad_id, packing
-        self.positions = None if grid is None else functools.partial(grid_positions, layout=grid)
+        self.positions = None if grid is None else grid.positions
 
     def __call__(self, items: Sequence[TaskExample]) -> TaskBatch:
         examples = [(it.ids, it.prefix_len) for it in items]

@@ -63,6 +63,10 @@ class GridLayout:
         return cls(grids, frozenset(vocab[n] for n in ("<bov_i>", "<bov_o>")),
                    frozenset(vocab[n] for n in ("<eov_i>", "<eov_o>")))
 
+    def positions(self, ids) -> torch.Tensor:
+        """`grid_positions` of one example under this layout (what `pack` and `pad` take)."""
+        return grid_positions(ids, self)
+
 
 class GridPositions:
     """One sequence's ``(t, h, w)`` positions, fed in order: `feed` takes the next ids (one or many)
@@ -97,22 +101,14 @@ class GridPositions:
 
     def feed(self, ids) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        if len(ids) == 1:
-            return np.asarray([self.step(int(ids[0]))], dtype=np.int64)
         out = np.empty((len(ids), AXES), dtype=np.int64)
         i = 0
         while i < len(ids):
-            if self.index is None:
-                token = int(ids[i])
-                out[i] = self.next
-                self.next += 1
-                if token in self.layout.grids:
-                    self.grid = self.layout.grids[token]
-                elif token in self.layout.opens and self.grid is not None:
-                    self.index, self.base, self.top = 0, self.next, self.next - 1
+            if self.index is None or len(ids) == 1:  # outside a run (or one token): a step at a time
+                out[i] = self.step(int(ids[i]))
                 i += 1
                 continue
-            rest = ids[i:]
+            rest = ids[i:]  # inside a run: the whole stretch up to its closing token at once
             ends = np.flatnonzero(np.isin(rest, list(self.layout.closes)))
             n = int(ends[0]) if len(ends) else len(rest)
             if n:

@@ -51,7 +51,6 @@ from videolm.tasks.tokenizing import ClipTokenizer
 from videolm.tokenizers.geometry import context_latents, frames_of, parse_clip_size
 from videolm.tokenizers.vocab import Vocabulary
 
-
 FITS = ("resize", "crop", "pad")
 
 

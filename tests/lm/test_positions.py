@@ -154,7 +154,7 @@ def test_training_rows_carry_each_examples_grid_positions(grid_model):
     assert PackCollate(row_len=64)(items).rows.positions.dim() == 2
     with torch.no_grad():  # an example packed with others reads as it does alone
         logits = output_logits(grid_model, batch)  # (N, V)
-        alone = pack([(torch.tensor(seqs[1]), len(seqs[1]) - 3)], 64, positions=lambda ids: grid_positions(ids, GRID))
+        alone = pack([(torch.tensor(seqs[1]), len(seqs[1]) - 3)], 64, positions=GRID.positions)
         theirs = output_logits(grid_model, alone)
     keep = batch.labels[:, 1:] != -100
     torch.testing.assert_close(logits[batch.example[:, 1:][keep] == 1], theirs, rtol=1e-4, atol=1e-5)
