@@ -235,6 +235,13 @@ def _strip_optional(tp):
     return tp, False
 
 
+def _one_or_many(tp) -> bool:
+    """Whether ``tp`` is ``str | list[str]`` (optional or not): a field that takes one text or several."""
+    if typing.get_origin(tp) not in (Union, types.UnionType):
+        return False
+    return {a for a in typing.get_args(tp) if a is not type(None)} == {str, list[str]}
+
+
 def _scalar(tp, optional: bool):
     """A converter from a flag's text to ``tp`` (None from 'null' when ``optional``)."""
 
@@ -295,6 +302,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> l
         elif origin in (list, tuple) and args and args[0] in (int, float, str):  # repeat the flag (or give a,b,c)
             convert = _comma_list(args[0]) if f.metadata.get("comma") else (lambda t, c=_scalar(args[0], False): [c(t)])
             kwargs.update(action="extend", type=convert, metavar=f.name.upper().rstrip("S") or None)
+        elif _one_or_many(tp):  # str | list[str]: one value, or the flag repeated for several
+            kwargs.update(action="extend", type=lambda t: [t], metavar=f.name.upper().rstrip("S") or None)
         elif origin is dict or origin in (list, tuple) or tp is Any:
             kwargs.update(type=_structured, metavar="YAML")
         else:

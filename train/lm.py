@@ -40,7 +40,7 @@ from videolm.train.lm_module import LMTrainConfig, fit
 @dataclass
 class LMDataConfig:
     shards: str | list[str] | None = field(default=None, metadata={"flags": ["--shards"]})  # a folder written by
-    #   `videolm tokenize`, or several (same tokenizers; each of one clip size)
+    #   `videolm tokenize`, or several (same tokenizers; each of one clip size; repeat the flag)
     source: str | None = None  # or tokenize on the fly: "shapes", a folder of videos or a clip pack
     num: int = 100_000  # on the fly: Shapes training clips (seeds 0 .. num-1) or a folder's first clips
     frames: int = 17  # on the fly: clip size
@@ -53,7 +53,7 @@ class LMDataConfig:
     tasks: dict[str, float] = field(default_factory=lambda: {"t2v": 1.0, "v2a": 1.0})  # name or module:Class -> weight
     text_dropout: float = 0.1  # classifier-free guidance: the text is emptied this often in training
     val_shards: str | list[str] | None = None  # held-out token shards (`videolm tokenize --split eval`):
-    #                                            their loss is logged every train.val_every steps
+    #                                            their loss is logged every train.val_every steps (repeat the flag for several)
 
     def __post_init__(self):
         if (self.shards is None) == (self.source is None):

@@ -409,12 +409,14 @@ def test_a_mixture_of_sizes_and_lengths_trains_in_weighted_buckets_and_records_i
     square = _sized_shards(tmp_path / "square", 32, 32, 5, 12, 0)
     wide = _sized_shards(tmp_path / "wide", 32, 48, 9, 12, 1)
     cfg = yaml.safe_load(DEBUG.read_text())
-    cfg["data"] = {"shards": [str(square), str(wide)], "buckets": {"32x32x5": 1.0, "32x48x9": 3.0}, "tasks": {"t2v": 1.0}}
+    cfg["data"] = {"shards": str(square), "buckets": {"32x32x5": 1.0, "32x48x9": 3.0}, "tasks": {"t2v": 1.0}}
     cfg["train"].update(steps=2, log_every=1, checkpoint_every=2)
     path = tmp_path / "lm.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    run = tmp_path / "run"
-    assert main(["lm", "fit", "--config", str(path), "--out", str(run)]) == 0
+    run = tmp_path / "run"  # several shard folders on the command line: the flag repeated (in place of the config's)
+    assert main(["lm", "fit", "--config", str(path), "--shards", str(square), "--data.shards", str(wide),
+                 "--out", str(run)]) == 0
+    assert json.loads((run / "run.json").read_text())["data"]["shards"] == [str(square), str(wide)]
     vocab = Vocabulary.load(run / "model")  # both sizes' geometry tokens, whatever folder came first
     assert set(vocab.resolutions) == {(32, 32), (32, 48)} and vocab.lengths == [5, 9]
     clip = json.loads((run / "model" / "clip.json").read_text())
