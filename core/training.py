@@ -134,12 +134,21 @@ class ResumableSampler(Sampler):
     permutation per epoch, drawn from ``(seed, epoch)``. Positions are counted from the start of
     the run, so a resumed run sets `start_batch` and carries on with the very keys it would have
     drawn. Under several processes, rank ``r`` of ``world`` takes the r-th slice of every global
-    batch."""
+    batch.
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True):
+    ``groups = (sizes, window)`` orders data kept in shards, such as a clip pack streamed through a
+    small cache (`videolm.data.packs.ClipPack.shard_order`): items come in runs of ``sizes[j]`` (group j
+    holds the next ``sizes[j]`` indices), and each epoch visits the groups in a shuffled order,
+    ``window`` groups at a time, items shuffled within each window, so a group is read in one
+    stretch per epoch (as webdataset's shard shuffle and buffer do)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 groups: tuple[Sequence[int], int] | None = None):
         if n < 1:
             raise ConfigError("the training data holds no items")
-        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        if groups is not None and (sum(groups[0]) != n or groups[1] < 1):
+            raise ValueError(f"groups of {sum(groups[0])} items in windows of {groups[1]} for {n} items")
+        self.n, self.batch_size, self.seed, self.shuffle, self.groups = n, batch_size, seed, shuffle, groups
         self.start_batch, self.rank, self.world = 0, 0, 1
         self._epoch, self._perm = -1, None
 
@@ -149,8 +158,20 @@ class ResumableSampler(Sampler):
             return k
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(item_seed(self.seed, epoch, stream=1))
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g).tolist()
+            self._epoch, self._perm = epoch, self._permutation(g)
         return self._perm[k]
+
+    def _permutation(self, g: torch.Generator) -> list[int]:
+        if self.groups is None:
+            return torch.randperm(self.n, generator=g).tolist()
+        sizes, window = self.groups
+        starts = np.cumsum([0, *sizes])
+        order = torch.randperm(len(sizes), generator=g).tolist()
+        perm = []
+        for w in range(0, len(order), window):
+            items = torch.cat([torch.arange(starts[j], starts[j + 1]) for j in order[w:w + window]])
+            perm += items[torch.randperm(len(items), generator=g)].tolist()
+        return perm
 
     def __iter__(self):
         batch = self.start_batch
@@ -443,7 +464,7 @@ def fit_run(module: RunModule, data: Dataset, cfg, command: str, collate_fn=None
         if run_config is not None:
             (out / "run.json").write_text(json.dumps(run_config, indent=2) + "\n")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module.sampler = ResumableSampler(len(data), cfg.batch_size, seed=cfg.seed)
+    module.sampler = ResumableSampler(len(data), cfg.batch_size, seed=cfg.seed, groups=getattr(data, "shard_order", None))
     loader = DataLoader(SeededItems(data), batch_size=cfg.batch_size, sampler=module.sampler,
                         num_workers=cfg.workers, collate_fn=collate_fn, drop_last=True,
                         persistent_workers=cfg.workers > 0,

@@ -14,8 +14,11 @@ any dataset) from a local folder or from any URL `fsspec` knows (``s3://``, ``gs
 ``https://``, ... given the matching fsspec package, such as s3fs, and its credentials). A remote
 shard is fetched whole the first time a clip of it is read, into ``VIDEOLM_CACHE/packs/ID/`` (a
 temporary file renamed into place, so concurrent readers never see half a file), and read from
-there by later epochs and runs. After one epoch the local disk holds the whole pack: delete that
-folder to free it.
+there by later epochs and runs. After one epoch the local disk holds the whole pack, unless
+``VIDEOLM_PACK_CACHE_GB`` caps the cache: then the shards used longest ago (of every pack) are
+deleted to keep it under the cap, and training reads the pack a window of shards at a time (shards
+in a seeded order per epoch, clips shuffled within each window: `ClipPack.shard_order`), so each shard
+is fetched once per epoch however small the cap.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import re
 import shutil
 import uuid
 from bisect import bisect_right
+from collections import OrderedDict
 from pathlib import Path
 
 import fsspec
@@ -41,6 +45,22 @@ FORMAT = "videolm clip pack"
 VERSION = 1
 PARTS = ("train", "eval")
 SUFFIXES = (".npy", ".audio.npy", ".json")  # a shard's files
+CACHE_CAP = "VIDEOLM_PACK_CACHE_GB"  # the environment variable that caps the cache of remote shards
+
+
+def cache_cap() -> int | None:
+    """The cap on the bytes of fetched shards (all packs together) from ``VIDEOLM_PACK_CACHE_GB``;
+    None (no cap) where it is unset or empty."""
+    text = os.environ.get(CACHE_CAP, "").strip()
+    if not text:
+        return None
+    try:
+        gb = float(text)
+    except ValueError:
+        gb = float("nan")
+    if not gb > 0 or gb == float("inf"):
+        raise UsageError(f"{CACHE_CAP}={text!r}: give the cap in gigabytes, a number above 0 (e.g. 20 or 0.5)")
+    return int(gb * 1e9)
 
 
 def is_pack(source: str) -> bool:
@@ -113,7 +133,19 @@ class ClipPack(Dataset):
         self.sample_rate = int(self.index["sample_rate"])
         self.shards = self.index["parts"][part]["shards"]
         self._starts = np.cumsum([0] + [s["clips"] for s in self.shards]).tolist()
-        self._open: dict[int, tuple[np.ndarray, np.ndarray, list[dict]]] = {}
+        self._open: OrderedDict[int, tuple[np.ndarray, np.ndarray, list[dict]]] = OrderedDict()  # last used last
+        self.cap = cache_cap() if self.remote else None
+        biggest = max((sum(s["bytes"].values()) for s in self.shards), default=1)
+        # shards read together: half the cap, so a window's shards and the last window's fit at once
+        self.window = max(1, self.cap // 2 // biggest) if self.cap else len(self.shards)
+
+    @property
+    def shard_order(self) -> tuple[list[int], int] | None:
+        """How training should order a remote pack under a cache cap: the clips of each shard (in
+        index order) and how many shards to shuffle together (`ResumableSampler`); None: any order."""
+        if self.cap is None or self.window >= len(self.shards):
+            return None
+        return [s["clips"] for s in self.shards], self.window
 
     def __len__(self) -> int:
         return self._starts[-1]
@@ -135,7 +167,9 @@ class ClipPack(Dataset):
     def _shard(self, s: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
         """Shard ``s``, memory-mapped from a local file (a remote one fetched into the cache first),
         checked against pack.json; opened once per process (DataLoader workers open their own)."""
-        if s not in self._open:
+        if s in self._open:
+            self._open.move_to_end(s)
+        else:
             shard = self.shards[s]
             name, k = shard["name"], shard["clips"]
             paths = [self._local(name + suffix, shard["bytes"][suffix]) for suffix in SUFFIXES]
@@ -153,6 +187,11 @@ class ClipPack(Dataset):
                 raise DataError(f"{self.url}/{name}: holds {video.dtype} clips of shape {video.shape}, pack.json says "
                                 f"{k} of {want[1:]}; copy the pack again or pack the folder again")
             self._open[s] = (video, audio, meta)
+            if self.cap is not None:  # a capped cache: let go of the maps of the shards it may delete, then trim it
+                while len(self._open) > self.window:
+                    self._open.popitem(last=False)
+                folder = Path(paths[0]).parent
+                _trim_cache(self.cap, {folder / (self.shards[o]["name"] + x) for o in self._open for x in SUFFIXES})
         return self._open[s]
 
     def _local(self, name: str, size: int) -> str:
@@ -162,6 +201,8 @@ class ClipPack(Dataset):
             return f"{self.url}/{name}".removeprefix("file://")
         path = cache_dir() / "packs" / self.index["id"] / name
         if path.is_file() and path.stat().st_size == size:
+            if self.cap is not None:
+                os.utime(path)  # used now: the cap deletes the shards used longest ago
             return str(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
@@ -180,6 +221,27 @@ class ClipPack(Dataset):
         if self.remote:
             for p in paths:
                 Path(p).unlink(missing_ok=True)
+
+
+def _trim_cache(cap: int, keep: set[Path]) -> None:
+    """Delete the cached shard files used longest ago (of every pack) until the cache holds at most
+    ``cap`` bytes, never one in ``keep``. A reader that has a deleted file mapped keeps its copy
+    until it lets it go; another process fetching the same file renames its own copy into place."""
+    files = []
+    for f in (cache_dir() / "packs").glob("*/*"):
+        try:
+            st = f.stat()
+        except OSError:  # deleted by another process meanwhile
+            continue
+        if not f.name.startswith("."):
+            files.append((st.st_mtime, st.st_size, f))
+    total = sum(size for _, size, _ in files)
+    for _, size, f in sorted(files, key=lambda x: x[0]):
+        if total <= cap:
+            break
+        if f not in keep:
+            f.unlink(missing_ok=True)
+            total -= size
 
 
 def _read_index(url: str) -> dict:
@@ -226,4 +288,4 @@ def _first(e: Exception) -> str:
     return lines[0][:160] if lines else type(e).__name__
 
 
-__all__ = ["ClipPack", "INDEX", "is_pack", "pack_captions", "write_pack"]
+__all__ = ["CACHE_CAP", "ClipPack", "INDEX", "cache_cap", "is_pack", "pack_captions", "write_pack"]

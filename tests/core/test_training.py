@@ -39,6 +39,36 @@ def test_sampler_visits_every_item_once_per_epoch_and_resumes_where_it_stopped()
     assert [k for k, _ in _take(ResumableSampler(10, 4, seed=4), 10)] != [k for k, _ in keys[:10]]
 
 
+def test_sharded_data_is_read_a_window_of_shards_at_a_time_in_a_new_order_each_epoch():
+    sizes = [3, 3, 2, 3, 1, 3]  # six shards of 15 items
+    starts = [0, 3, 6, 8, 11, 12]
+    shard_of = {i: j for j, (a, n) in enumerate(zip(starts, sizes)) for i in range(a, a + n)}
+    sampler = ResumableSampler(15, batch_size=5, seed=7, groups=(sizes, 2))
+    keys = _take(sampler, 45)
+    orders = []
+    for epoch in range(3):
+        items = [i for i, _ in keys[15 * epoch:15 * epoch + 15]]
+        assert sorted(items) == list(range(15))
+        shards = [shard_of[i] for i in items]
+        windows, current, seen = [], set(), [0] * 6
+        for j in shards:  # stretches of two whole shards each, one after the other
+            current.add(j)
+            seen[j] += 1
+            assert len(current) <= 2
+            if len(current) == 2 and all(seen[c] == sizes[c] for c in current):
+                windows.append(current)
+                current = set()
+        assert len(windows) == 3 and not current
+        orders.append(shards)
+    assert orders[0] != orders[1]  # shards in a new order each epoch
+    again = ResumableSampler(15, batch_size=5, seed=7, groups=(sizes, 2))
+    again.start_batch = 4
+    assert _take(again, 10) == keys[20:30]  # resumes exactly
+    assert sorted(i for i, _ in _take(ResumableSampler(15, 5, seed=7, groups=(sizes, 6)), 15)) == list(range(15))
+    with pytest.raises(ValueError):
+        ResumableSampler(16, batch_size=5, groups=(sizes, 2))
+
+
 def test_ranks_take_disjoint_slices_of_each_global_batch():
     one = _take(ResumableSampler(16, batch_size=2, seed=0), 8)
     ranks = []

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from videolm.cli.main import main
-from videolm.core.errors import DataError
+from videolm.core.errors import DataError, UsageError
+from videolm.core.training import ResumableSampler
+from videolm.data import packs
 from videolm.data.folder import FolderDataset
 from videolm.data.media import write_video
-from videolm.data.packs import ClipPack, is_pack
+from videolm.data.packs import CACHE_CAP, ClipPack, is_pack
 from videolm.data.shapes import ShapesConfig, make_clip
 from videolm.data.sources import ClipSource
 
@@ -82,6 +84,45 @@ def test_a_pack_at_a_url_is_fetched_once_and_kept(pack, tmp_path, monkeypatch):
         memory.rm("/bucket", recursive=True)
     with pytest.raises(DataError, match="not a readable clip pack"):
         ClipPack("memory://bucket/none")
+
+
+def test_a_capped_cache_keeps_under_its_cap_and_fetches_each_shard_once_an_epoch(pack, tmp_path, monkeypatch):
+    monkeypatch.setenv("VIDEOLM_CACHE", str(tmp_path / "cache"))
+    memory = fsspec.filesystem("memory")
+    for f in pack.iterdir():
+        memory.pipe(f"/capped/pack/{f.name}", f.read_bytes())
+    fetched = []
+    real_open = fsspec.open
+
+    def counting_open(url, *args, **kwargs):
+        if not url.endswith("pack.json"):
+            fetched.append(url)
+        return real_open(url, *args, **kwargs)
+
+    monkeypatch.setattr(packs.fsspec, "open", counting_open)
+    try:
+        assert ClipPack("memory://capped/pack").shard_order is None  # no cap: any order
+        shard = max(sum(s["bytes"].values()) for s in ClipPack(pack).shards)
+        monkeypatch.setenv(CACHE_CAP, str(2.5 * shard / 1e9))  # two and a half shards: one read at a time
+        remote, local = ClipPack("memory://capped/pack"), ClipPack(pack)
+        sizes, window = remote.shard_order
+        assert window == 1 and sum(sizes) == len(remote) and len(sizes) == len(remote.shards) > 2
+        sampler = ResumableSampler(len(remote), batch_size=2, seed=1, groups=remote.shard_order)
+        keys = iter(sampler)
+        for epoch in range(2):
+            for _ in range(len(remote)):
+                i, _ = next(keys)
+                assert np.array_equal(remote[i]["video"], local[i]["video"])
+                cached = sum(f.stat().st_size for f in (tmp_path / "cache" / "packs").rglob("*") if f.is_file())
+                assert cached <= 2.5 * shard
+            if epoch == 0:
+                assert len(fetched) == len(set(fetched)) == 3 * len(sizes)  # every shard's three files once
+        assert len(fetched) <= 2 * 3 * len(sizes)
+        monkeypatch.setenv(CACHE_CAP, "lots")
+        with pytest.raises(UsageError, match="VIDEOLM_PACK_CACHE_GB='lots'"):
+            ClipPack("memory://capped/pack")
+    finally:
+        memory.rm("/capped", recursive=True)
 
 
 def test_bad_packs_and_pack_commands_are_one_line(pack, folder, tmp_path, capsys):
