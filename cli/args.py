@@ -57,7 +57,8 @@ class Command:
         parsed = parser.parse_args(argv)
         base = read_config(parsed.config, self.config) if self.config and parsed.config else None
         try:
-            args = from_flags(parsed, self.args, keys, base, getattr(parser, "flag_names", {}))
+            args = from_flags(parsed, self.args, keys, base, getattr(parser, "flag_names", {}),
+                              getattr(parser, "flag_excludes", {}))
         except ConfigError as e:  # name the file, unless a flag was the trouble
             from_file = self.config and parsed.config and not str(e).startswith(("-", "ROOT", "INPUT", "OUTPUT"))
             raise ConfigError(f"{parsed.config}: {e}" if from_file else str(e)) from None

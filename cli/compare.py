@@ -19,7 +19,7 @@ class CompareArgs(CompareConfig):
 
 
 def run(args: CompareArgs) -> int:
-    check_output_dir(args.out, args.overwrite)
+    check_output_dir(args.out, args.overwrite, inputs=[args.model])
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = CompareConfig(**{name: getattr(args, name) for name in CompareConfig.__dataclass_fields__})

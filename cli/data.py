@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from videolm.cli.args import Command, input_folder, print_json, progress
 from videolm.core.config import check_clip_numbers, check_range
-from videolm.core.errors import UsageError
 from videolm.core.outputs import check_output_dir
 from videolm.data.examples import FILES, write_examples
 from videolm.data.folder import FolderConfig, FolderDataset
@@ -79,10 +77,7 @@ class PackArgs:
 
 def run_pack(args: PackArgs) -> int:
     root = input_folder(args.root, "ROOT")
-    out = Path(args.out).resolve()
-    if out == root.resolve() or root.resolve() in out.parents:
-        raise UsageError(f"--out {args.out}: inside ROOT {args.root}; videolm never writes into the folder it reads")
-    check_output_dir(args.out, args.overwrite)
+    check_output_dir(args.out, args.overwrite, inputs=[root])
     folder = args.dataset()
     with progress(len(folder), "clips") as bar:
         out = write_pack(args.out, folder, args.shard_clips, overwrite=args.overwrite, progress=bar.update)

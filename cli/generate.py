@@ -65,7 +65,8 @@ def _rewriter(path: str | None):
 
 
 def run(args: GenerateArgs) -> int:
-    out = StreamingOutput(args.out, args.overwrite, command="generate")  # checked before anything loads
+    out = StreamingOutput(args.out, args.overwrite, command="generate",  # checked before anything loads
+                          inputs=[*args.video, args.image, args.mask, args.audio, args.model])
     _inputs_exist(args)
     rewrite = _rewriter(args.prompt_rewriter)
     pipe = Pipeline.from_pretrained(args.model)

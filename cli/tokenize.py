@@ -28,7 +28,7 @@ class TokenizeArgs(ClipSource):
 
 def run(args: TokenizeArgs) -> int:
     data_input(args.data)
-    check_output_dir(args.out, args.overwrite)
+    check_output_dir(args.out, args.overwrite, inputs=[args.data, args.model])
     source = ClipSource(args.data, args.num, args.seed, args.split, args.frames, args.height, args.width, args.fps,
                         list(args.backgrounds))
     with progress(args.num, "tokenize") as bar:

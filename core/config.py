@@ -19,6 +19,7 @@ for::
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import importlib
 import inspect
@@ -302,13 +303,17 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> l
         elif origin in (list, tuple) and args and args[0] in (int, float, str):  # repeat the flag (or give a,b,c)
             convert = _comma_list(args[0]) if f.metadata.get("comma") else (lambda t, c=_scalar(args[0], False): [c(t)])
             kwargs.update(action="extend", type=convert, metavar=f.name.upper().rstrip("S") or None)
-        elif _one_or_many(tp):  # str | list[str]: one value, or the flag repeated for several
-            kwargs.update(action="extend", type=lambda t: [t], metavar=f.name.upper().rstrip("S") or None)
+        elif _one_or_many(tp):  # str | list[str]: one value, or the flag repeated for several ("null": none)
+            kwargs.update(action="extend", type=lambda t: [None] if t.lower() in ("null", "none") else [t],
+                          metavar=f.name.upper().rstrip("S") or None)
         elif origin is dict or origin in (list, tuple) or tp is Any:
             kwargs.update(type=_structured, metavar="YAML")
         else:
             kwargs.update(type=_scalar(tp, optional), metavar=f.name.upper())
         names = getattr(parser, "flag_names", {})
+        if f.metadata.get("excludes"):  # a flag for this field drops the config's value of those fields
+            parser.flag_excludes = {**getattr(parser, "flag_excludes", {}),
+                                    key: [prefix + other for other in f.metadata["excludes"]]}
         if f.metadata.get("positional"):
             kwargs.pop("dest")
             kwargs.pop("metavar", None)
@@ -383,10 +388,20 @@ def _comma_list(tp):
 
 
 def from_flags(parsed: argparse.Namespace, cls: type, keys: list[str], base: dict | None = None,
-               names: dict[str, str] | None = None) -> Any:
+               names: dict[str, str] | None = None, excludes: dict[str, list[str]] | None = None) -> Any:
     """``cls`` built from a config's keys (``base``) with the flags given laid over them; ``names``:
-    how each key is written on the command line (for messages)."""
-    data = dict(base or {})
+    how each key is written on the command line (for messages); ``excludes``: key -> keys whose
+    config values a flag for that key drops (one of two alternatives, such as data.shards and
+    data.source, given on the command line replaces the other one in the config)."""
+    data = copy.deepcopy(base or {})
+    for key, others in (excludes or {}).items():
+        if key in vars(parsed):
+            for other in others:
+                node, parts = data, other.split(".")
+                for part in parts[:-1]:
+                    node = node.get(part) if isinstance(node, dict) else None
+                if isinstance(node, dict) and other not in vars(parsed):
+                    node.pop(parts[-1], None)
     for key in keys:
         if key not in vars(parsed):
             continue
@@ -395,10 +410,15 @@ def from_flags(parsed: argparse.Namespace, cls: type, keys: list[str], base: dic
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{'.'.join(parts[:-1])}: the config gives a value where --{key} needs a mapping")
+        value = getattr(parsed, key)
         if parts[-1] == SIZE_KEY:
-            node["height"], node["width"] = getattr(parsed, key)
+            node["height"], node["width"] = value
+        elif isinstance(value, list) and None in value:  # a repeatable flag given "null"
+            if any(v is not None for v in value):
+                raise ConfigError(f"{(names or {}).get(key, '--' + key)}: null (none) cannot go with other values")
+            node[parts[-1]] = None
         else:
-            node[parts[-1]] = getattr(parsed, key)
+            node[parts[-1]] = value
     try:
         return from_dict(cls, data)
     except ConfigError as e:

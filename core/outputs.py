@@ -119,10 +119,30 @@ def _real_folder(out: Path, flag: str) -> bool:
     return out.is_dir() and any(out.iterdir())
 
 
-def check_output_dir(out: str | Path, overwrite: bool = False, flag: str = "--out") -> Path:
+def check_apart(out: str | Path, inputs, flag: str = "--out") -> None:
+    """Refuse an output folder that is one of the ``inputs`` (files or folders), holds one (replacing
+    it would delete it) or lies inside an input folder (inputs are read-only to videolm). Inputs
+    that are not local paths (URLs, world names) or do not exist are passed over."""
+    o = Path(out).resolve()
+    for given in inputs:
+        if given is None or "://" in str(given) or not Path(given).exists():
+            continue
+        q = Path(given).resolve()
+        if q == o:
+            raise UsageError(f"{flag} {out}: is also an input; write the output elsewhere")
+        if o in q.parents:
+            raise UsageError(f"{flag} {out}: holds the input {given}; write the output elsewhere")
+        if q in o.parents:
+            raise UsageError(f"{flag} {out}: is inside the input folder {given}; videolm never writes into "
+                             "the folders it reads")
+
+
+def check_output_dir(out: str | Path, overwrite: bool = False, flag: str = "--out", inputs=()) -> Path:
     """Check, creating nothing, that ``out`` can become a command's output folder: a new or empty
-    real folder in a writable place, or, with ``overwrite``, a folder videolm wrote earlier."""
+    real folder in a writable place, or, with ``overwrite``, a folder videolm wrote earlier; never
+    one of the command's ``inputs`` or a folder that holds or lies in one (`check_apart`)."""
     out = Path(out)
+    check_apart(out, inputs, flag)
     if _real_folder(out, flag):
         if not overwrite:
             raise UsageError(f"{flag} {out}: folder exists and is not empty (choose another or pass --overwrite)")
@@ -209,10 +229,12 @@ def _clear(out: Path, flag: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out: str | Path, overwrite: bool = False, command: str = "videolm", flag: str = "--out"):
+def atomic_output_dir(out: str | Path, overwrite: bool = False, command: str = "videolm", flag: str = "--out",
+                      inputs=()):
     """Yield a hidden folder beside ``out``; on success it is marked and becomes ``out``, on failure
-    it vanishes. An existing ``out`` is replaced (with ``overwrite``) only once the new one is whole."""
-    out = check_output_dir(out, overwrite, flag).absolute()
+    it vanishes. An existing ``out`` is replaced (with ``overwrite``) only once the new one is whole.
+    ``inputs``: what the command reads (`check_apart`)."""
+    out = check_output_dir(out, overwrite, flag, inputs).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     done = False
@@ -243,9 +265,10 @@ class StreamingOutput:
     """An output folder filled a file at a time. `reserve` lists a name in the marker before the
     file is written (atomically, by the caller), so whatever a kill leaves is complete and listed."""
 
-    def __init__(self, out: str | Path, overwrite: bool = False, command: str = "videolm", flag: str = "--out"):
+    def __init__(self, out: str | Path, overwrite: bool = False, command: str = "videolm", flag: str = "--out",
+                 inputs=()):
         self.out, self.overwrite, self.command, self.flag = Path(out), overwrite, command, flag
-        check_output_dir(self.out, overwrite, flag)
+        check_output_dir(self.out, overwrite, flag, inputs)
         self.files: list[str] = []
 
     def open(self) -> Path:
@@ -263,5 +286,5 @@ class StreamingOutput:
         return [self.out / n for n in names]
 
 
-__all__ = ["MARKER", "StreamingOutput", "atomic_output_dir", "check_output_dir", "check_output_file",
+__all__ = ["MARKER", "StreamingOutput", "atomic_output_dir", "check_apart", "check_output_dir", "check_output_file",
            "check_run_dir", "foreign_files", "mark_run_dir", "read_marker", "write_atomic", "write_json_atomic"]

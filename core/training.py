@@ -21,12 +21,14 @@ Subclasses of `RunModule` write ``training_step`` and the hooks `before_step`, `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import pickle
 import random
+import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -440,6 +442,17 @@ def read_checkpoint(path: Path) -> None:
         raise UsageError(f"{path}: not a videolm checkpoint; move it away to start the run afresh")
 
 
+def _drop_unstarted(out: Path, fresh: str | None) -> None:
+    """A run that this call began and that failed before its first checkpoint leaves nothing behind
+    (there is nothing to resume): its folder is emptied, and removed if this call made it."""
+    if fresh and out.is_dir() and not (out / CHECKPOINT).exists():
+        for entry in out.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        if fresh == "made":
+            with contextlib.suppress(OSError):
+                out.rmdir()
+
+
 def fit_run(module: RunModule, data: Dataset, cfg, command: str, collate_fn=None, *, devices=1, num_nodes: int = 1,
             strategy="auto", precision: str = "32-true", grad_clip: float | None = None,
             run_config: dict | None = None) -> L.Trainer:
@@ -457,7 +470,13 @@ def fit_run(module: RunModule, data: Dataset, cfg, command: str, collate_fn=None
     last = out / CHECKPOINT
     if last.exists():
         read_checkpoint(last)  # a bad checkpoint stops the run before anything in the folder changes
-    if os.environ.get("LOCAL_RANK", "0") == "0":  # the main process of each machine (DDP starts the others)
+    main = os.environ.get("LOCAL_RANK", "0") == "0"  # the main process of each machine (DDP starts the others)
+    fresh = None  # None: an earlier run's folder; "made": made by this call; "empty": an empty folder it fills
+    if main and not out.exists():
+        fresh = "made"
+    elif main and not any(out.iterdir()):
+        fresh = "empty"
+    if main:
         mark_run_dir(out, command)
         if not last.exists():
             module.metrics.clear()  # a fresh run: the lines of an earlier, abandoned one go
@@ -479,8 +498,12 @@ def fit_run(module: RunModule, data: Dataset, cfg, command: str, collate_fn=None
     try:
         trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None, weights_only=True)
     except SystemExit:  # Lightning turns Ctrl-C into exit(1); say it was an interruption
+        _drop_unstarted(out, fresh)
         if trainer.interrupted:
             raise KeyboardInterrupt from None
+        raise
+    except BaseException:
+        _drop_unstarted(out, fresh)
         raise
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # gloo's threads torn down now, not by a racing exit

@@ -112,6 +112,10 @@ class FolderDataset(Dataset):
         self.skipped = [rel for rel in sorted(sources) if not entries[rel]["ok"]]
         videos = [self._video(rel, sources[rel], entries[rel]) for rel in sorted(sources)
                   if entries[rel]["ok"]]
+        self.too_short = [v.path for v in videos if v.num_clips == 0]
+        if self.too_short:
+            _warn_once(f"{self.root}: {len(self.too_short)} video(s) shorter than one clip of {frames} frames at {fps} "
+                       f"fps left out: {', '.join(self.too_short[:5])}{' ...' if len(self.too_short) > 5 else ''}")
         videos = [v for v in videos if v.num_clips > 0]
         if split != "all":
             held = held_out_videos([v.path for v in videos], held_out)
@@ -141,6 +145,7 @@ class FolderDataset(Dataset):
             "root": str(self.root),
             "videos": len(self._videos),
             "skipped": self.skipped,
+            "too_short": self.too_short,
             "clips": len(self),
             "captioned_videos": sum(bool(v.caption) for v in self._videos),
             "videos_with_audio": sum(bool(v.audio or v.has_track) for v in self._videos),
@@ -172,7 +177,7 @@ class FolderDataset(Dataset):
             return self._load(video, clip)
         except MediaError as e:
             self._bad.add(video.path)
-            warnings.warn(f"skipping unreadable video: {e}", stacklevel=3)
+            _warn_once(f"skipping unreadable video: {e}")
             return None
 
     def unreadable(self) -> list[str]:
@@ -199,7 +204,11 @@ class FolderDataset(Dataset):
         audio_path = video.audio or (video.path if video.has_track else None)
         audio = np.zeros(0, np.float32)
         if audio_path is not None:
-            audio = read_audio(self.root / audio_path, self.sample_rate, start, seconds)
+            try:
+                audio = read_audio(self.root / audio_path, self.sample_rate, start, seconds)
+            except MediaError as e:  # the pictures are fine: keep them, without sound
+                _warn_once(f"unreadable sound, its video's clips are silent: {e}")
+                audio_path = None
         return {
             "video": frames,  # (T, H, W, 3) uint8
             "audio": _fit_length(audio, round(seconds * self.sample_rate)),  # (S,) float32
@@ -248,11 +257,19 @@ class FolderDataset(Dataset):
                 entry = _probe(self.root, rel, size, mtime)
             entries[rel] = entry
             if not entry["ok"]:
-                warnings.warn(f"skipping unreadable video: {self.root / rel}: {entry['error']}",
-                              stacklevel=3)
+                _warn_once(f"skipping unreadable video: {self.root / rel}: {entry['error']}")
         if entries != cached:
             _save_index(self.index_path, list(entries.values()))
         return entries
+
+
+_WARNED: set[str] = set()  # said once per process, however often a folder is opened
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=3)
 
 
 def held_out_videos(paths: list[str], share: float) -> set[str]:
@@ -280,13 +297,27 @@ def _fit_length(audio: np.ndarray, n: int) -> np.ndarray:  # (n,)
 # ----------------------------------------------------------------------------- sources
 
 
+def folder_captions(root) -> list[str]:
+    """The caption of every video file under ``root`` ("" where it has none), in path order, from
+    the manifest, sidecar files or captions.jsonl, without reading any video."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"{root}: no such folder" if not root.exists() else f"{root}: not a folder")
+    sources = _manifest_sources(root)
+    if sources is None:
+        sources = _scan_sources(root)
+    if not sources:
+        raise DataError(f"{root}: no video files ({', '.join(sorted(VIDEO_EXTS))})")
+    return [sources[rel]["caption"] for rel in sorted(sources)]
+
+
 def _manifest_sources(root: Path) -> dict[str, dict] | None:
     """``{video: {audio, caption}}`` from ``root/manifest.jsonl``, or None if there is none."""
     manifest = root / "manifest.jsonl"
     if not manifest.is_file():
         return None
     sources = {}
-    for record in _read_jsonl(manifest, ("video",)):
+    for record in _read_jsonl(manifest, ("video",), texts=("video", "audio", "caption")):
         audio = record.get("audio")
         sources[Path(record["video"]).as_posix()] = {
             "audio": Path(audio).as_posix() if audio else None,
@@ -301,15 +332,17 @@ def _scan_sources(root: Path) -> dict[str, dict]:
     captions = {}
     if captions_file.is_file():
         captions = {Path(r["video"]).as_posix(): r["caption"]
-                    for r in _read_jsonl(captions_file, ("video", "caption"))}
+                    for r in _read_jsonl(captions_file, ("video", "caption"), texts=("video", "caption"))}
     sources = {}
-    for path in sorted(root.rglob("*")):
+    files = [p for p in sorted(root.rglob("*")) if p.suffix.lower() in VIDEO_EXTS and p.is_file()
+             and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    real = {p.resolve() for p in files if not p.is_symlink()}
+    for path in files:
         rel = path.relative_to(root)
-        if (path.suffix.lower() not in VIDEO_EXTS or not path.is_file()
-                or any(part.startswith(".") for part in rel.parts)):
+        if path.is_symlink() and path.resolve() in real:  # a second name of a video already here: read once
             continue
         wav, txt = path.with_suffix(".wav"), path.with_suffix(".txt")
-        caption = txt.read_text().strip() if txt.is_file() else captions.get(rel.as_posix(), "")
+        caption = _read_text(txt).strip() if txt.is_file() else captions.get(rel.as_posix(), "")
         sources[rel.as_posix()] = {
             "audio": wav.relative_to(root).as_posix() if wav.is_file() else None,
             "caption": caption,
@@ -317,9 +350,18 @@ def _scan_sources(root: Path) -> dict[str, dict]:
     return sources
 
 
-def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
+def _read_jsonl(path: Path, required: tuple[str, ...], texts: tuple[str, ...] = ()) -> list[dict]:
+    """The objects of a JSON-lines file, each with the keys ``required``; ``texts``: keys whose
+    values must be text (or null, where not required)."""
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -328,6 +370,10 @@ def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
             raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from e
         if not isinstance(record, dict) or any(key not in record for key in required):
             raise DataError(f"{path}:{number}: needs an object with keys {', '.join(required)}")
+        for key in texts:
+            value = record.get(key)
+            if not isinstance(value, str) and (key in required or value is not None):
+                raise DataError(f"{path}:{number}: {key} must be text, not {json.dumps(value)[:40]}")
         records.append(record)
     return records
 

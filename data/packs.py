@@ -78,7 +78,7 @@ def write_pack(out: str | Path, folder: FolderDataset, shard_clips: int = 64, ov
     if shard_clips < 1:
         raise UsageError(f"--shard-clips {shard_clips}: a shard holds at least one clip")
     held = held_out_videos(folder.paths(), folder.held_out)
-    with atomic_output_dir(out, overwrite=overwrite, command="data pack") as tmp:
+    with atomic_output_dir(out, overwrite=overwrite, command="data pack", inputs=[folder.root]) as tmp:
         parts = {part: {"clips": 0, "shards": []} for part in PARTS}
         pending = {part: [] for part in PARTS}
         for i in range(len(folder)):
@@ -96,6 +96,9 @@ def write_pack(out: str | Path, folder: FolderDataset, shard_clips: int = 64, ov
                 _write_shard(tmp, part, pending[part], parts[part])
         if not parts["train"]["clips"] + parts["eval"]["clips"]:
             raise DataError(f"{folder.root}: no video could be read; nothing to pack")
+        if not parts["train"]["clips"]:
+            raise DataError(f"{folder.root}: no training clip could be read (only held-out ones); nothing to "
+                            "train on in such a pack (pack with --held-out 0, or mend the unreadable videos)")
         index = {"format": FORMAT, "version": VERSION, "id": uuid.uuid4().hex, "source": str(folder.root.resolve()),
                  "frames": folder.frames, "fps": folder.fps, "height": folder.size[0], "width": folder.size[1],
                  "fit": folder.fit, "stride": folder.stride, "held_out": folder.held_out,

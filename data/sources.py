@@ -69,7 +69,8 @@ class ClipSource:
     data: str = "shapes"  # "shapes", "photos", a mix like "photos:3+shapes:1" (seeded), a folder of videos or a pack
     num: int = 1024  # clips
     seed: int = 0  # worlds: first seed offset (clip i uses seed + i); folder: first clip
-    split: Literal["train", "eval"] = "train"  # eval: a world's held-out seeds / photographs, a pack's held-out part
+    split: Literal["train", "eval"] = "train"  # eval: a world's held-out seeds / photographs, a pack's held-out
+    #   part, a folder's held-out videos (--held-out, default 0.1, as `tokenizer fit` holds them out)
     frames: int = 17  # frames per clip, 1 + 4k
     height: int = 64
     width: int = 64
@@ -93,7 +94,8 @@ class ClipSource:
                 raise DataError(f"{self.data}: the pack has no held-out clips (packed with --held-out 0, or from "
                                 "one video)")
             return _clips_from(pack, self.data, self.seed, self.num)
-        split = {} if self.held_out is None else {"split": "eval", "held_out": self.held_out}
+        held = self.split == "eval" or self.held_out is not None  # --split eval: the default share's held-out videos
+        split = {"split": "eval", "held_out": 0.1 if self.held_out is None else self.held_out} if held else {}
         folder = FolderDataset(self.data, frames=self.frames, fps=self.fps, size=(self.height, self.width), **split)
         return _clips_from(folder, self.data, self.seed, self.num)
 

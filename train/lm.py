@@ -39,9 +39,10 @@ from videolm.train.lm_module import LMTrainConfig, fit
 
 @dataclass
 class LMDataConfig:
-    shards: str | list[str] | None = field(default=None, metadata={"flags": ["--shards"]})  # a folder written by
-    #   `videolm tokenize`, or several (same tokenizers; each of one clip size; repeat the flag)
-    source: str | None = None  # or tokenize on the fly: "shapes", a folder of videos or a clip pack
+    shards: str | list[str] | None = field(default=None, metadata={"flags": ["--shards"], "excludes": ["source"]})  # a
+    #   folder written by `videolm tokenize`, or several (same tokenizers; each of one clip size; repeat the flag)
+    source: str | None = field(default=None, metadata={"excludes": ["shards"]})  # or tokenize on the fly: "shapes", a
+    #   folder of videos or a clip pack (on the command line it replaces the config's shards, and --shards its source)
     num: int = 100_000  # on the fly: Shapes training clips (seeds 0 .. num-1) or a folder's first clips
     frames: int = 17  # on the fly: clip size
     height: int = 64

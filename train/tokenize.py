@@ -29,7 +29,7 @@ def write_token_shards(out: str | Path, source: ClipSource, model: str | Path = 
     vocab = tokenizer.vocab
     vocab.add_geometry(source.height, source.width, source.frames)
     tokens = 0
-    with atomic_output_dir(out, overwrite=overwrite, command="tokenize") as tmp:
+    with atomic_output_dir(out, overwrite=overwrite, command="tokenize", inputs=[source.data, model]) as tmp:
         writer = ShardWriter(tmp, shard_size)
         for start in range(0, len(clips), batch_size):
             batch = [clips[i] for i in range(start, min(start + batch_size, len(clips)))]

@@ -6,6 +6,9 @@ the data (Shapes on the fly, or a folder of videos), builds the model from its p
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +20,7 @@ from torch.utils.data import Dataset, Subset
 from videolm.core.config import check_clip_numbers, check_range, to_dict
 from videolm.core.errors import UsageError
 from videolm.core.models import resolve_model
-from videolm.data.folder import FolderDataset, held_out_videos
+from videolm.data.folder import FolderDataset, folder_captions, held_out_videos
 from videolm.data.packs import ClipPack, is_pack, pack_captions
 from videolm.data.photos import PhotoConfig, make_photo_clip
 from videolm.data.shapes import BACKGROUNDS, ShapesConfig, make_clip
@@ -146,7 +149,7 @@ def corpus_captions(data: str = "shapes", num: int = 4000) -> tuple[list[str], s
     without captions gets the Shapes grammar, so its bundle still reads prompts."""
     parts = dict(parse_world(data) or [])
     if data != "shapes" and not parts:
-        captions = [c for c in (pack_captions(data) if is_pack(data) else FolderDataset(data).captions()) if c][:num]
+        captions = [c for c in (pack_captions(data) if is_pack(data) else folder_captions(data)) if c][:num]
         if captions:
             return captions, f"{len(captions)} captions of {data}"
         parts, note = {"shapes": 1.0}, f"Shapes captions ({data} has no captions)"
@@ -165,25 +168,21 @@ def corpus_captions(data: str = "shapes", num: int = 4000) -> tuple[list[str], s
 def build_bundle(out: str | Path, video: str | None, audio: str | None, data: str = "shapes",
                  captions: int = 4000, text_vocab: int = 512, resolutions=((64, 64),)) -> dict:
     """Assemble a model folder: the trained tokenizers, a text tokenizer fit on the data's captions,
-    and the unified vocabulary that lays their ids out. Returns a summary."""
+    and the unified vocabulary that lays their ids out. Returns a summary. Everything is read and
+    trained before anything is written, in a folder beside ``out`` whose parts then replace
+    ``out``'s (a failure leaves ``out`` as it was)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"folder": str(out)}
     video_tok = audio_tok = None
     if video:
         video_tok = VideoTokenizer.from_pretrained(resolve_model(video))
-        video_tok.save_pretrained(out / "video_tokenizer", dtype="float16")
     elif (out / "video_tokenizer").exists():
         video_tok = VideoTokenizer.from_pretrained(out / "video_tokenizer")
     if audio:
         audio_tok = AudioTokenizer.from_pretrained(resolve_model(audio))
-        audio_tok.save_pretrained(out / "audio_tokenizer", dtype="float16")
     elif (out / "audio_tokenizer").exists():
         audio_tok = AudioTokenizer.from_pretrained(out / "audio_tokenizer")
     corpus, source = corpus_captions(data, captions)
     text = TextTokenizer.train(corpus, vocab_size=text_vocab)
-    text.save(out)
-    build_table(corpus).save(out)  # how generate reads prompts as people type them
     vocab = Vocabulary(
         text.vocab_size,
         video_codes=video_tok.codebook_size if video_tok else 4096,
@@ -191,10 +190,34 @@ def build_bundle(out: str | Path, video: str | None, audio: str | None, data: st
         audio_codes=audio_tok.config.codebook_size if audio_tok else 1024,
         resolutions=tuple(resolutions),
     )
-    vocab.save(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.bundle-", dir=out.absolute().parent))
+    try:
+        if video:
+            video_tok.save_pretrained(staging / "video_tokenizer", dtype="float16")
+        if audio:
+            audio_tok.save_pretrained(staging / "audio_tokenizer", dtype="float16")
+        text.save(staging)
+        build_table(corpus).save(staging)  # how generate reads prompts as people type them
+        vocab.save(staging)
+        out.mkdir(exist_ok=True)
+        for entry in sorted(staging.iterdir()):
+            target = out / entry.name
+            if target.is_dir() and not target.is_symlink():
+                old = staging / f".old-{entry.name}"
+                os.replace(target, old)  # the old part goes only once the new one is in place
+                os.replace(entry, target)
+            else:
+                os.replace(entry, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    summary: dict = {"folder": str(out)}
     for part in ("video_tokenizer", "audio_tokenizer"):
         weights = out / part / "model.safetensors"
         if weights.exists():
             summary[f"{part}_mb"] = round(weights.stat().st_size / 2**20, 2)
     summary.update({"text_vocab": text.vocab_size, "text_corpus": source, "vocabulary": len(vocab)})
+    if audio_tok is None:
+        summary["note"] = ("no audio tokenizer: this folder reconstructs and tokenizes video only; `videolm tokenize` "
+                           "and `lm fit` need one (--audio)")
     return summary

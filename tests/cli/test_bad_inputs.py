@@ -258,7 +258,22 @@ CASES = [
     ("folder-missing", lambda c: ["data", "folder", "missing"], 2, ["no such folder"]),
     ("folder-is-file", lambda c: ["data", "folder", c.f("ex/clip.mp4")], 2, ["not a folder"]),
     ("folder-nothing-readable", lambda c: ["data", "folder", c.only_broken()], 2, ["no readable video clips"]),
-    ("pack-into-its-input", lambda c: ["data", "pack", c.f("ex"), "--out", c.f("ex/pack")], 2, ["inside ROOT"]),
+    ("pack-into-its-input", lambda c: ["data", "pack", c.f("ex"), "--out", c.f("ex/pack")], 2, ["inside the input folder"]),
+    ("generate-overwrite-holds-input", lambda c: _gen("--task", "extend", "--video", c.examples() + "/clip.mp4",
+                                                      "--out", c.examples(), "--overwrite"), 2, ["holds the input"]),
+    ("tokenize-out-is-its-input", lambda c: ["tokenize", "--data", c.examples(), "--out", c.examples(), "--overwrite",
+                                             "--num", "1"], 2, ["is also an input"]),
+    ("pack-out-holds-its-root", lambda c: ["data", "pack", c.examples(), "--out", c.tmp, "--overwrite"],
+     2, ["holds the input"]),
+    ("bundle-of-no-videos-keeps-the-model", lambda c: ["tokenizer", "bundle", "--out", c.model_copy(), "--video",
+                                                       c.model("norefiner") + "/video_tokenizer",
+                                                       "--data", c.empty()],
+     2, ["no video files"]),
+    ("captions-not-text", lambda c: ["data", "folder", c.videos(**{"captions.jsonl": '{"video": "clip.mp4", '
+                                                                                      '"caption": 42}'})],
+     2, ["captions.jsonl:1", "caption must be text"]),
+    ("sidecar-not-utf8", lambda c: ["data", "folder", c.videos(**{"clip.txt": b"\xff\xfe caption"})],
+     2, ["clip.txt", "not UTF-8"]),
     ("pack-url-not-a-pack", lambda c: ["tokenizer", "eval", "--data", "memory://no/pack", "--num", "1"],
      2, ["not a readable clip pack"]),
     ("refiner-apply-missing", lambda c: ["refiner", "apply", "--video", "missing.mp4", "--out", "o.mp4"],
@@ -368,6 +383,30 @@ class Ctx:
 
     def keep(self) -> None:
         self.write("keep.txt", "a user's file")
+
+    def examples(self) -> str:
+        """A videolm output (`data examples`) in the working folder, to be read as an input."""
+        if not (self.tmp / "ex").exists():
+            write_examples(self.tmp / "ex")
+        return str(self.tmp / "ex")
+
+    def videos(self, **files: bytes | str) -> str:
+        """A folder of one good video and ``files`` (name -> contents) in the working folder."""
+        folder = self.tmp / "videos"
+        folder.mkdir(exist_ok=True)
+        shutil.copy(self.files / "ex" / "clip.mp4", folder / "clip.mp4")
+        for name, data in files.items():
+            (folder / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+        return str(folder)
+
+    def empty(self) -> str:
+        (self.tmp / "empty").mkdir()
+        return str(self.tmp / "empty")
+
+    def model_copy(self) -> str:
+        """A model folder in the working folder (the debug model's tokenizers), to be filled in place."""
+        shutil.copytree(self.models / "norefiner", self.tmp / "model")
+        return str(self.tmp / "model")
 
     def home(self) -> Path:
         home = self.tmp / "home"

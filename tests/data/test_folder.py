@@ -104,6 +104,9 @@ def test_index_is_reused_and_updated(root, monkeypatch):
                                                          "sub/b.mp4"]
     probed.clear()
     _, warned = open_quietly(root)
+    assert probed == [] and warned == []  # said once per process
+    folder._WARNED.clear()  # as in a new process
+    _, warned = open_quietly(root)
     assert probed == [] and len(warned) == 1  # the cached failure still warns
     write_video(root / "c.MOV", gray_ramp(36, 5), fps=8)
     write_video(root / "d.mkv", gray_ramp(8, 5), fps=8, quality="lossless")
