@@ -84,8 +84,8 @@ def run(args: GenerateArgs) -> int:
                 manifest["samples"].append(_write(out, i, result, args))
                 write_json_atomic(path, manifest)  # after each sample: a stopped run keeps every finished one
     plan = request.plan
-    print(f"wrote {args.num_samples} sample(s) of {args.task} at {plan.name}, {plan.length or plan.frames} frames, "
-          f"to {folder}/")
+    what = "image(s)" if args.task == "t2i" else f"sample(s) of {plan.length or plan.frames} frames"
+    print(f"wrote {args.num_samples} {what} of {args.task} at {plan.name} to {folder}/")
     return 0
 
 

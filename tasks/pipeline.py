@@ -44,7 +44,7 @@ from videolm.diffusion.dit_pipeline import TASKS, DiTGenerator
 from videolm.diffusion.refiner import Refiner, refine
 from videolm.lm.model import load_videolm
 from videolm.lm.positions import positions_of
-from videolm.tasks.base import BUILTIN, Media, Task, TaskInputs, task_class
+from videolm.tasks.base import BUILTIN, Media, Task, TaskInputs, clip_length, task_class
 from videolm.tasks.generation import generate_codes
 from videolm.tasks.prompts import PromptTable
 from videolm.tasks.tokenizing import ClipTokenizer
@@ -479,7 +479,10 @@ class Pipeline:
         elif cfg_scale is None:
             cfg_scale = self.guidance()
         t = self.task(task)
+        image, video, audio, mask = _as_arrays(image, video, audio, mask)
         longest = max(n for _, _, n in self.trained_sizes)
+        if frames is not None and task == "t2i":
+            raise UsageError("--frames applies to video outputs; t2i makes one image")
         if frames is not None and frames > longest and t.output != "video":
             raise UsageError(f"--frames applies to video outputs; {task} makes audio")
         if with_audio and t.output != "video":
@@ -499,8 +502,10 @@ class Pipeline:
             if (plan.height, plan.width, plan.frames) != (g.height, g.width, g.frames):
                 notes.append(f"--backend dit: the DiT baseline was trained at {g.height}x{g.width}, {g.frames} frames; "
                              f"its patches and positions follow the {plan.name} grid, {plan.frames} frames, untrained")
+        notes += _unused(t, prompt, image, video, audio, mask)
         inputs = self.inputs(read.text if read else None, image, video, audio, mask, notes,
                              size=(plan.height, plan.width), fit=fit)
+        notes += self._duration_notes(t, inputs, plan, frames)
         for note in notes:
             warnings.warn(note, stacklevel=2)
         geometry = self.geometry(plan.frames, (plan.height, plan.width))
@@ -508,6 +513,23 @@ class Pipeline:
         self._check_length(t, sample, prompt)
         return Request(t, inputs, sample, num_samples, seed, frames, cfg_scale, temperature, top_k, top_p,
                        with_audio, refine, backend, steps, read, notes, plan, geometry)
+
+    def _duration_notes(self, t: Task, inputs: TaskInputs, plan: Plan, frames: int | None) -> list[str]:
+        """What v2a and a2v make of an input longer than the clip: v2a voices the whole video (in
+        clip-length windows; `draw`), a2v one clip for the start of the sound."""
+        fps, rate = self.clip["fps"], self.tokenizer.audio.config.sample_rate
+        if t.name == "v2a" and inputs.videos:
+            n = len(inputs.videos[0]) if frames is None else min(frames, len(inputs.videos[0]))
+            if n > plan.frames:
+                return [f"v2a: the video's {n} frames ({n / fps:.2f} s) are voiced in windows of {plan.frames} "
+                        "frames, the trained length"]
+        if t.name == "a2v" and inputs.audio is not None:
+            made = (frames or plan.frames) / fps
+            if len(inputs.audio) / rate > made + 1 / fps:
+                return [f"a2v: the sound is {len(inputs.audio) / rate:.2f} s; the clip covers its first {made:.2f} s "
+                        f"({frames or plan.frames} frames{'' if frames is None else ', --frames'}) and the rest is "
+                        "left out"]
+        return []
 
     def _source(self, video, image, audio) -> tuple[tuple[int, int] | None, int | None]:
         """(H, W) of the first video or image input, and its length in frames at the model's rate
@@ -570,9 +592,13 @@ class Pipeline:
         limit = self.model.config.max_position_embeddings
         total = len(task.prefix(sample)) + int(np.prod(task.output_shape(sample))) + 2
         if total > limit:
-            what = f"--prompt ({len(sample.get('text', ()))} text tokens)" if prompt is not None else "the inputs"
-            raise UsageError(f"{what}: the {task.name} sequence would be {total} tokens, more than the model's "
-                             f"{limit}; shorten the prompt")
+            text = len(sample.get("text", ()))
+            if prompt is not None and text > total - limit:  # a shorter prompt would fit
+                raise UsageError(f"--prompt ({text} text tokens): the {task.name} sequence would be {total} tokens, "
+                                 f"more than the model's {limit}; shorten the prompt")
+            raise UsageError(f"{sample['height']}x{sample['width']}, {clip_length(sample)} frames: the {task.name} "
+                             f"sequence would be {total} tokens, more than the model's {limit}; choose a smaller "
+                             "--size or fewer --frames")
 
     def draw(self, request: Request, first: int, count: int = 1,
              progress: Callable[[int], object] | None = None) -> list[Result]:
@@ -582,7 +608,10 @@ class Pipeline:
         r = request
         seeds = [r.seed + first + j for j in range(count)]
         start = time.perf_counter()
-        if r.backend == "dit":
+        whole = r.inputs.videos[0][:r.frames] if r.task.name == "v2a" and r.inputs.videos else None
+        if whole is not None and len(whole) > r.plan.frames:  # the sound of the whole video, a window at a time
+            media = [Media(video=whole, audio=self._soundtrack(whole, r, seed, progress)) for seed in seeds]
+        elif r.backend == "dit":
             media = [Media(video=self.dit_backend().run(r.task.name, r.inputs, seed, r.cfg_scale, r.steps, r.plan))
                      for seed in seeds]
         else:
@@ -590,9 +619,12 @@ class Pipeline:
                                progress)
             media = [r.task.to_media(c, r.sample, self.tokenizer) for c in codes]
         videos = [m.video for m in media]
-        if r.frames is not None and media[0].video is not None:
+        made = r.task.output == "video"  # v2a's pictures are its input, passed through as they were
+        if not made and videos[0] is not None:
+            videos = [v[:r.frames] for v in videos]
+        elif r.frames is not None and videos[0] is not None:
             videos = [self._lengthen(v, r, seed, progress) for v, seed in zip(videos, seeds)]
-        if r.refine and videos[0] is not None:
+        if r.refine and made and videos[0] is not None:
             videos = list(self.refine(np.stack(videos), seed=seeds[0]))  # clip j with noise seed seeds[0] + j
         seconds = (time.perf_counter() - start) / count
         results = []
@@ -600,7 +632,9 @@ class Pipeline:
             for note in m.notes:
                 warnings.warn(note, stacklevel=2)
             audio = self._soundtrack(video, r, seed, progress) if r.with_audio else m.audio
-            extra = {"backend": r.backend, "refined": bool(r.refine and video is not None),
+            if audio is not None and video is not None:  # the sound lasts as long as the pictures
+                audio = _fit_audio(audio, round(len(video) * self.tokenizer.audio.config.sample_rate / self.clip["fps"]))
+            extra = {"backend": r.backend, "refined": bool(r.refine and made and video is not None),
                      "size": r.plan.name, "native_frames": r.plan.frames}
             if r.prompt is not None:
                 extra.update(rewritten_prompt=r.prompt.text, unknown_words=r.prompt.unknown)
@@ -744,6 +778,73 @@ class DiTBackend:
         return {"params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
                 "training": _read_training(self.folder),
                 "sampler": f"flow matching, {self.default_steps} Euler steps, CFG {self.default_cfg}"}
+
+
+def _fit_audio(audio: np.ndarray, n: int) -> np.ndarray:
+    """``audio`` cut, or padded with silence, to ``n`` samples."""
+    return np.pad(audio[:n], (0, max(0, n - len(audio)))).astype(np.float32, copy=False)
+
+
+def _unused(t: Task, prompt, image, video, audio, mask) -> list[str]:
+    """A note for each input the task does not read (what its ``needs`` lists), so nothing given is
+    dropped without a word."""
+    given = video if isinstance(video, (list, tuple)) else ([] if video is None else [video])
+    takes = t.needs.count("--video")
+    notes = []
+    if prompt is not None and not t.uses_text:
+        notes.append(f"--prompt: {t.name} does not read a prompt; it is left out")
+    if len(given) > takes:
+        notes.append(f"--video: {t.name} reads {takes or 'no'} video{'s' if takes != 1 else ''}; "
+                     f"{len(given) - takes} given {'is' if len(given) - takes == 1 else 'are'} left out")
+    for flag, value in (("--image", image), ("--audio", audio), ("--mask", mask)):
+        if value is not None and flag not in t.needs:
+            notes.append(f"{flag}: {t.name} does not read one; it is left out")
+    return notes
+
+
+def _as_arrays(image, video, audio, mask):
+    """Arrays given to the Python API in the forms the tasks read: pixels uint8 0..255 (floats are
+    read as 0..1; grey images get three channels, RGBA drops alpha), ``video (T, H, W, 3)``, ``image
+    (H, W, 3)``, mono ``audio (S,)`` (several channels are averaged). File paths pass through."""
+
+    def pixels(x, what: str, ndim: int):
+        if not isinstance(x, np.ndarray):
+            return x
+        one_frame = ndim == 4 and x.ndim == 3 and x.shape[-1] in (3, 4)  # (H, W, 3) given as a video
+        if not one_frame and (x.ndim == ndim - 1 or (x.ndim == ndim and x.shape[-1] == 1)):  # grey
+            x = np.repeat(x.reshape(*x.shape[:ndim - 1], 1), 3, axis=-1)
+        elif x.ndim == ndim and x.shape[-1] == 4:
+            x = x[..., :3]
+        if x.ndim != ndim or x.shape[-1] != 3:
+            form = "(frames, height, width, 3)" if ndim == 4 else "(height, width, 3)"
+            hint = "; one frame is an image (image=...)" if ndim == 4 and x.ndim == 3 else ""
+            raise UsageError(f"{what}: an array of shape {tuple(x.shape)}; give {form}{hint}")
+        if x.dtype == np.uint8:
+            return x
+        if x.dtype == bool or np.issubdtype(x.dtype, np.floating):
+            if x.size and not (np.isfinite(x).all() and 0 <= x.min() and x.max() <= 1):
+                raise UsageError(f"{what}: float pixels must lie in 0..1 (or give uint8 0..255), got "
+                                 f"{float(np.nanmin(x)):g}..{float(np.nanmax(x)):g}")
+            return np.round(x.astype(np.float32) * 255).astype(np.uint8)
+        if np.issubdtype(x.dtype, np.integer):
+            if x.size and not (0 <= x.min() and x.max() <= 255):
+                raise UsageError(f"{what}: integer pixels must lie in 0..255, got {x.min()}..{x.max()}")
+            return x.astype(np.uint8)
+        raise UsageError(f"{what}: pixels of type {x.dtype}; give uint8 (0..255) or float (0..1)")
+
+    image = pixels(image, "image", 3)
+    video = [pixels(v, "video", 4) for v in video] if isinstance(video, (list, tuple)) else pixels(video, "video", 4)
+    if isinstance(audio, np.ndarray):
+        if audio.ndim == 2:  # channels first or last: the shorter axis
+            audio = audio.mean(axis=int(np.argmin(audio.shape)))
+        if audio.ndim != 1:
+            raise UsageError(f"audio: an array of shape {tuple(audio.shape)}; give samples (S,) or (channels, S)")
+        bad = int((~np.isfinite(audio)).sum())
+        if bad:  # as a sound file's are read
+            warnings.warn(f"audio: {bad} of {len(audio)} samples are NaN or infinite; read as silence", stacklevel=3)
+            audio = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
+        audio = audio.astype(np.float32, copy=False)
+    return image, video, audio, mask
 
 
 def nearest_size(source: tuple[int, int], sizes: list[tuple[int, int]]) -> tuple[int, int]:

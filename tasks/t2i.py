@@ -29,7 +29,8 @@ class TextToImage(TextToVideo):
 
     def encode_inputs(self, inputs, tokenizer, geometry):
         sample = self.text_sample(inputs, tokenizer, geometry)
-        sample["image_text"] = sample.pop("text")
+        if "text" in sample:  # an empty prompt has no text codes: the image is drawn unconditioned
+            sample["image_text"] = sample.pop("text")
         return sample
 
 

@@ -3,6 +3,7 @@ an untrained `debug` LM (outputs are noise, but every file, shape and error is r
 
 import json
 import subprocess
+import warnings
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from videolm.core.errors import UsageError
 from videolm.core.models import resolve_model
 from videolm.data.media import read_audio, read_video, write_audio, write_image, write_video
-from videolm.data.shapes import make_clip
+from videolm.data.shapes import ShapesConfig, make_clip
 from videolm.tasks.base import BUILTIN
 from videolm.tasks.pipeline import Pipeline
 
@@ -125,7 +126,8 @@ def test_cli_v2a_writes_wav(model_dir, files, tmp_path):
 
 
 def test_model_without_lm_is_a_usage_error(tmp_path):
-    r = _run("generate", "--model", str(tmp_path), "--task", "t2v",
+    (tmp_path / "model").mkdir()
+    r = _run("generate", "--model", str(tmp_path / "model"), "--task", "t2v",
              "--prompt", "x", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "language model" in r.stderr
 
@@ -298,3 +300,42 @@ def test_interpolate_ends_on_the_end_clip_and_warns_when_the_clips_differ(pipe):
     assert np.array_equal(made.video[-5:], want_end)  # the given end frames, as the tokenizer makes them
     assert np.array_equal(made.video[:5], want_start)
     assert CONNECT_DB > 10
+
+
+def test_inputs_a_task_does_not_read_and_inputs_longer_than_the_clip_are_said(pipe, tmp_path):
+    write_video(tmp_path / "long.mp4", make_clip(4, ShapesConfig(frames=41)).video, fps=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (r,) = pipe.generate("v2a", video=str(tmp_path / "long.mp4"), prompt="a red circle", refine=False)
+    said = " | ".join(str(w.message) for w in caught)
+    assert r.video.shape[0] == 41 and r.audio.shape == (41 * 2000,)  # the whole video voiced, window by window
+    assert "does not read a prompt" in said and "voiced in windows of 17" in said
+    sound = np.concatenate([make_clip(1).audio] * 3)  # 6.4 s
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (r,) = pipe.generate("a2v", audio=np.stack([sound, sound]), frames=9, image=str(tmp_path / "long.mp4"),
+                             refine=False)
+    said = " | ".join(str(w.message) for w in caught)
+    assert r.video.shape[0] == 9 and r.audio.shape == (9 * 2000,)  # the sound as long as the pictures
+    assert "the rest is left out" in said and "--image: a2v does not read one" in said
+    (r,) = pipe.generate("v2a", video=str(tmp_path / "long.mp4"), frames=9, refine=False)
+    assert r.video.shape[0] == 9 and r.audio.shape == (9 * 2000,)
+
+
+def test_arrays_in_other_forms_are_read_as_pixels_or_refused(pipe):
+    clip = make_clip(5).video
+    (a,) = pipe.generate("extend", video=clip, seed=3, refine=False)
+    (b,) = pipe.generate("extend", video=clip.astype(np.float32) / 255, seed=3, refine=False)  # floats: 0..1
+    assert np.array_equal(a.video, b.video)
+    grey = clip[0].mean(-1).astype(np.uint8)
+    (c,) = pipe.generate("i2v", image=grey, seed=3, refine=False)
+    (d,) = pipe.generate("i2v", image=np.repeat(grey[..., None], 3, -1), seed=3, refine=False)
+    assert np.array_equal(c.video, d.video)
+    with pytest.raises(UsageError, match="one frame is an image"):
+        pipe.generate("extend", video=clip[0])
+    with pytest.raises(UsageError, match="must lie in 0..1"):
+        pipe.generate("extend", video=clip.astype(np.float32))
+    with pytest.raises(UsageError, match="t2i makes one image"):
+        pipe.generate("t2i", "a large red circle", frames=9)
+    (e,) = pipe.generate("t2i", "", refine=False)  # no words: drawn without text
+    assert e.video.shape == (1, 64, 64, 3)

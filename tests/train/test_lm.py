@@ -323,6 +323,15 @@ def test_bad_runs_are_one_clear_line(shards, tmp_path, capsys):
     assert code == 2 and "videolm tokenize" in err and len(err.splitlines()) == 1
     code, err = error(_config(tmp_path, row_len=24), "--shards", str(shards))
     assert code == 2 and "raise train.row_len" in err and len(err.splitlines()) == 1
+    # found while drawing sequences, after the run began: it still leaves no run folder behind
+    code, err = error(_config(tmp_path, row_len=24), "--data.source", "shapes", "--data.num", "4")
+    assert code == 2 and "raise train.row_len" in err and not (tmp_path / "run").exists()
+    # the config's shards, replaced by --data.source on the command line (and shards given as null)
+    for flags in (["--data.source", "shapes"], ["--data.source", "shapes", "--shards", "null"]):
+        code, err = error(DEBUG, *flags, "--data.num", "4", "--size", "32x32", "--frames", "5", "--steps", "1")
+        assert code == 0, err
+        assert json.loads((tmp_path / "run" / "run.json").read_text())["data"]["source"] == "shapes"
+        shutil.rmtree(tmp_path / "run")
     cfg = yaml.safe_load(DEBUG.read_text())
     cfg["data"]["source"] = "shapes"
     (tmp_path / "both.yaml").write_text(yaml.safe_dump(cfg))
