@@ -7,7 +7,7 @@ from typing import Literal
 
 from videolm.cli.args import Command, input_file, print_json, size
 from videolm.core.config import check_range
-from videolm.core.errors import MediaError
+from videolm.core.errors import MediaError, UsageError
 from videolm.core.outputs import check_output_file
 from videolm.data.media import probe_video, read_audio, read_video, write_video
 
@@ -19,7 +19,7 @@ class InfoArgs:
 
 def run_info(args: InfoArgs) -> int:
     if not args.files:
-        input_file("", "FILE")
+        raise UsageError("give one or more media files: videolm media info FILE [FILE ...]")
     for path in args.files:
         input_file(path, "FILE")
     for path in args.files:
@@ -57,7 +57,10 @@ def run_convert(args: ConvertArgs) -> int:
                 raise
     fps = args.fps or probe_video(args.input).fps
     write_video(args.output, frames, fps=fps, audio=audio, sample_rate=args.sample_rate, quality=args.quality)
-    print(f"wrote {len(frames)} frames of {frames.shape[1]}x{frames.shape[2]} at {fps:g} fps to {args.output}")
+    h, w = frames.shape[1:3]
+    even = "" if args.output.lower().endswith(".gif") or (h % 2 == 0 and w % 2 == 0) else \
+        f" (stored as {h + h % 2}x{w + w % 2}: the video codec needs even sides; the last row/column repeats)"
+    print(f"wrote {len(frames)} frames of {h}x{w} at {fps:g} fps to {args.output}{even}")
     return 0
 
 

@@ -430,6 +430,11 @@ def from_flags(parsed: argparse.Namespace, cls: type, keys: list[str], base: dic
         if given and given.group(1) in vars(parsed):  # a bound a flag broke: say it with the flag's name
             key = given.group(1)
             raise ConfigError(f"{(names or {}).get(key, '--' + key)}{str(e)[len(key):]}") from None
+        if given and given.group(1).rpartition(".")[2] in ("height", "width"):  # set by a --size flag
+            size = given.group(1).rpartition(".")[0] + ("." if "." in given.group(1) else "") + SIZE_KEY
+            if size in vars(parsed):
+                h, w = getattr(parsed, size)
+                raise ConfigError(f"--size {h}x{w}: {str(e)}") from None
         raise
 
 

@@ -878,7 +878,7 @@ def _fit_note(flag: str, value, info, size: tuple[int, int], fps: float | None, 
             changes.append(f"resized to {size[0]}x{size[1]}")
         else:
             changes.append(f"resized to {size[0]}x{size[1]}")
-    if fps is not None and info.fps and abs(info.fps - fps) > 1e-3:
+    if fps is not None and info.fps and abs(info.fps - fps) > 1e-3 and info.num_frames != 1:  # (a still has no rate)
         changes.append(f"resampled from {info.fps:g} to {fps:g} fps")
     if not changes:
         return []
