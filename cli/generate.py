@@ -75,14 +75,19 @@ def run(args: GenerateArgs) -> int:
     request = pipe.prepare(**settings, rewrite=rewrite)
     folder = out.open()
     manifest = {"model": str(pipe.folder), "samples": []}
-    (path,) = out.reserve("manifest.json")
-    write_json_atomic(path, manifest)
-    with progress(None, f"generate {args.task}", unit="tok") as bar:
-        for first in range(0, args.num_samples, args.batch_size):
-            count = min(args.batch_size, args.num_samples - first)
-            for i, result in enumerate(pipe.draw(request, first, count, progress=bar.update), first):
-                manifest["samples"].append(_write(out, i, result, args))
-                write_json_atomic(path, manifest)  # after each sample: a stopped run keeps every finished one
+    try:
+        (path,) = out.reserve("manifest.json")
+        write_json_atomic(path, manifest)
+        with progress(None, f"generate {args.task}", unit="tok") as bar:
+            for first in range(0, args.num_samples, args.batch_size):
+                count = min(args.batch_size, args.num_samples - first)
+                for i, result in enumerate(pipe.draw(request, first, count, progress=bar.update), first):
+                    manifest["samples"].append(_write(out, i, result, args))
+                    write_json_atomic(path, manifest)  # after each sample: a stopped run keeps every finished one
+    except BaseException:
+        out.close(ok=False, kept=bool(manifest["samples"]))  # nothing made: an overwritten output comes back
+        raise
+    out.close(ok=True)
     plan = request.plan
     what = "image(s)" if args.task == "t2i" else f"sample(s) of {plan.length or plan.frames} frames"
     print(f"wrote {args.num_samples} {what} of {args.task} at {plan.name} to {folder}/")

@@ -270,14 +270,34 @@ class StreamingOutput:
         self.out, self.overwrite, self.command, self.flag = Path(out), overwrite, command, flag
         check_output_dir(self.out, overwrite, flag, inputs)
         self.files: list[str] = []
+        self.earlier: Path | None = None  # an earlier output being overwritten, kept aside until `close`
+        self.made = False  # `open` made the folder
 
     def open(self) -> Path:
-        """Clear an earlier output being overwritten, make the folder and its marker."""
+        """Set an earlier output being overwritten aside (`close` deletes it, or puts it back), make
+        the folder and its marker."""
         if self.out.is_dir() and any(self.out.iterdir()):
-            _clear(self.out, self.flag)
+            _check_replaceable(self.out, self.flag)
+            self.earlier = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.earlier-", dir=self.out.absolute().parent))
+            os.replace(self.out, self.earlier / "out")
+        self.made = not self.out.exists()
         self.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.out / MARKER, {"command": self.command, "files": self.files})
         return self.out
+
+    def close(self, ok: bool, kept: bool = True) -> None:
+        """The end of the command: the earlier output goes when ``ok``, or when the failed command
+        ``kept`` something (the files it listed stay, as a stopped run's do); a command that failed
+        before keeping anything leaves no output, and an earlier output as it was."""
+        if not ok and not kept:
+            shutil.rmtree(self.out, ignore_errors=True)
+            if self.earlier is not None:
+                os.replace(self.earlier / "out", self.out)
+            elif not self.made:  # an empty folder the user gave stays, empty
+                self.out.mkdir()
+        if self.earlier is not None:
+            shutil.rmtree(self.earlier, ignore_errors=True)
+            self.earlier = None
 
     def reserve(self, *names: str) -> list[Path]:
         """List ``names`` (relative paths) as this command's files; returns their paths."""

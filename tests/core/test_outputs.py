@@ -82,6 +82,26 @@ def test_streaming_lists_each_file_before_it_is_written(tmp_path):
     again = StreamingOutput(tmp_path / "s", overwrite=True, command="generate")
     again.open()
     assert [p.name for p in (tmp_path / "s").iterdir()] == [MARKER]
+    again.close(ok=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # the earlier output is gone
+    # a command that fails before it keeps anything: an overwritten output comes back, a new one goes
+    (again.reserve("sample_000.mp4")[0]).write_text("an earlier sample")
+    failed = StreamingOutput(tmp_path / "s", overwrite=True, command="generate")
+    failed.open()
+    failed.reserve("manifest.json")[0].write_text("{}")
+    failed.close(ok=False, kept=False)
+    assert (tmp_path / "s" / "sample_000.mp4").read_text() == "an earlier sample"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+    new = StreamingOutput(tmp_path / "new", command="generate")
+    new.open()
+    new.close(ok=False, kept=False)
+    assert not (tmp_path / "new").exists()
+    kept = StreamingOutput(tmp_path / "s", overwrite=True, command="generate")
+    kept.open()
+    kept.reserve("sample_000.mp4")[0].write_text("a new sample")
+    kept.close(ok=False, kept=True)  # a stopped run keeps what it finished
+    assert (tmp_path / "s" / "sample_000.mp4").read_text() == "a new sample"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
 
 
 def test_single_files_and_run_folders(tmp_path):
