@@ -10,6 +10,9 @@ Makes a folder of mixed-size mp4s (photo-world clips at 48x80, 72x128 and 128x12
   every training clip from the pack twice (a fresh reader each time), and from the pack through
   a URL (fsspec's in-memory filesystem standing in for object storage: epoch 1 fetches each
   shard into the cache, epoch 2 reads the cached copy);
+- a pack of small shards read through a URL under a cache cap of a quarter of the pack
+  (`VIDEOLM_PACK_CACHE_GB`), two epochs in training order: shards fetched per epoch, as a share
+  of the pack, with the window-of-shards order that a capped pack gets against a full shuffle;
 - `videolm tokenizer fit` (default preset) on the folder with `--max-minutes`, timing the whole
   command against the budget, and showing the train / held-out split it used.
 Prints a table, then one JSON line.
@@ -26,9 +29,11 @@ from pathlib import Path
 
 import fsspec
 
+from videolm.core.training import ResumableSampler
+from videolm.data import packs
 from videolm.data.folder import FolderDataset
 from videolm.data.media import write_video
-from videolm.data.packs import ClipPack, write_pack
+from videolm.data.packs import CACHE_CAP, ClipPack, write_pack
 from videolm.data.photos import PhotoConfig, make_photo_clip
 from videolm.data.shapes import ShapesConfig, make_clip
 
@@ -52,6 +57,46 @@ def load_all(ds) -> float:
     for i in range(len(ds)):
         ds[i]
     return time.perf_counter() - t0
+
+
+def capped_reads(pack: Path, cache: Path, epochs: int = 2) -> dict:
+    """Bytes fetched per epoch (as a share of the pack's) reading ``pack`` through a URL under a cap
+    of a quarter of its bytes, in the capped pack's shard order and in a full shuffle, and the most
+    the cache held (as a share of the cap)."""
+    memory = fsspec.filesystem("memory")
+    for f in pack.iterdir():
+        memory.pipe(f"/capped/pack/{f.name}", f.read_bytes())
+    total = sum(f.stat().st_size for f in pack.iterdir() if f.name.startswith("train-"))
+    fetched = []
+    real_open = fsspec.open
+
+    def counting_open(url, *a, **k):
+        if not url.endswith("pack.json"):
+            fetched.append(memory.size(url.removeprefix("memory://")))
+        return real_open(url, *a, **k)
+
+    out = {}
+    packs.fsspec.open = counting_open
+    os.environ[CACHE_CAP] = str(total / 4 / 1e9)
+    try:
+        for order in ("windows", "shuffle"):
+            for f in (cache / "packs").glob("*/*"):
+                f.unlink()
+            fetched.clear()
+            clips = ClipPack("memory://capped/pack")
+            keys = iter(ResumableSampler(len(clips), 4, seed=0, groups=clips.shard_order if order == "windows" else None))
+            most = 0
+            for _ in range(epochs * len(clips)):
+                clips[next(keys)[0]]
+                most = max(most, sum(f.stat().st_size for f in (cache / "packs").glob("*/*")))
+            out[order] = {"fetched_per_epoch": round(sum(fetched) / total / epochs, 2),
+                          "cache_peak_of_cap": round(most / (total / 4), 2)}
+        out["shards"] = len(ClipPack("memory://capped/pack").shards)
+    finally:
+        packs.fsspec.open = real_open
+        del os.environ[CACHE_CAP]
+        memory.rm("/capped", recursive=True)
+    return out
 
 
 def main():
@@ -78,6 +123,8 @@ def main():
             memory.pipe(f"/bench/pack/{f.name}", f.read_bytes())
         url_1, url_2 = load_all(ClipPack("memory://bench/pack")), load_all(ClipPack("memory://bench/pack"))
         memory.rm("/bench", recursive=True)
+        write_pack(tmp / "small-shards", FolderDataset(root, **{**kw, "split": "all"}), shard_clips=8)
+        capped = capped_reads(tmp / "small-shards", tmp / "cache")
         train = FolderDataset(root, **kw)
         held = FolderDataset(root, **{**kw, "split": "eval"})
         from videolm.cli.main import main as videolm
@@ -95,7 +142,7 @@ def main():
         "epoch_2_speedup": round(cold / warm, 1), "speedup_vs_no_cache": round(plain / warm, 1),
         "pack_s": round(pack_s, 3), "pack_load_s": {"local": [round(pack_1, 3), round(pack_2, 3)],
                                                     "url": [round(url_1, 3), round(url_2, 3)]},
-        "pack_speedup_vs_no_cache": round(plain / pack_2, 1),
+        "pack_speedup_vs_no_cache": round(plain / pack_2, 1), "capped_cache": capped,
         "fit_exit": code, "budget_s": 60 * args.budget_minutes, "fit_wall_s": round(took, 1),
         "budget_error_pct": round(100 * (took - 60 * args.budget_minutes) / (60 * args.budget_minutes), 1),
         "steps": max(r["step"] for r in rows), "validations": sum("val_psnr" in r for r in rows),
@@ -107,6 +154,10 @@ def main():
     print(f"pack: written in {pack_s:.2f} s; every training clip read from it {pack_1:.3f} s, again {pack_2:.3f} s "
           f"({result['pack_speedup_vs_no_cache']}x faster than decoding); through a URL {url_1:.3f} s (fetching), "
           f"then {url_2:.3f} s (cached)")
+    print(f"pack of {capped['shards']} shards through a URL, cache capped at a quarter of it: fetched per epoch "
+          f"{capped['windows']['fetched_per_epoch']}x the pack in windows of shards, "
+          f"{capped['shuffle']['fetched_per_epoch']}x in a full shuffle; the cache held at most "
+          f"{capped['windows']['cache_peak_of_cap']} / {capped['shuffle']['cache_peak_of_cap']} of the cap")
     print(f"tokenizer fit --max-minutes {args.budget_minutes:g}: {took:.1f} s wall "
           f"({result['budget_error_pct']:+.1f}% of the budget), {result['steps']} steps, "
           f"{result['validations']} validations")
