@@ -423,13 +423,13 @@ def _video_codec(fmt: str, quality: str, path) -> tuple[str, str, dict]:
         if fmt == "matroska":
             return "ffv1", "bgr0", {"threads": "1"}
         if fmt in ("mp4", "mov") and _has_codec("libx264rgb"):
-            return "libx264rgb", "rgb24", {"qp": "0", "preset": "medium"}
+            return "libx264rgb", "rgb24", {"qp": "0", "preset": "medium", "threads": "1"}
         raise MediaError(path, "lossless video needs .mkv (or .mp4/.mov with libx264rgb)")
     pix_fmt, crf = ("yuv444p", "10") if quality == "high" else ("yuv420p", "18")
     if fmt == "webm":
         return "libvpx-vp9", pix_fmt, {"crf": crf, "b": "0", "threads": "1"}
     if _has_codec("libx264"):
-        return "libx264", pix_fmt, {"crf": crf, "preset": "medium"}
+        return "libx264", pix_fmt, {"crf": crf, "preset": "medium", "threads": "1"}  # one thread: same bytes
     return "mpeg4", "yuv420p", {"qmin": "1", "qmax": "3"}
 
 
@@ -448,7 +448,7 @@ def write_video(path, frames, fps=8, audio=None, sample_rate=16000, quality="def
     are padded by repeating the last row/column, so reading back gives the even size.
     "high" is yuv444p at crf 10 (keeps the size). "lossless" is bit-exact RGB: FFV1 (bgr0)
     in .mkv, libx264rgb at qp 0 in .mp4/.mov. Audio is AAC in .mp4/.mov, FLAC in .mkv, Opus
-    in .webm. Same inputs give byte-identical files (bitexact muxing, single-threaded FFV1).
+    in .webm. Same inputs give byte-identical files (bitexact muxing, single-threaded encoders).
     """
     path = Path(path)
     if path.suffix.lower() == ".gif":
