@@ -487,6 +487,10 @@ def fit_run(module: RunModule, data: Dataset, cfg, command: str, collate_fn=None
     loader = DataLoader(SeededItems(data), batch_size=cfg.batch_size, sampler=module.sampler,
                         num_workers=cfg.workers, collate_fn=collate_fn, drop_last=True,
                         persistent_workers=cfg.workers > 0,
+                        # workers that decode media start from a fresh process, not a fork of this one: a
+                        # lock held at the fork (FFmpeg's, in this suite under load) left a worker waiting forever
+                        multiprocessing_context="forkserver" if cfg.workers and getattr(data, "decodes_media", False)
+                        else None,
                         generator=torch.Generator().manual_seed(cfg.seed))  # never the global generator
     trainer = L.Trainer(
         max_epochs=-1, max_steps=-1, accelerator=cfg.accelerator, devices=devices, num_nodes=num_nodes,

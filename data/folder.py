@@ -96,6 +96,8 @@ class FolderDataset(Dataset):
     later; in the latter case the item is the next readable clip.
     """
 
+    decodes_media = True  # DataLoader workers for it start fresh (`videolm.core.training.fit_run`)
+
     def __init__(self, root, frames=17, fps=8, size=(64, 64), fit="crop", sample_rate=16000,
                  stride=None, index_path=None, split="all", held_out=0.1, cache=False):
         self.root = Path(root)
