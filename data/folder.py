@@ -101,15 +101,11 @@ class FolderDataset(Dataset):
     def __init__(self, root, frames=17, fps=8, size=(64, 64), fit="crop", sample_rate=16000,
                  stride=None, index_path=None, split="all", held_out=0.1, cache=False):
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise UsageError(f"{self.root}: no such folder" if not self.root.exists() else f"{self.root}: not a folder")
         self.frames, self.fps, self.size, self.fit = frames, fps, tuple(size), fit
         self.sample_rate, self.stride = sample_rate, stride or frames
         self.split, self.cache, self.held_out = split, cache, held_out
         self.index_path = Path(index_path) if index_path else _default_index_path(self.root)
-        sources = _manifest_sources(self.root)
-        if sources is None:
-            sources = _scan_sources(self.root)
+        sources = _sources(self.root)
         entries = self._index(sorted(sources))
         self.skipped = [rel for rel in sorted(sources) if not entries[rel]["ok"]]
         videos = [self._video(rel, sources[rel], entries[rel]) for rel in sorted(sources)
@@ -213,7 +209,7 @@ class FolderDataset(Dataset):
                 audio_path = None
         return {
             "video": frames,  # (T, H, W, 3) uint8
-            "audio": _fit_length(audio, round(seconds * self.sample_rate)),  # (S,) float32
+            "audio": fit_length(audio, round(seconds * self.sample_rate)),  # (S,) float32
             "has_audio": audio_path is not None,
             "caption": video.caption,
             "path": video.path,
@@ -292,7 +288,8 @@ def held_out_videos(paths: list[str], share: float) -> set[str]:
     return held or {min(paths, key=unit)}
 
 
-def _fit_length(audio: np.ndarray, n: int) -> np.ndarray:  # (n,)
+def fit_length(audio: np.ndarray, n: int) -> np.ndarray:  # (n,)
+    """``audio`` cut, or padded with silence, to ``n`` samples."""
     return np.pad(audio[:n], (0, max(0, n - len(audio)))).astype(np.float32, copy=False)
 
 
@@ -303,14 +300,18 @@ def folder_captions(root) -> list[str]:
     """The caption of every video file under ``root`` ("" where it has none), in path order, from
     the manifest, sidecar files or captions.jsonl, without reading any video."""
     root = Path(root)
-    if not root.is_dir():
-        raise UsageError(f"{root}: no such folder" if not root.exists() else f"{root}: not a folder")
-    sources = _manifest_sources(root)
-    if sources is None:
-        sources = _scan_sources(root)
+    sources = _sources(root)
     if not sources:
         raise DataError(f"{root}: no video files ({', '.join(sorted(VIDEO_EXTS))})")
     return [sources[rel]["caption"] for rel in sorted(sources)]
+
+
+def _sources(root: Path) -> dict[str, dict]:
+    """``{video: {audio, caption}}`` of a folder: its manifest's, or what a scan finds."""
+    if not root.is_dir():
+        raise UsageError(f"{root}: no such folder" if not root.exists() else f"{root}: not a folder")
+    sources = _manifest_sources(root)
+    return _scan_sources(root) if sources is None else sources
 
 
 def _manifest_sources(root: Path) -> dict[str, dict] | None:

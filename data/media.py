@@ -87,16 +87,10 @@ def _open(path):
         container.close()
 
 
-_PARENT = os.getpid()  # the process that imported this module; a forked child (a DataLoader worker) differs
-
-
 def _video_stream(container, path):
     if not container.streams.video:
         raise MediaError(path, "no video stream")
-    stream = container.streams.video[0]
-    if os.getpid() != _PARENT:  # FFmpeg's decoding threads can deadlock in a forked worker (PyAV issue 1962):
-        stream.thread_count = 1  # decode on the worker's own thread (the workers are the parallelism)
-    return stream
+    return container.streams.video[0]
 
 
 def _stream_rate(stream) -> float | None:

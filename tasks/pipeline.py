@@ -39,6 +39,7 @@ from videolm.core.models import (
     generation_defaults,
     resolve_model,
 )
+from videolm.data.folder import fit_length
 from videolm.data.media import probe_audio, probe_video, read_audio, read_image, read_video
 from videolm.diffusion.dit_pipeline import TASKS, DiTGenerator
 from videolm.diffusion.refiner import Refiner, refine
@@ -633,7 +634,7 @@ class Pipeline:
                 warnings.warn(note, stacklevel=2)
             audio = self._soundtrack(video, r, seed, progress) if r.with_audio else m.audio
             if audio is not None and video is not None:  # the sound lasts as long as the pictures
-                audio = _fit_audio(audio, round(len(video) * self.tokenizer.audio.config.sample_rate / self.clip["fps"]))
+                audio = fit_length(audio, round(len(video) * self.tokenizer.audio.config.sample_rate / self.clip["fps"]))
             extra = {"backend": r.backend, "refined": bool(r.refine and made and video is not None),
                      "size": r.plan.name, "native_frames": r.plan.frames}
             if r.prompt is not None:
@@ -778,11 +779,6 @@ class DiTBackend:
         return {"params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
                 "training": _read_training(self.folder),
                 "sampler": f"flow matching, {self.default_steps} Euler steps, CFG {self.default_cfg}"}
-
-
-def _fit_audio(audio: np.ndarray, n: int) -> np.ndarray:
-    """``audio`` cut, or padded with silence, to ``n`` samples."""
-    return np.pad(audio[:n], (0, max(0, n - len(audio)))).astype(np.float32, copy=False)
 
 
 def _unused(t: Task, prompt, image, video, audio, mask) -> list[str]:
