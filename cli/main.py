@@ -1,7 +1,8 @@
 """The `videolm` command line: one entry point over one module per command group.
 
 Exit codes: 0 success, 2 bad usage or a bad input file, 1 a failure while working, 130
-interrupted. Every error is one line on stderr naming the problem; ``--debug`` (anywhere on the
+interrupted (Ctrl-C), 143 terminated (SIGTERM, as `kill` and job schedulers send; it stops the
+command the way Ctrl-C does, so its outputs are cleaned up or kept whole, never left half-written). Every error is one line on stderr naming the problem; ``--debug`` (anywhere on the
 line) shows the traceback too. A group's module (and with it torch and the models) is imported only
 when one of its commands runs, so ``videolm --help`` answers at once.
 """
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from importlib.metadata import PackageNotFoundError, version
@@ -86,6 +89,23 @@ def dispatch(argv: list[str]) -> int:
     return subs[argv[1]](f"videolm {group} {argv[1]}", argv[2:])
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so that it unwinds as from Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    if os.getpid() != _MAIN_PID[0]:  # a forked worker: die as SIGTERM asks; its parent cleans up
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    _MAIN_PID[1] = True
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
+    raise Terminated
+
+
+_MAIN_PID: list = [0, False]  # the command's process, and whether a SIGTERM arrived
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -117,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]  # anywhere on the line
     if not debug:
         warnings.formatwarning = _one_line_warning
+    _MAIN_PID[:] = [os.getpid(), False]
+    handles = threading.current_thread() is threading.main_thread()  # only there can Python take a signal
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if handles else None
     try:
         with clock.command():
             return dispatch(argv)
@@ -126,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         text = _one_line(_original(str(e)))
         print(f"videolm: error: {text if len(text) <= 600 else text[:597] + '...'}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Lightning turns a stop into exit(1) and back: the flag says which it was
+        if _MAIN_PID[1]:
+            print("videolm: terminated", file=sys.stderr)
+            return 143
         print("videolm: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (`videolm tasks --words | head`): stop quietly
@@ -149,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"videolm: error: unexpected {type(e).__name__}: {_first_line(e)} (rerun with --debug for details)",
               file=sys.stderr)
         return 1
+    finally:
+        if handles:
+            signal.signal(signal.SIGTERM, previous)
 
 
 __all__ = ["GROUPS", "command", "dispatch", "main"]

@@ -18,11 +18,13 @@ All checks raise `UsageError` (exit 2) with one line naming the path.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from videolm.core.errors import UsageError
@@ -228,6 +230,20 @@ def _clear(out: Path, flag: str) -> None:
     shutil.rmtree(out)
 
 
+def _say_leftovers(out: Path) -> None:
+    """Name what a killed run of videolm left beside ``out`` (SIGKILL allows no clean-up): an earlier
+    output it had set aside, an output it had not finished. Nothing here deletes them."""
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        return
+    for kind, what in (("earlier", "an earlier output set aside"), ("partial", "an unfinished output")):
+        for path in sorted(parent.glob(f".{glob.escape(out.name)}.{kind}-*")):
+            if kind == "partial" and (path / MARKER).exists():
+                what = "a finished output that could not take its place"
+            warnings.warn(f"{path} holds {what} of {out} by a run of videolm that was killed; "
+                          "move or delete it when you no longer need it", stacklevel=3)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: str | Path, overwrite: bool = False, command: str = "videolm", flag: str = "--out",
                       inputs=()):
@@ -235,6 +251,7 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False, command: str = "
     it vanishes. An existing ``out`` is replaced (with ``overwrite``) only once the new one is whole.
     ``inputs``: what the command reads (`check_apart`)."""
     out = check_output_dir(out, overwrite, flag, inputs).absolute()
+    _say_leftovers(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     done = False
@@ -276,6 +293,7 @@ class StreamingOutput:
     def open(self) -> Path:
         """Set an earlier output being overwritten aside (`close` deletes it, or puts it back), make
         the folder and its marker."""
+        _say_leftovers(self.out)
         if self.out.is_dir() and any(self.out.iterdir()):
             _check_replaceable(self.out, self.flag)
             self.earlier = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.earlier-", dir=self.out.absolute().parent))

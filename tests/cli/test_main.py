@@ -120,6 +120,37 @@ def test_failure_midway_leaves_no_partial_output(tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_sigterm_stops_a_command_like_ctrl_c_and_leaves_no_partial_output(tmp_path):
+    """`kill` (SIGTERM) unwinds the command: exit 143, one line, its unfinished output removed; and
+    what a SIGKILL leaves (which allows no clean-up) is named by the next run, not deleted."""
+    import os
+    import signal
+    import time
+
+    exe = Path(sys.executable).with_name("videolm")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "videolm.cli.main"]
+    out = tmp_path / "s"
+    proc = subprocess.Popen([*cmd, "data", "shapes", "--num", "100000", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        partial = list(tmp_path.glob(".s.partial-*/video/*"))
+        if len(partial) >= 3:
+            os.kill(proc.pid, signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "videolm: terminated", err
+    assert list(tmp_path.iterdir()) == []
+
+    left = tmp_path / ".s.partial-abc123"  # as a SIGKILL would leave it
+    (left / "video").mkdir(parents=True)
+    (left / "video" / "0.mp4").write_bytes(b"half a file")
+    with pytest.warns(UserWarning, match=r"\.s\.partial-abc123 holds an unfinished output"):
+        assert main(["data", "shapes", "--out", str(out), "--num", "1"]) == 0
+    assert (left / "video" / "0.mp4").read_bytes() == b"half a file"  # named, never deleted
+
+
 def test_a_folder_of_unreadable_media_is_bad_input_exit_2(tmp_path):
     bad = tmp_path / "clip.mp4"
     bad.write_text("not a video")

@@ -192,6 +192,33 @@ def test_overwrite_replaces_its_own_output_and_nothing_else(model_dir, tmp_path,
     assert (out / "sample_000.mp4").is_file()
 
 
+def test_sigterm_before_the_first_sample_puts_the_overwritten_output_back(model_dir, tmp_path):
+    """`generate --overwrite` sets the earlier output aside; stopped by `kill` before a new sample is
+    whole, it puts that output back as it was and leaves nothing else."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "o"
+    args = ["generate", "--model", str(model_dir), "--task", "uncond", "--out", str(out)]
+    assert _run(*args).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    exe = Path(sys.executable).with_name("videolm")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "videolm.cli.main"]
+    proc = subprocess.Popen([*cmd, *args, "--overwrite", "--num-samples", "64", "--batch-size", "64"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if list(tmp_path.glob(".o.earlier-*/out")) and (out / "manifest.json").exists():
+            os.kill(proc.pid, signal.SIGTERM)
+            break
+        time.sleep(0.01)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "videolm: terminated", err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]
+
+
 def test_t2i_writes_a_png(model_dir, tmp_path):
     from videolm.cli.main import main
     from videolm.data.media import read_image
