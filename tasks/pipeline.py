@@ -784,10 +784,12 @@ class DiTBackend:
 def _unused(t: Task, prompt, image, video, audio, mask) -> list[str]:
     """A note for each input the task does not read (what its ``needs`` lists), so nothing given is
     dropped without a word."""
+    if not t.needs:  # a task of a user's that does not say what it reads: no grounds for a note
+        return []
     given = video if isinstance(video, (list, tuple)) else ([] if video is None else [video])
     takes = t.needs.count("--video")
     notes = []
-    if prompt is not None and not t.uses_text:
+    if prompt is not None and not t.uses_text and "--prompt" not in t.needs:
         notes.append(f"--prompt: {t.name} does not read a prompt; it is left out")
     if len(given) > takes:
         notes.append(f"--video: {t.name} reads {takes or 'no'} video{'s' if takes != 1 else ''}; "

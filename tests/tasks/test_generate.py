@@ -349,6 +349,22 @@ def test_inputs_a_task_does_not_read_and_inputs_longer_than_the_clip_are_said(pi
     assert r.video.shape[0] == 9 and r.audio.shape == (9 * 2000,)
 
 
+def test_a_user_task_that_does_not_say_what_it_reads_gets_no_notes_about_inputs():
+    from videolm.tasks.pipeline import _unused
+
+    class Quiet:  # a task of a user's with no `needs`: nothing to say its inputs are left out
+        name, needs, uses_text = "mine", "", False
+
+    class Says:  # one that reads a prompt through `needs` without setting `uses_text`
+        name, needs, uses_text = "theirs", "--video --prompt", False
+
+    video = np.zeros((17, 64, 64, 3), np.uint8)
+    assert _unused(Quiet, "a red circle", video, [video, video], None, None) == []
+    assert _unused(Says, "a red circle", None, [video], None, None) == []
+    assert _unused(Says, "a red circle", video, [video, video], None, None) == [
+        "--video: theirs reads 1 video; 1 given is left out", "--image: theirs does not read one; it is left out"]
+
+
 def test_arrays_in_other_forms_are_read_as_pixels_or_refused(pipe):
     clip = make_clip(5).video
     (a,) = pipe.generate("extend", video=clip, seed=3, refine=False)
