@@ -17,7 +17,6 @@ from tqdm import tqdm
 
 from videolm.core.config import add_flags, from_flags, read_config, size_pair
 from videolm.core.errors import ConfigError, MediaError, UsageError
-from videolm.core.outputs import check_run_dir
 from videolm.data import media
 from videolm.data.worlds import is_world
 
@@ -63,12 +62,6 @@ class Command:
             from_file = self.config and parsed.config and not str(e).startswith(("-", "ROOT", "INPUT", "OUTPUT"))
             raise ConfigError(f"{parsed.config}: {e}" if from_file else str(e)) from None
         return self.run(args)
-
-
-def run_folder(cfg, entry: str):
-    """A fit command's run folder checked (new, empty, or this command's own, to resume) before any work."""
-    check_run_dir(cfg.out, entry)
-    return cfg
 
 
 def print_json(obj) -> None:
@@ -143,5 +136,5 @@ def data_input(data: str | None, flag: str = "--data") -> None:
                       stacklevel=2)
 
 
-__all__ = ["Command", "Parser", "data_input", "input_file", "input_folder", "media_input", "print_json", "progress", "run_folder",
+__all__ = ["Command", "Parser", "data_input", "input_file", "input_folder", "media_input", "print_json", "progress",
            "size"]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from videolm.cli.args import Command, progress, run_folder
+from videolm.cli.args import Command, progress
+from videolm.core.training import starting_run
 from videolm.train.dit import DiTFitConfig, run_fit
 
 
 def run_fit_cmd(cfg: DiTFitConfig) -> int:
-    run_folder(cfg, "dit fit")
     bar = progress(cfg.data.num, "encode")
 
     def encoded(n: int) -> None:  # the bar goes once the clips are encoded; training has its own
@@ -16,7 +16,8 @@ def run_fit_cmd(cfg: DiTFitConfig) -> int:
             bar.close()
 
     try:
-        model_dir = run_fit(cfg, progress=encoded)
+        with starting_run(cfg, "dit fit"):
+            model_dir = run_fit(cfg, progress=encoded)
     finally:
         bar.close()
     print(f"trained DiT saved to {model_dir}/ (run folder {cfg.out}/)")

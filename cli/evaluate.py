@@ -34,7 +34,16 @@ def run(args: EvalArgs) -> int:
     if fields["cfg_scale"] is None:  # the model's own, recorded as used (and matched against --against)
         fields["cfg_scale"] = float(generation_defaults(resolve_model(args.model) / LM_DIR).get("guidance_scale", 1.0))
     cfg = EvalConfig(**{**fields, "per_clip": args.per_clip or bool(args.against)})
-    base = _against(args.against, cfg) if args.against and Path(args.against).suffix == ".json" else None
+    base = None
+    if args.against and (Path(args.against).is_file() or Path(args.against).suffix == ".json"):
+        base = _against(args.against, cfg)  # an earlier evaluation, checked now
+    elif args.against:  # a model, checked before the first evaluation starts
+        try:
+            other = resolve_model(args.against)
+        except UsageError as e:
+            raise UsageError(str(e).replace("--model ", "--against ", 1)) from None
+        if not (other / LM_DIR / "config.json").is_file():
+            raise UsageError(f"--against {args.against}: has no language model ({LM_DIR}/config.json)")
     with progress(None, "eval") as bar:
         def score(c):
             return evaluate(c, progress=lambda name, n: (bar.set_description(f"eval {name}"), bar.update(n)))
@@ -71,8 +80,8 @@ def _against(path: str, cfg: EvalConfig) -> dict:
     # before the evaluation runs, not after it: the settings this one will record
     check_same_settings(base, {"num": cfg.num, "seed": cfg.seed, "split": cfg.split, "refined": cfg.refine,
                                "sample_seed": cfg.seed if cfg.sample_seed is None else cfg.sample_seed,
-                               "cfg_scale": cfg.cfg_scale, "temperature": cfg.temperature,
-                               **({"size": "x".join(map(str, check_size(cfg.size)))} if cfg.size else {}),
+                               "cfg_scale": cfg.cfg_scale, "temperature": cfg.temperature, "top_k": cfg.top_k,
+                               "batch_size": cfg.batch_size, **({"size": "x".join(map(str, check_size(cfg.size)))} if cfg.size else {}),
                                **({"frames": cfg.frames} if cfg.frames else {})})
     return base
 

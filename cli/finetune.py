@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import json
 
-from videolm.cli.args import Command, run_folder
+from videolm.cli.args import Command
+from videolm.core.errors import UsageError
 from videolm.core.models import resolve_model
+from videolm.core.outputs import check_apart
+from videolm.core.training import starting_run
 from videolm.train.finetune import FinetuneConfig, run_finetune
 
 
 def run(cfg: FinetuneConfig) -> int:
-    resolve_model(cfg.base)  # a missing base fails now, not after the slow first evaluation
-    report = run_finetune(run_folder(cfg, "finetune"))
+    try:  # a missing base fails now, not after the slow first evaluation
+        base = resolve_model(cfg.base)
+    except UsageError as e:
+        raise UsageError(str(e).replace("--model ", "--base ", 1)) from None
+    check_apart(cfg.out, [base], "--out")  # OUT/model is rewritten: it may not be, hold or lie in the base
+    with starting_run(cfg, "finetune"):
+        report = run_finetune(cfg)
     print(json.dumps(report["summary"]))
     return 0
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from videolm.cli.args import Command, input_folder, print_json, run_folder
+from videolm.cli.args import Command, input_folder, print_json
 from videolm.core.config import check_range
+from videolm.core.training import starting_run
 from videolm.train.lm import LMFitConfig, bundle_lm, run_fit
 
 
 def run_fit_cmd(cfg: LMFitConfig) -> int:
     for shards in [cfg.data.shards] if isinstance(cfg.data.shards, str) else cfg.data.shards or []:
         input_folder(shards, "--shards")
-    model_dir = run_fit(run_folder(cfg, "lm fit"))
+    with starting_run(cfg, "lm fit"):
+        model_dir = run_fit(cfg)
     if model_dir is not None:
         print(f"trained LM saved to {model_dir}/ (run folder {cfg.out}/)")
     return 0

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import torch
 
-from videolm.cli.args import Command, data_input, media_input, print_json, progress, run_folder, size
+from videolm.cli.args import Command, data_input, media_input, print_json, progress, size
 from videolm.core.config import check_clip_numbers, check_range
 from videolm.core.errors import UsageError
 from videolm.core.models import DEFAULT_MODEL
 from videolm.core.outputs import check_output_file
+from videolm.core.training import starting_run
 from videolm.data.media import probe_video, read_video, write_video
 from videolm.data.worlds import is_world
 from videolm.diffusion.refiner import load_refiner, refine
@@ -22,8 +23,8 @@ from videolm.train.refiner import RefinerFitConfig, run_fit
 
 def run_fit_cmd(cfg: RefinerFitConfig) -> int:
     data_input(cfg.data.source)
-    with progress(cfg.data.num, "pairs") as bar:
-        model_dir = run_fit(run_folder(cfg, "refiner fit"), progress=bar.update)
+    with starting_run(cfg, "refiner fit"), progress(cfg.data.num, "pairs") as bar:
+        model_dir = run_fit(cfg, progress=bar.update)
     print(f"trained refiner saved to {model_dir}/ (run folder {cfg.out}/)")
     return 0
 
@@ -107,9 +108,15 @@ def refine_file(video: str | Path, out: str | Path, model: str | Path = DEFAULT_
     t0 = time.perf_counter()
     refined = refine(refiner, frames[None], steps, seed=seed)[0]  # (T, H, W, 3)
     seconds = time.perf_counter() - t0
-    write_video(out, refined, fps=probe_video(video).fps or 8)
-    return {"video": str(out), "frames": len(refined), "height": h, "width": w,
-            "steps": steps or refiner.config.steps, "seconds": round(seconds, 3)}
+    info = probe_video(video)
+    write_video(out, refined, fps=info.fps or 8)
+    result = {"video": str(out), "frames": len(refined), "height": h, "width": w,
+              "steps": steps or refiner.config.steps, "seconds": round(seconds, 3)}
+    if (info.height, info.width) != (h, w):
+        same = info.height * w == info.width * h
+        result["resized"] = (f"{info.height}x{info.width} -> {h}x{w}" +
+                             ("" if same else " (scaled to cover, the centre kept: the aspects differ)"))
+    return result
 
 
 COMMANDS = {

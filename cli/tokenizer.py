@@ -8,18 +8,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from videolm.cli.args import Command, data_input, input_folder, media_input, print_json, run_folder
+from videolm.cli.args import Command, data_input, input_folder, media_input, print_json
 from videolm.core.config import check_clip_numbers, check_range, size_pair
 from videolm.core.errors import UsageError
 from videolm.core.models import DEFAULT_MODEL
 from videolm.core.outputs import check_output_dir, check_output_file
+from videolm.core.training import starting_run
 from videolm.evaluation.tokenizer import evaluate_tokenizer, reconstruct
 from videolm.train.tokenizer import TokenizerFitConfig, build_bundle, run_fit
 
 
 def run_fit_cmd(cfg: TokenizerFitConfig) -> int:
     data_input(cfg.data.source)
-    model_dir = run_fit(run_folder(cfg, "tokenizer fit"))
+    with starting_run(cfg, "tokenizer fit"):
+        model_dir = run_fit(cfg)
     if model_dir is not None:  # rank 0 of a data-parallel run
         print(f"trained {cfg.modality} tokenizer saved to {model_dir}/ (run folder {cfg.out}/)")
     return 0

@@ -43,9 +43,7 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown key {_join(where, unknown[0])!r} (allowed: {', '.join(fields)})")
+    check_keys(cls, data, where)
     kwargs = {}
     for name, f in fields.items():
         if name in data:
@@ -59,6 +57,15 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
         if not where or text.startswith(where):
             raise
         raise ConfigError(f"{where}.{text}" if re.match(r"\w+=", text) else f"{where}: {text}") from e
+
+
+def check_keys(cls: type, data: dict, where: str = "") -> None:
+    """Every key of ``data`` names a field of dataclass ``cls``; the first that does not is a
+    `ConfigError` (``where``: the keys' place in the config, e.g. ``model``)."""
+    fields = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key {_join(where, unknown[0])!r} (allowed: {', '.join(fields)})")
 
 
 def check_range(obj: Any, low: float | None = None, high: float | None = None, *names: str,
@@ -207,13 +214,14 @@ def field_comments(cls: type) -> dict[str, str]:
             source = inspect.getsource(klass)
         except (OSError, TypeError):
             continue
-        last, above = None, []
+        last, above, own = None, [], set()  # own: fields whose comment this class (re)writes
         for tok in tokenize.generate_tokens(io.StringIO(source).readline):
             if tok.type == tokenize.NAME and tok.start[1] == 4:
                 is_field = tok.line.lstrip().startswith(tok.string + ":")
                 last = tok.string if is_field else None
                 if is_field and above:
                     out[last] = " ".join(above)
+                    own.add(last)
                 above = []
             elif tok.type == tokenize.OP and tok.start[1] == 4 and tok.string == "@":
                 last, above = None, []  # a decorated method: comments above it are not a field's
@@ -221,7 +229,9 @@ def field_comments(cls: type) -> dict[str, str]:
                 text = tok.string.lstrip("#").strip()
                 own_line = tok.line.strip().startswith("#")
                 if last is not None and (not own_line or tok.string.startswith("#   ")):
-                    out[last] = f"{out.get(last, '')} {text}".strip()  # on the field's line, or continuing it
+                    earlier = out.get(last, "") if last in own else ""  # a subclass's comment replaces its base's
+                    out[last] = f"{earlier} {text}".strip()  # on the field's line, or continuing it
+                    own.add(last)
                 elif own_line and text:
                     above.append(text)
                     last = None
@@ -438,5 +448,5 @@ def from_flags(parsed: argparse.Namespace, cls: type, keys: list[str], base: dic
         raise
 
 
-__all__ = ["add_flags", "check_clip_numbers", "check_range", "field_comments", "from_dict", "from_flags",
+__all__ = ["add_flags", "check_clip_numbers", "check_keys", "check_range", "field_comments", "from_dict", "from_flags",
            "load_config", "read_config", "read_yaml", "resolve", "revalidate", "size_pair", "to_dict"]

@@ -30,6 +30,7 @@ import pickle
 import random
 import shutil
 import time
+import typing
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,9 +42,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from videolm.core import clock
-from videolm.core.config import check_range
+from videolm.core.config import check_range, to_dict
 from videolm.core.errors import ConfigError, UsageError
-from videolm.core.outputs import mark_run_dir
+from videolm.core.outputs import check_run_dir, mark_run_dir
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 METRICS = "metrics.jsonl"
@@ -91,6 +92,12 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
+# what `precision` and `accelerator` may be: videolm's own choices, then Lightning's
+PRECISIONS = ("auto", "auto-bf16", *typing.get_args(L.fabric.connector._PRECISION_INPUT_STR),
+              *typing.get_args(L.fabric.connector._PRECISION_INPUT_STR_ALIAS))
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+
 @dataclass
 class TrainArgs:
     """The training section every run shares (the tokenizers', the LM's, fine-tuning's, the
@@ -114,6 +121,10 @@ class TrainArgs:
     seed: int = 0
 
     def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision={self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.accelerator not in ACCELERATORS:
+            raise ConfigError(f"accelerator={self.accelerator!r}: choose one of {', '.join(ACCELERATORS)}")
         check_range(self, 1, None, "steps", "batch_size", "log_every", "checkpoint_every", "threads")
         check_range(self, 0, None, "warmup_steps", "weight_decay", "grad_clip", "workers", "lr")
         check_range(self, 0, 2**63 - 1, "seed")
@@ -442,6 +453,83 @@ def read_checkpoint(path: Path) -> None:
         raise UsageError(f"{path}: not a videolm checkpoint; move it away to start the run afresh")
 
 
+# settings a rerun may change and still resume the run: its length, budget, hardware and logging
+RESUME_MAY_CHANGE = ("out", "paths", "train.steps", "train.max_minutes", "train.threads", "train.workers",
+                     "train.log_every", "train.checkpoint_every", "train.val_every", "train.sample_every",
+                     "train.precision", "train.accelerator", "train.devices", "train.num_nodes", "train.strategy")
+
+
+def _flat(d: dict) -> dict:
+    """A run's settings one level down: a section's as ``section.key``; deeper values whole."""
+    flat = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def check_resume(out: Path, run_config: dict) -> None:
+    """A rerun into a run folder with a checkpoint resumes that run, so it must be that run: refuse,
+    before anything changes, settings other than those a resume may change (`RESUME_MAY_CHANGE`),
+    naming them. A setting the folder's run.json does not record (an older version's) passes."""
+    if not (out / CHECKPOINT).exists():
+        return
+    try:
+        before = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(before, dict):
+        return
+    was, now = _flat(before), _flat(json.loads(json.dumps(run_config)))
+    missing = object()
+
+    def differs(key: str, other: dict, value) -> bool:
+        if key in RESUME_MAY_CHANGE:
+            return False
+        if key in other:
+            return other[key] != value
+        return key.split(".")[0] in other  # its section was empty there
+
+    changed = [k for k, v in now.items() if differs(k, was, v)]
+    changed += [k for k, v in was.items() if k not in now and differs(k, now, v)]
+    if changed:
+        shown = "; ".join(f"{k}: {was.get(k, missing)!r} there, {now.get(k, missing)!r} now"
+                          for k in changed[:3]).replace(repr(missing), "unset")
+        more = f"; and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise UsageError(f"--out {out}: holds a run with other settings ({shown}{more}); rerun with its own "
+                         "settings to resume it, or choose a new --out")
+
+
+def check_hardware(cfg) -> None:
+    """A GPU asked for where there is none: one line, before any work."""
+    if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--train.accelerator {cfg.accelerator}: no GPU that torch can use here "
+                         "(use cpu or auto)")
+    if cfg.accelerator == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--train.accelerator mps: no Apple GPU here (use cpu or auto)")
+    if cfg.accelerator == "tpu":
+        raise UsageError("--train.accelerator tpu: videolm does not train on TPUs")
+
+
+@contextlib.contextmanager
+def starting_run(cfg, command: str):
+    """A fit command's run folder (``cfg.out``) checked before any work: new, empty, or this
+    command's own run with the same settings (a rerun resumes it); the hardware asked for exists.
+    A run that fails before its first checkpoint leaves nothing behind, not even the caches it
+    began to fill (pairs, latents), so a corrected rerun starts cleanly."""
+    out = check_run_dir(cfg.out, command)
+    check_resume(out, {"entry": command, **to_dict(cfg)})
+    check_hardware(cfg.train)
+    fresh = "made" if not out.exists() else "empty" if not any(out.iterdir()) else None
+    try:
+        yield cfg
+    except BaseException:
+        _drop_unstarted(out, fresh)
+        raise
+
+
 def _drop_unstarted(out: Path, fresh: str | None) -> None:
     """A run that this call began and that failed before its first checkpoint leaves nothing behind
     (there is nothing to resume): its folder is emptied, and removed if this call made it."""
@@ -470,6 +558,9 @@ def fit_run(module: RunModule, data: Dataset, cfg, command: str, collate_fn=None
     last = out / CHECKPOINT
     if last.exists():
         read_checkpoint(last)  # a bad checkpoint stops the run before anything in the folder changes
+    if run_config is not None:
+        check_resume(out, run_config)
+    check_hardware(cfg)
     main = os.environ.get("LOCAL_RANK", "0") == "0"  # the main process of each machine (DDP starts the others)
     fresh = None  # None: an earlier run's folder; "made": made by this call; "empty": an empty folder it fills
     if main and not out.exists():
@@ -514,6 +605,7 @@ def fit_run(module: RunModule, data: Dataset, cfg, command: str, collate_fn=None
     return trainer
 
 
-__all__ = ["CHECKPOINT", "METRICS", "WALL_CLOCK_FIELDS", "MetricsLog", "ResumableSampler", "RunModule", "SeededItems", "TrainArgs",
+__all__ = ["ACCELERATORS", "CHECKPOINT", "METRICS", "PRECISIONS", "RESUME_MAY_CHANGE", "WALL_CLOCK_FIELDS", "MetricsLog",
+           "ResumableSampler", "RunModule", "SeededItems", "TrainArgs", "check_hardware", "check_resume",
            "cpu_has_native_bf16", "fit_run", "item_seed", "lr_factor", "quiet_training", "read_checkpoint",
-           "resolve_precision", "rng_state", "seeded_item", "set_rng_state"]
+           "resolve_precision", "rng_state", "seeded_item", "set_rng_state", "starting_run"]

@@ -42,7 +42,8 @@ def split_seeds(split: str, seed: int, num: int) -> range:
         raise UsageError(f"split {split!r}: choose train or eval")
     if seed + num > EVAL_SEED_START:
         raise UsageError(
-            f"training seeds {seed}..{seed + num - 1} reach the evaluation seeds (>= {EVAL_SEED_START}); use --split eval"
+            f"training seeds {seed}..{seed + num - 1} reach the evaluation seeds (>= {EVAL_SEED_START}); "
+            f"choose a smaller seed or number of clips (clips for evaluation: --split eval, where a command has it)"
         )
     return range(seed, seed + num)
 

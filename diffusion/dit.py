@@ -21,12 +21,13 @@ statistics of its training data stored in its config (so a saved folder is self-
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from videolm.core.config import check_keys
 from videolm.core.errors import ConfigError
 from videolm.core.saving import Pretrained
 
@@ -77,9 +78,7 @@ class DiTConfig:
     def from_name(cls, name: str, **overrides) -> DiTConfig:
         if name not in PRESETS:
             raise ConfigError(f"unknown DiT preset {name!r}; choose from {', '.join(PRESETS)}")
-        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown DiT config key {unknown[0]!r} (allowed: {', '.join(f.name for f in fields(cls))})")
+        check_keys(cls, overrides, "model")
         return cls(**{**PRESETS[name], **overrides})
 
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from videolm.core.config import check_keys
 from videolm.core.errors import UsageError
 from videolm.core.models import resolve_model
 from videolm.core.saving import CONFIG_NAME, Pretrained
@@ -80,6 +81,7 @@ class RefinerConfig:
     def from_name(cls, name: str, **overrides) -> RefinerConfig:
         if name not in PRESETS:
             raise UsageError(f"unknown refiner preset {name!r}; choose from {', '.join(PRESETS)}")
+        check_keys(cls, overrides, "model")
         return cls(**{**PRESETS[name], **overrides})
 
 

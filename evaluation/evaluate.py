@@ -125,8 +125,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[str, int], object] | None = No
         report[name]["loss"] = round(truth_loss(pipe.model, task, samples, pipe.vocab["<pad>"], cfg.batch_size), 4)
     return {"model": str(pipe.folder), "num": cfg.num, "size": plan.name, "frames": plan.frames, "seed": cfg.seed,
             "split": cfg.split, "sample_seed": sample_seed,
-            "cfg_scale": cfg.cfg_scale, "temperature": cfg.temperature, "refined": cfg.refine,
-            "tasks": report, "seconds": round(time.perf_counter() - start, 1)}
+            "cfg_scale": cfg.cfg_scale, "temperature": cfg.temperature, "top_k": cfg.top_k,
+            "batch_size": cfg.batch_size, "refined": cfg.refine, "tasks": report, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def held_out_clips(pipe: Pipeline, task: Task, size: str | None, frames: int | None, num: int, seed: int = 0,
@@ -159,7 +159,10 @@ def truth_loss(model, task, samples: list[dict], pad_id: int, batch_size: int = 
     return float(loss.sum() / count.sum().clamp(min=1))
 
 
-PAIRED_SETTINGS = ("num", "size", "frames", "seed", "split", "sample_seed", "cfg_scale", "temperature", "refined")
+# what makes two evaluations score the same clips with the same draws (the batch size too: a batch's
+# rows are seeded from its first clip's position)
+PAIRED_SETTINGS = ("num", "size", "frames", "seed", "split", "sample_seed", "cfg_scale", "temperature", "top_k",
+                   "batch_size", "refined")
 
 
 def check_same_settings(base: dict, settings: dict) -> None:

@@ -121,11 +121,11 @@ class TextTokenizer:
         try:
             return cls(path.read_bytes())
         except FileNotFoundError:
-            raise VideolmError(f"{path}: no text tokenizer there (file not found)") from None
+            raise UsageError(f"{path}: no text tokenizer there (file not found)") from None
         except OSError as e:
             raise VideolmError(f"{path}: cannot read the text tokenizer ({e.strerror})") from e
         except ValueError as e:
-            raise VideolmError(f"{path}: not a usable text tokenizer ({e})") from None
+            raise UsageError(f"{path}: not a usable text tokenizer ({e})") from None
 
     def __eq__(self, other) -> bool:
         return isinstance(other, TextTokenizer) and self._proto == other._proto

@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 
 from videolm.core.config import check_range, to_dict
-from videolm.core.errors import ConfigError
+from videolm.core.errors import ConfigError, UsageError
 from videolm.core.models import CUSTOM_CODE, CUSTOM_TASKS, LM_DIR
 from videolm.core.saving import weights_file
 from videolm.data.shapes_data import ShapesDataset
@@ -215,9 +215,16 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
     started = time.perf_counter()
     _import_paths(cfg.paths)
     cls = task_class(cfg.task)
-    pipe = Pipeline.from_pretrained(cfg.base)
-    for name in [*cfg.data.mix, *cfg.eval.tasks]:
-        pipe.task(name)  # old tasks must be the base model's
+    try:
+        pipe = Pipeline.from_pretrained(cfg.base)
+    except UsageError as e:
+        raise UsageError(str(e).replace("--model ", "--base ", 1)) from None
+    for key, names in (("data.mix", cfg.data.mix), ("eval.tasks", cfg.eval.tasks)):
+        for name in names:  # old tasks must be the base model's
+            if name not in pipe.vocab.tasks:
+                raise ConfigError(f"{key}: {name!r} is not a task of {cfg.base} (it has {', '.join(pipe.vocab.tasks)})")
+    if cfg.method == "lora":
+        _check_targets(pipe.model, cfg.lora.target_modules)
     layers = pipe.model.config.num_hidden_layers
     if cfg.freeze_layers > layers:
         raise ConfigError(f"freeze_layers={cfg.freeze_layers}: {cfg.base}'s LM has {layers} layers")
@@ -320,6 +327,17 @@ def _freeze(model, num_layers: int) -> None:
         module.requires_grad_(False)
 
 
+def _check_targets(model, names: list[str]) -> None:
+    """Each of LoRA's ``target_modules`` must name layers of the model (as peft matches them: the
+    end of a module's dotted name), before any work."""
+    modules = [m for m, _ in model.named_modules()]
+    missing = [n for n in names if not any(m == n or m.endswith(f".{n}") for m in modules)]
+    if missing:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ConfigError(f"lora.target_modules: {', '.join(missing)} name no layer of the LM (its linear layers: "
+                          f"{', '.join(linear)})")
+
+
 def _lora(model, settings: LoRASettings, token_id: int):
     from peft import LoraConfig, get_peft_model
 
@@ -355,6 +373,8 @@ def save_model_folder(model, pipe: Pipeline, folder: Path, dtype: torch.dtype = 
     shutil.copytree(pipe.folder, folder, ignore=shutil.ignore_patterns(LM_DIR))
     lm = folder / LM_DIR
     lm.mkdir()
+    if (pipe.folder / LM_DIR / CUSTOM_CODE).is_dir():  # the base's own tasks of a user's go along
+        shutil.copytree(pipe.folder / LM_DIR / CUSTOM_CODE, lm / CUSTOM_CODE)
     model.to(dtype).save_pretrained(lm)
     model.float()
     pipe.vocab.save(lm)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 from torch.utils.data import Dataset
 
-from videolm.core.config import check_clip_numbers, check_range, to_dict
+from videolm.core.config import check_clip_numbers, check_keys, check_range, to_dict
 from videolm.core.errors import ConfigError
 from videolm.core.models import resolve_model
 from videolm.core.saving import CONFIG_NAME
@@ -143,6 +144,9 @@ class PairCrops(Dataset):
         _, t, h, w, _ = clean.shape
         self.frames, self.size = min(frames or t, t), (min(size or h, h), min(size or w, w))
         self.focus = focus
+        if (frames or 0) > t or (size or 0) > min(h, w):  # said, not clamped in silence
+            warnings.warn(f"data.crop_frames={frames}, data.crop_size={size}: the clips are {t}x{h}x{w}; crops are "
+                          f"{self.frames}x{self.size[0]}x{self.size[1]}", stacklevel=2)
 
     def __len__(self) -> int:
         return len(self.clean)
@@ -237,6 +241,7 @@ def run_fit(cfg: RefinerFitConfig, progress=None) -> Path:
     if start is None:
         model_cfg = RefinerConfig.from_name(cfg.preset, **cfg.model)
     else:
+        check_keys(RefinerConfig, cfg.model, "model")
         model_cfg = RefinerConfig(**{**to_dict(start.config), **cfg.model})
     data = cfg.data
     m = model_cfg.multiple

@@ -24,6 +24,7 @@ from videolm.tokenizers.vocab import Vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
+DOCS_EXAMPLES = ROOT / "docs" / "examples"
 
 
 # ------------------------------------------------------------------------------------ fixtures
@@ -334,6 +335,27 @@ CASES = [
     ("resume-malicious-pickle", lambda c: ["lm", "fit", "--config", str(CONFIGS / "lm/debug.yaml"), "--shards",
                                            str(c.shards), "--out", c.evil_run()],
      2, ["last.ckpt", "other than tensors"]),
+    # -- training runs: a resume of another run, settings refused before any work, nothing left behind
+    ("resume-other-settings", lambda c: ["refiner", "fit", "--config", str(CONFIGS / "refiner/debug.yaml"),
+                                         "--out", c.other_run()], 2, ["other settings", "preset"]),
+    ("fit-batch-larger-than-data", lambda c: ["refiner", "fit", "--config", str(CONFIGS / "refiner/debug.yaml"),
+                                              "--train.batch-size", "100", "--out", "o"], 2, ["batch_size=100"]),
+    ("fit-precision-unknown", lambda c: ["dit", "fit", "--config", str(CONFIGS / "dit/debug.yaml"),
+                                         "--train.precision", "bogus", "--out", "o"], 2, ["precision", "bf16-mixed"]),
+    ("fit-accelerator-absent", lambda c: ["refiner", "fit", "--config", str(CONFIGS / "refiner/debug.yaml"),
+                                          "--train.accelerator", "tpu", "--out", "o"], 2, ["tpu"]),
+    ("refiner-fit-model-key", lambda c: ["refiner", "fit", "--config", str(CONFIGS / "refiner/debug.yaml"),
+                                         "--model", "{bogus: 1}", "--out", "o"], 2, ["model.bogus"]),
+    ("finetune-out-holds-base", lambda c: ["finetune", "--config", str(CONFIGS / "finetune/colorize.yaml"),
+                                           "--paths", str(DOCS_EXAMPLES), "--base", c.model_copy(), "--out", "."],
+     2, ["holds the input"]),
+    ("finetune-lora-target", lambda c: ["finetune", "--config", str(CONFIGS / "finetune/colorize.yaml"),
+                                        "--paths", str(DOCS_EXAMPLES), "--base", c.model("norefiner"),
+                                        "--lora.target-modules", "bogus_proj", "--out", "o"], 2, ["bogus_proj"]),
+    ("finetune-mix-unknown", lambda c: ["finetune", "--config", str(CONFIGS / "finetune/colorize.yaml"),
+                                        "--paths", str(DOCS_EXAMPLES), "--base", c.model("norefiner"),
+                                        "--data.mix", "{bogus: 1}", "--out", "o"], 2, ["data.mix", "bogus"]),
+    ("eval-against-missing", lambda c: ["eval", "--num", "2", "--against", "nosuch"], 2, ["--against nosuch"]),
     # -- the photo world, tokenizer reconstruct, folder training
     ("photos-size-not-8", lambda c: ["data", "photos", "--out", "o", "--size", "50x50"], 2, ["height=50"]),
     ("photos-frames-16", lambda c: ["data", "photos", "--out", "o", "--frames", "16"], 2, ["frames=16"]),
@@ -457,6 +479,12 @@ class Ctx:
         (self.tmp / "videos").mkdir()
         (self.tmp / "videos" / "clip.mp4").write_text("not a video")
         return "videos"
+
+    def other_run(self) -> str:
+        """A refiner run folder with a checkpoint, trained with another preset than the debug config's."""
+        folder = _run_folder(self.tmp, "run", "refiner fit", b"a checkpoint")
+        (folder / "run.json").write_text(json.dumps({"entry": "refiner fit", "preset": "tiny"}))
+        return str(folder)
 
     def evil_run(self) -> str:
         folder = _run_folder(self.tmp, "run", "lm fit")

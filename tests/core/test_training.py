@@ -16,9 +16,36 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from videolm.core.training import WALL_CLOCK_FIELDS, MetricsLog, ResumableSampler, SeededItems, item_seed
+from videolm.core.errors import UsageError
+from videolm.core.training import (
+    WALL_CLOCK_FIELDS,
+    MetricsLog,
+    ResumableSampler,
+    SeededItems,
+    check_resume,
+    item_seed,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_rerun_resumes_only_a_run_of_the_same_settings(tmp_path):
+    run = {"entry": "finetune", "task": "colorize:Colorize", "out": "a", "model": {},
+           "data": {"num": 8, "mix": {"t2v": 0.1}}, "train": {"steps": 4, "max_minutes": 11, "lr": 1e-3}}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    check_resume(tmp_path, {**run, "task": "reverse:Reverse"})  # no checkpoint: a fresh run, anything goes
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"a checkpoint")
+    check_resume(tmp_path, run)
+    check_resume(tmp_path, {**run, "out": "b", "train": {**run["train"], "steps": 8, "max_minutes": None}})
+    check_resume(tmp_path, {**run, "data": {**run["data"], "stride": 4}})  # not recorded there (an older run)
+    for changed, words in [({"task": "reverse:Reverse"}, "task: 'colorize:Colorize' there, 'reverse:Reverse' now"),
+                           ({"train": {**run["train"], "lr": 3e-4}}, "train.lr"),
+                           ({"data": {**run["data"], "mix": {}}}, "data.mix"),
+                           ({"model": {"positions": "grid"}}, "model.positions: unset there, 'grid' now")]:
+        with pytest.raises(UsageError, match="other settings") as e:
+            check_resume(tmp_path, {**run, **changed})
+        assert words in str(e.value)
 
 
 def _take(sampler, n):

@@ -173,7 +173,7 @@ def test_dit_fit_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"preset": "huge"}, "unknown DiT preset 'huge'"),
-    ({"model": "{widht: 64}"}, "unknown DiT config key 'widht'"),
+    ({"model": "{widht: 64}"}, "unknown key 'model.widht'"),
     ({"data": "{tasks: {t2i: 1.0}}"}, "data.tasks"),
 ])
 def test_bad_config_is_one_line_error(tmp_path, capsys, change, message):

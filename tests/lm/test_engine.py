@@ -3,8 +3,8 @@ import torch
 
 from videolm.core.errors import UsageError
 from videolm.lm import engine
-from videolm.lm.cpu_packing import HUGE_PAGE, _huge_empty, cpu_fast_path, decode_weights
 from videolm.lm.constraints import OutputLayout, audio_layout, video_layout
+from videolm.lm.cpu_packing import HUGE_PAGE, _huge_empty, cpu_fast_path, decode_weights
 from videolm.lm.model import VideoLM
 from videolm.tokenizers.vocab import Vocabulary
 

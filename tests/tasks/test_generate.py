@@ -3,8 +3,8 @@ an untrained `debug` LM (outputs are noise, but every file, shape and error is r
 
 import json
 import subprocess
-import warnings
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np

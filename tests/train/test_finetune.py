@@ -17,7 +17,7 @@ from videolm.data.shapes import make_clip
 from videolm.lm.model import VideoLM
 from videolm.tasks.pipeline import Pipeline
 from videolm.tokenizers.vocab import Vocabulary
-from videolm.train.finetune import blend_weights, grow_vocab, load_adapter
+from videolm.train.finetune import blend_weights, grow_vocab, load_adapter, save_model_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -92,6 +92,10 @@ def test_lora_finetune_from_a_user_module(debug_model_dir, tmp_path, capsys):
     unmerged, _ = load_adapter(debug_model_dir, run / "adapter")
     with torch.no_grad():
         assert torch.allclose(unmerged(input_ids=ids).logits, a, atol=1e-4)
+    # a model folder made from this one (a second fine-tune) keeps colorize's module beside its own
+    again = save_model_folder(pipe.model, pipe, tmp_path / "again")
+    assert (again / "lm" / "tasks" / "colorize.py").is_file()
+    assert Pipeline.from_pretrained(again).task("colorize").name == "colorize"
     sys.modules.pop("colorize", None)
 
 
