@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         print("videolm: error: out of memory (try a smaller --batch-size or --num-samples)", file=sys.stderr)
         return 1
     except Exception as e:  # a bug or an unforeseen failure: still one line unless --debug
+        if _MAIN_PID[1]:  # a SIGTERM to the whole group: a DataLoader worker died of it first
+            print("videolm: terminated", file=sys.stderr)
+            return 143
         if debug:
             traceback.print_exc()
         print(f"videolm: error: unexpected {type(e).__name__}: {_first_line(e)} (rerun with --debug for details)",

@@ -29,6 +29,7 @@ import os
 import pickle
 import random
 import shutil
+import signal
 import time
 import typing
 import warnings
@@ -44,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from videolm.core import clock
 from videolm.core.config import check_range, to_dict
 from videolm.core.errors import ConfigError, UsageError
-from videolm.core.outputs import check_run_dir, mark_run_dir
+from videolm.core.outputs import MARKER, check_run_dir, mark_run_dir
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 METRICS = "metrics.jsonl"
@@ -95,7 +96,7 @@ def cpu_has_native_bf16() -> bool:
 # what `precision` and `accelerator` may be: videolm's own choices, then Lightning's
 PRECISIONS = ("auto", "auto-bf16", *typing.get_args(L.fabric.connector._PRECISION_INPUT_STR),
               *typing.get_args(L.fabric.connector._PRECISION_INPUT_STR_ALIAS))
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
 @dataclass
@@ -454,9 +455,11 @@ def read_checkpoint(path: Path) -> None:
 
 
 # settings a rerun may change and still resume the run: its length, budget, hardware and logging
+# (a section's name: all of it), and what only evaluation, validation and samples read
 RESUME_MAY_CHANGE = ("out", "paths", "train.steps", "train.max_minutes", "train.threads", "train.workers",
                      "train.log_every", "train.checkpoint_every", "train.val_every", "train.sample_every",
-                     "train.precision", "train.accelerator", "train.devices", "train.num_nodes", "train.strategy")
+                     "train.val_sequences", "train.val_clips", "train.precision", "train.accelerator", "train.devices",
+                     "train.num_nodes", "train.strategy", "data.val_shards", "data.encode_batch", "eval", "samples")
 
 
 def _flat(d: dict) -> dict:
@@ -486,10 +489,11 @@ def check_resume(out: Path, run_config: dict) -> None:
     missing = object()
 
     def differs(key: str, other: dict, value) -> bool:
-        if key in RESUME_MAY_CHANGE:
+        if any(key == k or key.startswith(f"{k}.") for k in RESUME_MAY_CHANGE):
             return False
         if key in other:
-            return other[key] != value
+            one = lambda v: v[0] if isinstance(v, list) and len(v) == 1 else v  # noqa: E731  (a flag's list of one)
+            return one(other[key]) != one(value)
         return key.split(".")[0] in other  # its section was empty there
 
     changed = [k for k, v in now.items() if differs(k, was, v)]
@@ -509,8 +513,6 @@ def check_hardware(cfg) -> None:
                          "(use cpu or auto)")
     if cfg.accelerator == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UsageError("--train.accelerator mps: no Apple GPU here (use cpu or auto)")
-    if cfg.accelerator == "tpu":
-        raise UsageError("--train.accelerator tpu: videolm does not train on TPUs")
 
 
 @contextlib.contextmanager
@@ -518,13 +520,20 @@ def starting_run(cfg, command: str):
     """A fit command's run folder (``cfg.out``) checked before any work: new, empty, or this
     command's own run with the same settings (a rerun resumes it); the hardware asked for exists.
     A run that fails before its first checkpoint leaves nothing behind, not even the caches it
-    began to fill (pairs, latents), so a corrected rerun starts cleanly."""
+    began to fill (pairs, latents), so a corrected rerun starts cleanly; one stopped (Ctrl-C, kill)
+    keeps what it cached, in a folder marked as its run's, for the rerun that resumes it."""
     out = check_run_dir(cfg.out, command)
     check_resume(out, {"entry": command, **to_dict(cfg)})
     check_hardware(cfg.train)
     fresh = "made" if not out.exists() else "empty" if not any(out.iterdir()) else None
     try:
         yield cfg
+    except KeyboardInterrupt:
+        if fresh and out.is_dir() and any(p.name != MARKER for p in out.iterdir()):
+            mark_run_dir(out, command)
+        else:
+            _drop_unstarted(out, fresh)
+        raise
     except BaseException:
         _drop_unstarted(out, fresh)
         raise
@@ -534,11 +543,15 @@ def _drop_unstarted(out: Path, fresh: str | None) -> None:
     """A run that this call began and that failed before its first checkpoint leaves nothing behind
     (there is nothing to resume): its folder is emptied, and removed if this call made it."""
     if fresh and out.is_dir() and not (out / CHECKPOINT).exists():
-        for entry in out.iterdir():
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-        if fresh == "made":
-            with contextlib.suppress(OSError):
-                out.rmdir()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # not cut short
+        try:
+            for entry in out.iterdir():
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            if fresh == "made":
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def fit_run(module: RunModule, data: Dataset, cfg, command: str, collate_fn=None, *, devices=1, num_nodes: int = 1,

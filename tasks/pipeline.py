@@ -784,8 +784,8 @@ class DiTBackend:
 def _unused(t: Task, prompt, image, video, audio, mask) -> list[str]:
     """A note for each input the task does not read (what its ``needs`` lists), so nothing given is
     dropped without a word."""
-    if not t.needs:  # a task of a user's that does not say what it reads: no grounds for a note
-        return []
+    if not t.needs and not t.__module__.startswith("videolm."):  # a user's task that does not say what it
+        return []  # reads: no grounds for a note (a built-in task with no needs, uncond, reads nothing)
     given = video if isinstance(video, (list, tuple)) else ([] if video is None else [video])
     takes = t.needs.count("--video")
     notes = []

@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 
 from videolm.core.config import check_range, to_dict
-from videolm.core.errors import ConfigError, UsageError
+from videolm.core.errors import ConfigError, UsageError, VideolmError
 from videolm.core.models import CUSTOM_CODE, CUSTOM_TASKS, LM_DIR
 from videolm.core.saving import weights_file
 from videolm.data.shapes_data import ShapesDataset
@@ -203,6 +203,16 @@ def _import_paths(paths: list[str]) -> None:
             sys.path.insert(0, folder)
 
 
+def _all_views(tasks: list[Task]):
+    """One ``extra(clip)`` making the views every one of ``tasks`` reads (`Task.views`)."""
+    def extra(clip: dict) -> dict:
+        made = {}
+        for task in tasks:
+            made.update(task.views(clip))
+        return made
+    return extra
+
+
 def _tokenize(pipe: Pipeline, clips: list[dict], extra, batch_size: int) -> list[dict]:
     samples = []
     for i in range(0, len(clips), batch_size):
@@ -220,9 +230,11 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
     except UsageError as e:
         raise UsageError(str(e).replace("--model ", "--base ", 1)) from None
     for key, names in (("data.mix", cfg.data.mix), ("eval.tasks", cfg.eval.tasks)):
-        for name in names:  # old tasks must be the base model's
-            if name not in pipe.vocab.tasks:
-                raise ConfigError(f"{key}: {name!r} is not a task of {cfg.base} (it has {', '.join(pipe.vocab.tasks)})")
+        for name in names:  # old tasks must be the base model's (a user's: by name or module:Class)
+            try:
+                pipe.task(name)
+            except VideolmError as e:
+                raise ConfigError(f"{key}: {name!r}: {str(e).split(': ', 1)[-1]}") from None
     if cfg.method == "lora":
         _check_targets(pipe.model, cfg.lora.target_modules)
     layers = pipe.model.config.num_hidden_layers
@@ -242,13 +254,14 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
     probe = load_probe(pipe.folder)
     held_out = ShapesDataset(cfg.eval.num, split="eval")
     eval_clips = [held_out[i] for i in range(len(held_out))]
-    eval_samples = _tokenize(pipe, eval_clips, new.views, cfg.data.batch_size)
+    views = _all_views([new, *old, *(pipe.task(n) for n in cfg.data.mix)])  # a base's own user tasks have theirs
+    eval_samples = _tokenize(pipe, eval_clips, views, cfg.data.batch_size)
     before, before_ids = evaluate_tasks(pipe, [new, *old], eval_clips, eval_samples, probe, cfg.eval)
     minutes = {"before": time.perf_counter() - started}  # loading, tokenizing the held-out clips, scoring them
 
     # tokenized as the training draws them: each sequence reads one or two of a clip's fields
-    samples = LazySamples(ShapesDataset(cfg.data.num, seed=cfg.data.seed), pipe.tokenizer, extra=new.views)
-    mixed = [task_class(n)(pipe.vocab) for n in cfg.data.mix]
+    samples = LazySamples(ShapesDataset(cfg.data.num, seed=cfg.data.seed), pipe.tokenizer, extra=views)
+    mixed = [type(pipe.task(n))(pipe.vocab) for n in cfg.data.mix]  # fresh, in training mode
     data = TaskSequences(samples, [new, *mixed], [cfg.data.weight, *cfg.data.mix.values()], cfg.data.text_dropout,
                          cfg.train.row_len)
     new.training = True

@@ -39,6 +39,9 @@ def test_a_rerun_resumes_only_a_run_of_the_same_settings(tmp_path):
     check_resume(tmp_path, run)
     check_resume(tmp_path, {**run, "out": "b", "train": {**run["train"], "steps": 8, "max_minutes": None}})
     check_resume(tmp_path, {**run, "data": {**run["data"], "stride": 4}})  # not recorded there (an older run)
+    check_resume(tmp_path, {**run, "eval": {"num": 64}})  # evaluation only
+    (tmp_path / "run.json").write_text(json.dumps({**run, "shards": "tok"}))
+    check_resume(tmp_path, {**run, "shards": ["tok"]})  # a flag's list of one is the config's one folder
     for changed, words in [({"task": "reverse:Reverse"}, "task: 'colorize:Colorize' there, 'reverse:Reverse' now"),
                            ({"train": {**run["train"], "lr": 3e-4}}, "train.lr"),
                            ({"data": {**run["data"], "mix": {}}}, "data.mix"),
@@ -46,6 +49,30 @@ def test_a_rerun_resumes_only_a_run_of_the_same_settings(tmp_path):
         with pytest.raises(UsageError, match="other settings") as e:
             check_resume(tmp_path, {**run, **changed})
         assert words in str(e.value)
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_but_a_stopped_one_keeps_its_cache(tmp_path):
+    from dataclasses import dataclass, field
+
+    from videolm.core.outputs import read_marker
+    from videolm.core.training import TrainArgs, starting_run
+
+    @dataclass
+    class Cfg:
+        out: str
+        train: TrainArgs = field(default_factory=TrainArgs)
+
+    for stop, kept in [(ValueError("bad input found late"), False), (KeyboardInterrupt(), True)]:
+        out = tmp_path / type(stop).__name__
+        with pytest.raises(type(stop)), starting_run(Cfg(str(out)), "dit fit"):
+            (out / "latents").mkdir(parents=True)
+            (out / "latents" / "clips.safetensors").write_bytes(b"an encoding that took minutes")
+            raise stop
+        assert out.exists() == kept
+        if kept:  # the rerun that resumes it takes the folder as its own
+            assert read_marker(out)["command"] == "dit fit"
+            with starting_run(Cfg(str(out)), "dit fit"):
+                pass
 
 
 def _take(sampler, n):

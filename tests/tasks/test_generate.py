@@ -363,6 +363,9 @@ def test_a_user_task_that_does_not_say_what_it_reads_gets_no_notes_about_inputs(
     assert _unused(Says, "a red circle", None, [video], None, None) == []
     assert _unused(Says, "a red circle", video, [video, video], None, None) == [
         "--video: theirs reads 1 video; 1 given is left out", "--image: theirs does not read one; it is left out"]
+    from videolm.tasks.uncond import Unconditional  # built in, reads nothing: every input is said
+
+    assert len(_unused(Unconditional, "a red circle", video, [video], np.zeros(10), None)) == 4
 
 
 def test_arrays_in_other_forms_are_read_as_pixels_or_refused(pipe):

@@ -320,3 +320,27 @@ def test_reverse_truth_turns_each_object_around_as_it_last_moved():
                 seen.add((obj["direction"], "late bounce"))
     assert len(seen) >= 8  # moving and still objects, bounced early, late or not at all
     sys.modules.pop("reverse", None)
+
+
+def test_a_second_fine_tune_mixes_in_and_keeps_the_first_ones_task(debug_model_dir, tmp_path, capsys):
+    first = tmp_path / "first"
+    first.mkdir()
+    assert main(["finetune", "--config", str(_config(first, debug_model_dir))]) == 0
+    second = tmp_path / "second"
+    second.mkdir()
+    path = _config(second, first / "run" / "model", example="reverse")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["data"]["mix"] = {"colorize": 0.5}  # the base's own task of a user's, by its name: it needs its gray view
+    cfg["eval"]["tasks"] = ["colorize"]
+    path.write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert main(["finetune", "--config", str(path)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "colorize_change" in summary and "reverse_direction_after" in summary
+    lm = second / "run" / "model" / "lm"
+    assert sorted(p.name for p in (lm / "tasks").iterdir()) == ["colorize.py", "reverse.py"]
+    assert main(["finetune", "--config", str(_config(tmp_path, first / "run" / "model", example="reverse")),
+                 "--out", str(first)]) == 2  # an --out holding the base would have deleted it
+    assert (first / "run" / "model" / "lm" / "model.safetensors").is_file()
+    sys.modules.pop("colorize", None)
+    sys.modules.pop("reverse", None)
