@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -59,8 +60,13 @@ class Command:
             args = from_flags(parsed, self.args, keys, base, getattr(parser, "flag_names", {}),
                               getattr(parser, "flag_excludes", {}))
         except ConfigError as e:  # name the file, unless a flag was the trouble
-            from_file = self.config and parsed.config and not str(e).startswith(("-", "ROOT", "INPUT", "OUTPUT"))
-            raise ConfigError(f"{parsed.config}: {e}" if from_file else str(e)) from None
+            text = str(e)
+            key = re.match(r"([a-z_][\w.]*)[=:]", text)
+            flag = f"--{key.group(1).replace('_', '-')}" if key else None
+            if flag and any(a == flag or a.startswith(f"{flag}=") for a in argv):
+                raise ConfigError(f"--{text}") from None  # a nested setting given as a flag
+            from_file = self.config and parsed.config and not text.startswith(("-", "ROOT", "INPUT", "OUTPUT"))
+            raise ConfigError(f"{parsed.config}: {text}" if from_file else text) from None
         return self.run(args)
 
 

@@ -355,6 +355,8 @@ CASES = [
     ("finetune-mix-unknown", lambda c: ["finetune", "--config", str(CONFIGS / "finetune/colorize.yaml"),
                                         "--paths", str(DOCS_EXAMPLES), "--base", c.model("norefiner"),
                                         "--data.mix", "{bogus: 1}", "--out", "o"], 2, ["data.mix", "bogus"]),
+    ("flag-nested-setting", lambda c: ["dit", "fit", "--config", str(CONFIGS / "dit/debug.yaml"), "--data.tasks",
+                                       "{t2v: 1, bogus: 1}", "--out", "o"], 2, ["--data.tasks:", "bogus"]),
     ("eval-against-missing", lambda c: ["eval", "--num", "2", "--against", "nosuch"], 2, ["--against nosuch"]),
     # -- the photo world, tokenizer reconstruct, folder training
     ("photos-size-not-8", lambda c: ["data", "photos", "--out", "o", "--size", "50x50"], 2, ["height=50"]),
