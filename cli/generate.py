@@ -73,9 +73,9 @@ def run(args: GenerateArgs) -> int:
     pipe.task(args.task)  # an unknown task fails before any work
     settings = {f.name: getattr(args, f.name) for f in fields(GenerateConfig)}
     request = pipe.prepare(**settings, rewrite=rewrite)
-    folder = out.open()
     manifest = {"model": str(pipe.folder), "samples": []}
     try:
+        folder = out.open()
         (path,) = out.reserve("manifest.json")
         write_json_atomic(path, manifest)
         with progress(None, f"generate {args.task}", unit="tok") as bar:

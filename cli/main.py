@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     if not debug:
         warnings.formatwarning = _one_line_warning
     _MAIN_PID[:] = [os.getpid(), False]
-    handles = threading.current_thread() is threading.main_thread()  # only there can Python take a signal
+    handles = (threading.current_thread() is threading.main_thread()  # only there can Python take a signal
+               and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN)  # ignored by who started us: it stays so
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if handles else None
     try:
         with clock.command():

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 import warnings
 from pathlib import Path
@@ -289,24 +290,45 @@ class StreamingOutput:
         self.files: list[str] = []
         self.earlier: Path | None = None  # an earlier output being overwritten, kept aside until `close`
         self.made = False  # `open` made the folder
+        self.opened = False  # `open` has run (whole: signals wait until it is done)
 
     def open(self) -> Path:
         """Set an earlier output being overwritten aside (`close` deletes it, or puts it back), make
         the folder and its marker."""
         _say_leftovers(self.out)
-        if self.out.is_dir() and any(self.out.iterdir()):
-            _check_replaceable(self.out, self.flag)
-            self.earlier = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.earlier-", dir=self.out.absolute().parent))
-            os.replace(self.out, self.earlier / "out")
-        self.made = not self.out.exists()
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.out / MARKER, {"command": self.command, "files": self.files})
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # all of it or none
+        moved = made = False
+        try:
+            if self.out.is_dir() and any(self.out.iterdir()):
+                _check_replaceable(self.out, self.flag)
+                self.earlier = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.earlier-",
+                                                     dir=self.out.absolute().parent))
+                os.replace(self.out, self.earlier / "out")
+                moved = True
+            self.made = not self.out.exists()
+            self.out.mkdir(parents=True, exist_ok=True)
+            made = self.made
+            write_json_atomic(self.out / MARKER, {"command": self.command, "files": self.files})
+            self.opened = True
+        except BaseException:  # only what this call made goes; an earlier output comes back
+            if made:
+                shutil.rmtree(self.out, ignore_errors=True)
+            if moved:
+                os.replace(self.earlier / "out", self.out)
+            if self.earlier is not None:
+                shutil.rmtree(self.earlier, ignore_errors=True)
+                self.earlier = None
+            raise
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return self.out
 
     def close(self, ok: bool, kept: bool = True) -> None:
         """The end of the command: the earlier output goes when ``ok``, or when the failed command
         ``kept`` something (the files it listed stay, as a stopped run's do); a command that failed
         before keeping anything leaves no output, and an earlier output as it was."""
+        if not self.opened:  # stopped before `open`: nothing was moved or made
+            return
         if not ok and not kept:
             shutil.rmtree(self.out, ignore_errors=True)
             if self.earlier is not None:
