@@ -5,18 +5,13 @@ from __future__ import annotations
 import json
 
 from videolm.cli.args import Command
-from videolm.core.errors import UsageError
-from videolm.core.models import resolve_model
 from videolm.core.outputs import check_apart
 from videolm.core.training import starting_run
-from videolm.train.finetune import FinetuneConfig, run_finetune
+from videolm.train.finetune import FinetuneConfig, resolve_base, run_finetune
 
 
 def run(cfg: FinetuneConfig) -> int:
-    try:  # a missing base fails now, not after the slow first evaluation
-        base = resolve_model(cfg.base)
-    except UsageError as e:
-        raise UsageError(str(e).replace("--model ", "--base ", 1)) from None
+    base = resolve_base(cfg.base)  # a missing base fails now, not after the slow first evaluation
     check_apart(cfg.out, [base], "--out")  # OUT/model is rewritten: it may not be, hold or lie in the base
     with starting_run(cfg, "finetune"):
         report = run_finetune(cfg)

@@ -37,7 +37,7 @@ import torch
 
 from videolm.core.config import check_range, to_dict
 from videolm.core.errors import ConfigError, UsageError, VideolmError
-from videolm.core.models import CUSTOM_CODE, CUSTOM_TASKS, LM_DIR
+from videolm.core.models import CUSTOM_CODE, CUSTOM_TASKS, LM_DIR, resolve_model
 from videolm.core.saving import weights_file
 from videolm.data.shapes_data import ShapesDataset
 from videolm.evaluation.evaluate import evaluate_tasks
@@ -194,6 +194,19 @@ def _orthogonal_row(known: torch.Tensor) -> torch.Tensor:
 # -------------------------------------------------------------------------------------- run
 
 
+def _as_base(load, base: str):
+    """``load(base)`` (a model folder or its path), its errors naming the setting ``--base``."""
+    try:
+        return load(base)
+    except UsageError as e:
+        raise UsageError(str(e).replace("--model ", "--base ", 1)) from None
+
+
+def resolve_base(base: str) -> Path:
+    """The base model folder's path, checked (a missing one fails before any work)."""
+    return _as_base(resolve_model, base)
+
+
 def _import_paths(paths: list[str]) -> None:
     for p in paths:
         folder = str(Path(p).absolute())
@@ -225,10 +238,7 @@ def run_finetune(cfg: FinetuneConfig, progress=None) -> dict:
     started = time.perf_counter()
     _import_paths(cfg.paths)
     cls = task_class(cfg.task)
-    try:
-        pipe = Pipeline.from_pretrained(cfg.base)
-    except UsageError as e:
-        raise UsageError(str(e).replace("--model ", "--base ", 1)) from None
+    pipe = _as_base(Pipeline.from_pretrained, cfg.base)
     for key, names in (("data.mix", cfg.data.mix), ("eval.tasks", cfg.eval.tasks)):
         for name in names:  # old tasks must be the base model's (a user's: by name or module:Class)
             try:
@@ -420,4 +430,4 @@ def _summary(name: str, metric: str, before: dict, after: dict, old: list[str]) 
 
 
 __all__ = ["FinetuneConfig", "FinetuneData", "FinetuneEval", "LoRASettings", "blend_weights", "grow_vocab",
-           "load_adapter", "run_finetune", "save_model_folder"]
+           "load_adapter", "resolve_base", "run_finetune", "save_model_folder"]
