@@ -106,6 +106,13 @@ def _on_sigterm(signum, frame) -> None:
 _MAIN_PID: list = [0, False]  # the command's process, and whether a SIGTERM arrived
 
 
+def _say_stopped() -> None:
+    """One line for a stop, from the first process only: a data-parallel run's other processes
+    (Lightning sets their ranks) stop with it and say nothing more."""
+    if all(os.environ.get(k, "0") in ("", "0") for k in ("LOCAL_RANK", "NODE_RANK", "RANK")):
+        print(f"videolm: {'terminated' if _MAIN_PID[1] else 'interrupted'}", file=sys.stderr)
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -151,11 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"videolm: error: {text if len(text) <= 600 else text[:597] + '...'}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:  # Lightning turns a stop into exit(1) and back: the flag says which it was
-        if _MAIN_PID[1]:
-            print("videolm: terminated", file=sys.stderr)
-            return 143
-        print("videolm: interrupted", file=sys.stderr)
-        return 130
+        _say_stopped()
+        return 143 if _MAIN_PID[1] else 130
     except BrokenPipeError:  # the reader went away (`videolm tasks --words | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as e:  # a bug or an unforeseen failure: still one line unless --debug
         if _MAIN_PID[1]:  # a SIGTERM to the whole group: a DataLoader worker died of it first
-            print("videolm: terminated", file=sys.stderr)
+            _say_stopped()
             return 143
         if debug:
             traceback.print_exc()

@@ -492,8 +492,7 @@ def check_resume(out: Path, run_config: dict) -> None:
         if any(key == k or key.startswith(f"{k}.") for k in RESUME_MAY_CHANGE):
             return False
         if key in other:
-            one = lambda v: v[0] if isinstance(v, list) and len(v) == 1 else v  # noqa: E731  (a flag's list of one)
-            return one(other[key]) != one(value)
+            return not _same_setting(other[key], value)
         return key.split(".")[0] in other  # its section was empty there
 
     changed = [k for k, v in now.items() if differs(k, was, v)]
@@ -504,6 +503,23 @@ def check_resume(out: Path, run_config: dict) -> None:
         more = f"; and {len(changed) - 3} more" if len(changed) > 3 else ""
         raise UsageError(f"--out {out}: holds a run with other settings ({shown}{more}); rerun with its own "
                          "settings to resume it, or choose a new --out")
+
+
+def _same_setting(a, b) -> bool:
+    """Two values of one setting in run.json mean the same run: equal, a flag's list of one against
+    a config's single value, or two spellings (relative, absolute, with ``..``) of one existing path."""
+    one = lambda v: v[0] if isinstance(v, list) and len(v) == 1 else v  # noqa: E731
+    a, b = one(a), one(b)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_setting(x, y) for x, y in zip(a, b))
+    if a == b:
+        return True
+    if isinstance(a, str) and isinstance(b, str) and a and b:
+        try:
+            return os.path.samefile(a, b)
+        except (OSError, ValueError):
+            return False
+    return False
 
 
 def check_hardware(cfg) -> None:

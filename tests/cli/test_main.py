@@ -206,3 +206,18 @@ def test_debug_may_come_anywhere_and_worker_errors_show_their_own_message(capsys
     wrapped = ("Caught MediaError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
                '  File "x.py", line 1, in f\nvideolm.core.errors.MediaError: clip.mp4: truncated or corrupt')
     assert _original(wrapped) == "clip.mp4: truncated or corrupt" and _original("plain") == "plain"
+
+
+def test_a_stop_is_one_line_from_the_first_process_only(monkeypatch, capsys):
+    """Ctrl-C in a data-parallel run reaches every process; only the first says so."""
+    import videolm.cli.main as cli_main
+
+    def stopped(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_main, "dispatch", stopped)
+    assert main(["data", "shapes"]) == 130
+    assert capsys.readouterr().err == "videolm: interrupted\n"
+    monkeypatch.setenv("LOCAL_RANK", "1")  # as Lightning starts the second process
+    assert main(["data", "shapes"]) == 130
+    assert capsys.readouterr().err == ""

@@ -42,6 +42,14 @@ def test_a_rerun_resumes_only_a_run_of_the_same_settings(tmp_path):
     check_resume(tmp_path, {**run, "eval": {"num": 64}})  # evaluation only
     (tmp_path / "run.json").write_text(json.dumps({**run, "shards": "tok"}))
     check_resume(tmp_path, {**run, "shards": ["tok"]})  # a flag's list of one is the config's one folder
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "run.json").write_text(json.dumps({**run, "shards": [str(tmp_path / "tok"), "x"]}))
+    other = tmp_path / "sub" / ".." / "tok"  # another spelling of the same folder
+    (tmp_path / "sub").mkdir()
+    check_resume(tmp_path, {**run, "shards": [str(other), "x"]})
+    with pytest.raises(UsageError, match="shards"):  # a different existing folder is another run
+        check_resume(tmp_path, {**run, "shards": [str(tmp_path / "sub"), "x"]})
+    (tmp_path / "run.json").write_text(json.dumps({**run, "shards": "tok"}))
     for changed, words in [({"task": "reverse:Reverse"}, "task: 'colorize:Colorize' there, 'reverse:Reverse' now"),
                            ({"train": {**run["train"], "lr": 3e-4}}, "train.lr"),
                            ({"data": {**run["data"], "mix": {}}}, "data.mix"),
