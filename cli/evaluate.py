@@ -27,7 +27,7 @@ class EvalArgs(EvalConfig):
 
 def run(args: EvalArgs) -> int:
     if args.out:
-        check_output_file(args.out, args.overwrite, inputs=(args.against,))
+        check_output_file(args.out, args.overwrite, inputs=(args.against, args.model))
     if args.threads:
         torch.set_num_threads(args.threads)
     fields = {name: getattr(args, name) for name in EvalConfig.__dataclass_fields__}

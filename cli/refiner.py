@@ -14,7 +14,7 @@ from videolm.core.errors import UsageError
 from videolm.core.models import DEFAULT_MODEL
 from videolm.core.outputs import check_output_file
 from videolm.core.training import starting_run
-from videolm.data.media import probe_video, read_video, write_video
+from videolm.data.media import carried_sound, probe_video, read_video, write_video
 from videolm.data.worlds import is_world
 from videolm.diffusion.refiner import load_refiner, refine
 from videolm.evaluation.refiner import evaluate_refiner
@@ -87,7 +87,7 @@ class ApplyArgs:
 
 def run_apply(args: ApplyArgs) -> int:
     media_input(args.video, "--video")
-    check_output_file(args.out, args.overwrite, inputs=(args.video,))
+    check_output_file(args.out, args.overwrite, inputs=(args.video, args.model))
     if args.threads:
         torch.set_num_threads(args.threads)
     print_json(refine_file(args.video, args.out, model=args.model, steps=args.steps, seed=args.seed,
@@ -109,9 +109,12 @@ def refine_file(video: str | Path, out: str | Path, model: str | Path = DEFAULT_
     refined = refine(refiner, frames[None], steps, seed=seed)[0]  # (T, H, W, 3)
     seconds = time.perf_counter() - t0
     info = probe_video(video)
-    write_video(out, refined, fps=info.fps or 8)
-    result = {"video": str(out), "frames": len(refined), "height": h, "width": w,
+    sound, note = carried_sound(video, out, len(refined), info.fps or 8)
+    write_video(out, refined, fps=info.fps or 8, audio=sound)
+    result = {"out": str(out), "frames": len(refined), "height": h, "width": w,
               "steps": steps or refiner.config.steps, "seconds": round(seconds, 3)}
+    if note:
+        result["sound"] = note
     if (info.height, info.width) != (h, w):
         same = info.height * w == info.width * h
         result["resized"] = (f"{info.height}x{info.width} -> {h}x{w}" +

@@ -81,7 +81,7 @@ class ReconstructArgs:
 
 def run_reconstruct(args: ReconstructArgs) -> int:
     media_input(args.video, "--video")
-    check_output_file(args.out, args.overwrite, inputs=(args.video,))
+    check_output_file(args.out, args.overwrite, inputs=(args.video, args.model))
     if Path(args.out).suffix.lower() not in (".mp4", ".mkv", ".webm", ".mov", ".gif"):
         raise UsageError(f"--out {args.out}: write a video file (.mp4, .mkv, .webm, .mov or .gif)")
     size = size_pair(args.size) if args.size else None

@@ -37,6 +37,8 @@ def resolve_model(name_or_dir: str | Path) -> Path:
         return path
     if str(name_or_dir) in shipped_models():
         return SHIPPED_DIR / str(name_or_dir)
+    if path.exists():
+        raise UsageError(f"--model {name_or_dir}: is a file, not a model folder")
     shipped = ", ".join(shipped_models()) or "none yet"
     raise UsageError(f"--model {name_or_dir}: no such folder, and not a shipped model (shipped: {shipped})")
 

@@ -29,6 +29,7 @@ import warnings
 from pathlib import Path
 
 from videolm.core.errors import UsageError
+from videolm.core.models import SHIPPED_DIR, shipped_models
 
 MARKER = ".videolm-output.json"
 # the hidden temporary name an atomic writer gives a file before renaming it into place
@@ -125,12 +126,18 @@ def _real_folder(out: Path, flag: str) -> bool:
 def check_apart(out: str | Path, inputs, flag: str = "--out") -> None:
     """Refuse an output folder that is one of the ``inputs`` (files or folders), holds one (replacing
     it would delete it) or lies inside an input folder (inputs are read-only to videolm). Inputs
-    that are not local paths (URLs, world names) or do not exist are passed over."""
+    that are not local paths (URLs, world names) or do not exist are passed over; a shipped
+    model's name stands for its folder."""
     o = Path(out).resolve()
     for given in inputs:
-        if given is None or "://" in str(given) or not Path(given).exists():
+        if given is None or "://" in str(given):
             continue
-        q = Path(given).resolve()
+        if Path(given).exists():
+            q = Path(given).resolve()
+        elif str(given) in shipped_models():
+            q = (SHIPPED_DIR / str(given)).resolve()
+        else:
+            continue
         if q == o:
             raise UsageError(f"{flag} {out}: is also an input; write the output elsewhere")
         if o in q.parents:
@@ -157,12 +164,11 @@ def check_output_dir(out: str | Path, overwrite: bool = False, flag: str = "--ou
 
 
 def check_output_file(path: str | Path, overwrite: bool = False, inputs: tuple = (), flag: str = "--out") -> Path:
-    """Check that a single output file can be written at ``path``: not an input, not a folder or a
-    symbolic link, in a writable folder; an existing file only with ``overwrite``."""
+    """Check that a single output file can be written at ``path``: not an input nor inside an input
+    folder (`check_apart`), not a folder or a symbolic link, in a writable folder; an existing file
+    only with ``overwrite``."""
     path = Path(path)
-    for given in inputs:
-        if given is not None and Path(given).exists() and path.exists() and path.resolve() == Path(given).resolve():
-            raise UsageError(f"{flag} {path}: is also an input; write the output to another file")
+    check_apart(path, inputs, flag)
     if path.is_symlink():
         raise UsageError(f"{flag} {path}: is a symbolic link; give a plain file name")
     if path.is_dir():

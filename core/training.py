@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from videolm.core import clock
 from videolm.core.config import check_range, to_dict
 from videolm.core.errors import ConfigError, UsageError
-from videolm.core.outputs import MARKER, check_run_dir, mark_run_dir
+from videolm.core.outputs import MARKER, check_apart, check_run_dir, mark_run_dir
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 METRICS = "metrics.jsonl"
@@ -531,6 +531,16 @@ def check_hardware(cfg) -> None:
         raise UsageError("--train.accelerator mps: no Apple GPU here (use cpu or auto)")
 
 
+def _named_paths(value) -> list[str]:
+    """Every setting's text that names an existing file or folder (data, tokenizers, models to
+    start from): a run's inputs, which its folder may neither be, hold nor lie in."""
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _named_paths(v)]
+    if isinstance(value, (list, tuple)):
+        return [p for v in value for p in _named_paths(v)]
+    return [value] if isinstance(value, str) and value and os.path.exists(value) else []
+
+
 @contextlib.contextmanager
 def starting_run(cfg, command: str):
     """A fit command's run folder (``cfg.out``) checked before any work: new, empty, or this
@@ -538,8 +548,10 @@ def starting_run(cfg, command: str):
     A run that fails before its first checkpoint leaves nothing behind, not even the caches it
     began to fill (pairs, latents), so a corrected rerun starts cleanly; one stopped (Ctrl-C, kill)
     keeps what it cached, in a folder marked as its run's, for the rerun that resumes it."""
+    settings = to_dict(cfg)
+    check_apart(cfg.out, _named_paths({k: v for k, v in settings.items() if k != "out"}))
     out = check_run_dir(cfg.out, command)
-    check_resume(out, {"entry": command, **to_dict(cfg)})
+    check_resume(out, {"entry": command, **settings})
     check_hardware(cfg.train)
     fresh = "made" if not out.exists() else "empty" if not any(out.iterdir()) else None
     try:

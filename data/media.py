@@ -299,6 +299,22 @@ def read_audio(path, sample_rate=16000, start=0.0, duration=None) -> np.ndarray:
     return audio  # (S,)
 
 
+def carried_sound(video, out, frames: int, fps: float, sample_rate=16000) -> tuple[np.ndarray | None, str | None]:
+    """The sound of ``video`` under its first ``frames`` frames, to be written with the pictures
+    made from them at ``out``, and a note saying what became of it (None, None: it has no sound).
+    The sound is carried as mono at ``sample_rate``; a GIF, or a track that will not decode, goes
+    without it, and the note says so."""
+    if not probe_video(video).has_audio:
+        return None, None
+    if Path(out).suffix.lower() == ".gif":
+        return None, f"{video}: its sound is left out (a GIF holds none)"
+    try:
+        sound = read_audio(video, sample_rate, duration=frames / fps)
+    except MediaError as e:
+        return None, f"{video}: its sound is left out ({e})"
+    return sound, f"{video}: its sound is kept, as mono {sample_rate // 1000} kHz"
+
+
 def _finite(mono: np.ndarray, path: Path) -> np.ndarray:
     """The samples with NaN and infinite values set to silence, and a warning that counts them."""
     bad = ~np.isfinite(mono)

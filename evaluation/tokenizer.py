@@ -11,7 +11,7 @@ from videolm.core.errors import UsageError
 from videolm.core.models import REFINER_DIR, resolve_model
 from videolm.core.saving import CONFIG_NAME
 from videolm.core.metrics import psnr, same_bits_baseline, ssim
-from videolm.data.media import probe_video, read_video, write_video
+from videolm.data.media import carried_sound, probe_video, read_video, write_video
 from videolm.data.sources import ClipSource
 from videolm.diffusion.refiner import load_refiner, refine
 from videolm.tasks.tokenizing import load_tokenizer, load_video_tokenizer
@@ -143,7 +143,9 @@ def reconstruct(model: str, video: str, out: str, size: tuple[int, int] | None =
     if refiner is not None:
         made = refine_chunks(refiner, decoded)
     base = to_frames(same_bits_baseline(x))[0]
-    write_video(out, made, fps=info.fps or 8)
+    sound, note = carried_sound(video, out, t, info.fps or 8)
+    notes += [note] if note else []
+    write_video(out, made, fps=info.fps or 8, audio=sound)
     extra = {"refined": refiner is not None}
     if refiner is not None:
         extra.update(psnr_decoded=round(psnr(decoded, clip), 2), ssim_decoded=round(ssim(decoded, clip), 4))

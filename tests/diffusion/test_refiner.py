@@ -11,7 +11,7 @@ from torch import nn
 
 from videolm.cli.main import main
 from videolm.core.errors import UsageError
-from videolm.data.media import read_video, write_video
+from videolm.data.media import read_audio, read_video, write_video
 from videolm.data.shapes_data import ShapesDataset
 from videolm.diffusion.refiner import GATE_SEED, Refiner, RefinerConfig, gate, refine
 from videolm.evaluation.refiner import probe_agreement
@@ -229,22 +229,27 @@ def test_cli_fit_eval_apply_end_to_end(tmp_path, capsys):
             "seconds_per_clip", "threads", "steps", "network_evaluations"} <= set(result)
     assert result["clips"] == 4 and result["steps"] == 2 and 0 <= result["probe_agreement"] <= 1
 
-    video = ShapesDataset(1)[0]["video"]  # (17, 64, 64, 3)
-    write_video(tmp_path / "in.mp4", video)
+    clip = ShapesDataset(1)[0]
+    video = clip["video"]  # (17, 64, 64, 3)
+    write_video(tmp_path / "in.mp4", video, audio=clip["audio"])
+    capsys.readouterr()
     assert main(["refiner", "apply", "--video", str(tmp_path / "in.mp4"), "--model", str(run / "model"),
                  "--out", str(tmp_path / "out.mp4")]) == 0
     assert read_video(tmp_path / "out.mp4").shape == video.shape
+    assert "its sound is kept" in json.loads(capsys.readouterr().out)["sound"]  # the sound goes with the pictures
+    assert abs(len(read_audio(tmp_path / "out.mp4")) - len(clip["audio"])) < 2000
 
 
 def test_cli_bad_inputs_are_one_line_usage_errors(tmp_path, capsys):
     model = trained_looking()
     model.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "empty").mkdir()
     write_video(tmp_path / "odd.mp4", clips(1, 3, 18)[0])
     cases = [
         (["refiner", "apply", "--video", str(tmp_path / "odd.mp4"), "--model", str(tmp_path / "m"),
           "--out", str(tmp_path / "o.mp4")], "multiples of 4"),
         (["refiner", "eval", "--model", str(tmp_path / "missing"), "--num", "2"], "missing"),
-        (["refiner", "apply", "--video", str(tmp_path / "odd.mp4"), "--model", str(tmp_path),
+        (["refiner", "apply", "--video", str(tmp_path / "odd.mp4"), "--model", str(tmp_path / "m" / "empty"),
           "--out", str(tmp_path / "o.mp4")], "no refiner"),
     ]
     for argv, words in cases:

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -205,7 +206,7 @@ def test_eval_puts_the_same_bits_baseline_beside_every_figure(trained, capsys):
 
 
 def test_reconstruct_keeps_size_and_length_and_says_what_it_cut(trained, tmp_path, capsys):
-    from videolm.data.media import probe_video, read_video, write_video
+    from videolm.data.media import probe_video, read_audio, read_video, write_video
     from videolm.data.photos import PhotoConfig, make_photo_clip
 
     clip = make_photo_clip(0, PhotoConfig(height=56, width=96, frames=13)).video
@@ -218,14 +219,20 @@ def test_reconstruct_keeps_size_and_length_and_says_what_it_cut(trained, tmp_pat
     assert (info.height, info.width, info.num_frames, info.fps) == (56, 96, 13, 12)
     assert result["size"] == [56, 96] and result["frames"] == 13 and result["notes"] == []
     assert result["psnr"] > 0 and result["baseline_psnr"] > 10 and "baseline_ssim" in result
-    write_video(tmp_path / "odd.mkv", clip[:11, :54, :90], fps=12, quality="lossless")
+    tone = np.sin(np.arange(16000) * 0.1).astype(np.float32) * 0.3  # a second of sound
+    write_video(tmp_path / "odd.mkv", clip[:11, :54, :90], fps=12, quality="lossless", audio=tone)
     assert main(["tokenizer", "reconstruct", "--model", str(trained / "model"), "--video", str(tmp_path / "odd.mkv"),
                  "--out", str(tmp_path / "odd_out.mkv")]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
-    assert result["size"] == [48, 88] and result["frames"] == 9 and len(result["notes"]) == 2
+    assert result["size"] == [48, 88] and result["frames"] == 9 and len(result["notes"]) == 3
     assert "centre-cropped from 54x90 to 48x88" in captured.err and "first 9 of 11 frames" in captured.err
+    assert "its sound is kept" in captured.err  # under the 9 frames kept
     assert read_video(tmp_path / "odd_out.mkv").shape == (9, 48, 88, 3)
+    assert len(read_audio(tmp_path / "odd_out.mkv")) == 12000
+    assert main(["tokenizer", "reconstruct", "--model", str(trained / "model"), "--video", str(tmp_path / "odd.mkv"),
+                 "--out", str(tmp_path / "odd_out.gif")]) == 0
+    assert "its sound is left out (a GIF holds none)" in capsys.readouterr().err
 
 
 def test_reconstruct_in_chunks_matches_one_pass(trained, monkeypatch):
