@@ -23,7 +23,7 @@ def run(args: CompareArgs) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = CompareConfig(**{name: getattr(args, name) for name in CompareConfig.__dataclass_fields__})
-    with progress(None, "compare") as bar:
+    with progress(args.num * len(args.tasks), "compare") as bar:
         results = compare(cfg, progress=lambda name, n: (bar.set_description(f"compare {name}"), bar.update(n)))
     write_report(results, args.out, overwrite=args.overwrite)
     for name, block in results["tasks"].items():

@@ -38,7 +38,8 @@ class EvalArgs:
     frames: int = 17  # frames per clip, 1 + 4k
     height: int = 64  # frame size of the clips (--size HxW sets both)
     width: int = 64
-    held_out: float | None = None  # a folder: score only the videos `tokenizer fit` held out at this share (e.g. 0.1)
+    held_out: float | None = None  # a folder: the share of its videos held out, as `tokenizer fit` holds them out;
+    #   those are the videos scored (default 0.1)
 
     def __post_init__(self):
         check_clip_numbers(self)

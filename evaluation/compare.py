@@ -56,7 +56,7 @@ class CompareConfig:
     cfg_scale: float | None = None  # the AR model's guidance (t2v; None: its generation_config.json)
     dit_cfg_scale: float | None = None  # the DiT's guidance (None: its own default)
     dit_steps: int | None = None  # the DiT's sampling steps (None: its own default)
-    refine: bool = True  # both systems' frames through the refiner, when the model folder has one
+    refine: bool | None = None  # both systems' frames through the refiner (default: when the model folder has one)
     samples: int = 4  # clips per task in the sample grid
     size: str | None = None  # frame size HxW of the held-out clips (default: the model's); both systems make it
     frames: int | None = None  # their length, 1 + 4k (default: the model's)
@@ -81,8 +81,10 @@ def compare(cfg: CompareConfig, progress: Callable[[str, int], object] | None = 
     if cfg.batch_size < 1:
         raise UsageError(f"--batch-size {cfg.batch_size} must be >= 1")
     pipe = Pipeline.from_pretrained(cfg.model)
+    if cfg.refine and pipe.refiner is None:
+        raise UsageError(f"--refine: {pipe.folder} has no refiner")
     dit = pipe.dit_backend()  # fails early, with a clear line, when the folder has no DiT
-    refine = cfg.refine and pipe.refiner is not None
+    refine = cfg.refine is not False and pipe.refiner is not None
     for name in cfg.tasks:
         pipe.task(name)
     cfg = replace(cfg, cfg_scale=pipe.guidance() if cfg.cfg_scale is None else cfg.cfg_scale)
@@ -186,7 +188,7 @@ def report_markdown(results: dict) -> str:
     lines = ["# AR prefix LM vs. DiT baseline", "",
              f"{results['num']} held-out Shapes clips per task (seeds from 1,000,000 + {results['config']['seed']}), "
              f"the same conditions and seeds for both; frames {'refined' if results['refined'] else 'not refined'}; "
-             f"{results['threads']} CPU threads; the whole comparison took {results['seconds']} s.", "",
+             f"{results['threads']} CPU thread{'s' if results['threads'] != 1 else ''}; the whole comparison took {results['seconds']} s.", "",
              "| | AR prefix LM | DiT baseline |", "|---|---|---|"]
     for key, label in (("params_m", "parameters (M)"), ("training", "training compute"), ("sampler", "sampler")):
         lines.append(f"| {label} | {_describe(systems['ar'].get(key))} | {_describe(systems['dit'].get(key))} |")

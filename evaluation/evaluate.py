@@ -36,6 +36,7 @@ import torch
 
 from videolm.core.config import check_range
 from videolm.core.errors import UsageError
+from videolm.core.limits import check_held
 from videolm.data.shapes import BACKGROUNDS, DIRECTIONS, PALETTE, SHAPES, SIZES, ShapesConfig
 from videolm.data.shapes_data import ShapesDataset
 from videolm.evaluation.probe import load_probe
@@ -137,6 +138,9 @@ def held_out_clips(pipe: Pipeline, task: Task, size: str | None, frames: int | N
     for note in plan.notes:
         warnings.warn(note, stacklevel=3)
     world = ShapesConfig(height=plan.height, width=plan.width, frames=plan.frames, fps=pipe.clip["fps"])
+    video = plan.frames * plan.height * plan.width * 3
+    # each clip and its structure video and sound, and up to three videos made from it (compare's two systems)
+    check_held(num, 5 * video + 4 * world.num_samples, "held-out clips")
     data = ShapesDataset(num, seed=seed, split=split, world=world)
     return plan, [data[i] for i in range(num)]
 

@@ -12,7 +12,9 @@ from videolm.core.models import REFINER_DIR, resolve_model
 from videolm.core.saving import CONFIG_NAME
 from videolm.core.metrics import psnr, same_bits_baseline, ssim
 from videolm.data.media import carried_sound, probe_video, read_video, write_video
+from videolm.data.packs import is_pack
 from videolm.data.sources import ClipSource
+from videolm.data.worlds import is_world
 from videolm.diffusion.refiner import load_refiner, refine
 from videolm.tasks.tokenizing import load_tokenizer, load_video_tokenizer
 from videolm.tokenizers.video import SPACE_DOWN, TIME_DOWN, to_frames, to_tensor
@@ -25,6 +27,9 @@ def evaluate_tokenizer(model: str, data: str = "shapes", num: int = 256, seed: i
                        held_out: float | None = None) -> dict:
     """Reconstruction quality on held-out clips, as one JSON-ready dict; for video, with the same
     figures of the same-bits baseline (`videolm.core.metrics.same_bits_baseline`) beside them."""
+    if held_out is not None and is_world(data):
+        raise UsageError(f"--held-out: for a folder of videos or a pack; {data}'s held-out clips are its own "
+                         "(seeds from 1,000,000 on)")
     tok = load_tokenizer(model, modality)
     is_video = tok.kind == "video_tokenizer"
     ds = ClipSource(data, num, seed, "eval", frames, size[0], size[1], held_out=held_out).dataset()
@@ -50,6 +55,8 @@ def evaluate_tokenizer(model: str, data: str = "shapes", num: int = 256, seed: i
     result.update({k: round(v, 4) for k, v in codebook_stats(torch.cat(codes), tok.config.codebook_size).items()})
     result["clips_per_s"] = round(len(ds) / seconds, 2)
     result["clips"] = len(ds)
+    if not is_world(data):  # which of the folder's (or pack's) clips these were
+        result["held_out"] = "the pack's held-out part" if is_pack(data) else held_out or 0.1
     return result
 
 

@@ -49,7 +49,7 @@ from videolm.tasks.base import BUILTIN, Media, Task, TaskInputs, clip_length, ta
 from videolm.tasks.generation import generate_codes
 from videolm.tasks.prompts import PromptTable
 from videolm.tasks.tokenizing import ClipTokenizer
-from videolm.tokenizers.geometry import context_latents, frames_of, parse_clip_size
+from videolm.tokenizers.geometry import context_latents, frames_of, latent_frames, parse_clip_size
 from videolm.tokenizers.vocab import Vocabulary
 
 FITS = ("resize", "crop", "pad")
@@ -353,6 +353,10 @@ class Pipeline:
             want = fitting[-1] if fitting else lengths[0]
         want = want or self.clip["frames"]
         native = want if exact else min([n for n in lengths if n >= want], default=lengths[-1])
+        if exact and task.output_latents(latent_frames(native)) < 1:
+            least = next(n for n in range(native, MAX_FRAMES + 4, 4) if task.output_latents(latent_frames(n)) >= 1)
+            raise UsageError(f"--frames {native}: {task.name} makes nothing of a clip that short (its input takes "
+                             f"every frame); give at least {least}")
         if exact and native not in lengths:
             notes.append(f"{native} frames: the model was not trained at this length (it was at "
                          f"{', '.join(map(str, lengths))})")

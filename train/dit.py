@@ -38,7 +38,7 @@ from videolm.diffusion.dit import DiT, DiTConfig, null_text
 from videolm.diffusion.dit_pipeline import conditioned
 from videolm.diffusion.latents import encode_latents
 from videolm.diffusion.process import FlowMatching
-from videolm.tokenizers.geometry import context_latents
+from videolm.tokenizers.geometry import context_latents, latent_frames
 from videolm.tokenizers.text import TextTokenizer
 from videolm.tokenizers.video import VideoTokenizer, to_tensor
 from videolm.train.diffusion_module import DiffusionTrainConfig, fit
@@ -68,6 +68,10 @@ class DiTDataConfig:
                               + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
         if self.num < 1:
             raise ConfigError(f"data.num={self.num} must be >= 1")
+        t = latent_frames(self.frames)
+        if self.tasks.get("extend", 0) > 0 and t - context_latents(t) < 1:
+            raise ConfigError(f"data.tasks: extend at {self.frames} frames has nothing to make (its context takes "
+                              "every frame); give it weight 0 or use 5 frames or more")
         check_range(self, 0, None, "seed")
         check_range(self, 1, None, "encode_batch")
         for name in ("text_dropout", "extend_text_dropout"):

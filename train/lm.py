@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from torch.utils.data import ConcatDataset
 
 from videolm.core.config import check_clip_numbers, check_range, to_dict
 from videolm.core.errors import ConfigError
+from videolm.core.limits import memory_bytes
 from videolm.core.models import LM_DIR, resolve_model
 from videolm.core.outputs import write_json_atomic as write_json
 from videolm.data.media import write_audio, write_grid, write_video
@@ -186,7 +186,7 @@ def build_model(cfg: LMFitConfig, vocab_size: int, vocab) -> VideoLM:
     overrides = {"vocab_size": -(-vocab_size // 64) * 64, "pad_id": vocab["<pad>"], "bos_id": vocab["<bos>"],
                  "eos_id": vocab["<eos>"], **cfg.model}
     lm = LMConfig.from_name(cfg.preset, **overrides)
-    need, have = 16 * lm.num_params(), _memory_bytes()  # fp32 weights, gradients and AdamW's two moments
+    need, have = 16 * lm.num_params(), memory_bytes()  # fp32 weights, gradients and AdamW's two moments
     on_cpu = cfg.train.accelerator == "cpu" or not torch.cuda.is_available()
     if on_cpu and have and need > have:
         raise ConfigError(f"model: {lm.num_params() / 1e9:.1f} B parameters need about {need / 2**30:.0f} GiB to train, "
@@ -196,14 +196,6 @@ def build_model(cfg: LMFitConfig, vocab_size: int, vocab) -> VideoLM:
     if lm.max_seq_len < cfg.train.row_len:
         raise ConfigError(f"train.row_len={cfg.train.row_len} exceeds the model's max_seq_len={lm.max_seq_len}")
     return VideoLM.from_lm_config(lm)
-
-
-def _memory_bytes() -> int | None:
-    """This machine's physical memory, where the system says."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_grid_tokens(sample: dict) -> None:

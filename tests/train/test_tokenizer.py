@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from videolm.cli.main import main
+from videolm.core.errors import UsageError
 from videolm.tokenizers.video import VideoTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,6 +148,9 @@ def test_fit_on_a_folder_validates_on_held_out_videos_every_n_steps(mixed_folder
     scored = evaluate_tokenizer(str(run / "model"), data=str(mixed_folder), num=100, frames=5, size=(32, 32),
                                 held_out=0.3)
     assert scored["clips"] == len(FolderDataset(mixed_folder, frames=5, size=(32, 32), split="eval", held_out=0.3))
+    assert scored["held_out"] == 0.3  # the JSON says which videos it scored
+    with pytest.raises(UsageError, match="--held-out: for a folder"):  # a world's held-out clips are its own
+        evaluate_tokenizer(str(run / "model"), data="shapes", num=2, held_out=0.3)
 
 
 def test_fit_on_a_pack_reads_clips_never_videos_and_validates_on_its_held_out_part(mixed_folder, tmp_path,
