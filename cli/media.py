@@ -20,10 +20,17 @@ class InfoArgs:
 def run_info(args: InfoArgs) -> int:
     if not args.files:
         raise UsageError("give one or more media files: videolm media info FILE [FILE ...]")
-    for path in args.files:
-        input_file(path, "FILE")
-    for path in args.files:
-        print_json({"file": path, **asdict(probe_video(path))})
+    found = []
+    for path in args.files:  # every file looked into before anything is printed
+        try:
+            input_file(path, "")
+            found.append({"file": path, **asdict(probe_video(path))})
+        except UsageError as e:
+            raise UsageError(str(e).strip()) from None
+        except MediaError as e:
+            raise UsageError(f"{path}: {e.cause}") from None
+    for info in found:
+        print_json(info)
     return 0
 
 

@@ -99,9 +99,11 @@ def refine_file(video: str | Path, out: str | Path, model: str | Path = DEFAULT_
                 seed: int = 0, size: tuple[int, int] | None = None) -> dict:
     """Refine every frame of a video file and write the result (mp4, or any format write_video knows)."""
     refiner = load_refiner(model)
+    m = refiner.config.multiple
+    if size is not None and (size[0] % m or size[1] % m):
+        raise UsageError(f"--size {size[0]}x{size[1]}: the refiner needs height and width multiples of {m}")
     frames = read_video(video, size=size)  # (T, H, W, 3)
     _, h, w, _ = frames.shape
-    m = refiner.config.multiple
     if h % m or w % m:
         raise UsageError(f"--video {video}: frames of {h}x{w}; the refiner needs height and width multiples of {m} "
                          f"(resize with --size)")

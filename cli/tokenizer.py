@@ -76,8 +76,12 @@ class ReconstructArgs:
                 h, w = size_pair(self.size)
             except ValueError as e:
                 raise UsageError(f"--size {e}") from None
-            if h % 8 or w % 8 or h * w > 2048 * 2048:
-                raise UsageError(f"--size {self.size}: height and width must be multiples of 8 (at most 2048x2048)")
+            if h % 8 or w % 8:
+                raise UsageError(f"--size {self.size}: height and width must be multiples of 8")
+            if h * w > 2048 * 2048:
+                raise UsageError(f"--size {self.size}: at most 2048x2048 pixels a frame")
+        elif self.fit != "crop":
+            raise UsageError(f"--fit {self.fit}: applies with --size (without it the clip keeps its own size)")
 
 
 def run_reconstruct(args: ReconstructArgs) -> int:

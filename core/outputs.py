@@ -152,6 +152,9 @@ def check_output_dir(out: str | Path, overwrite: bool = False, flag: str = "--ou
     real folder in a writable place, or, with ``overwrite``, a folder videolm wrote earlier; never
     one of the command's ``inputs`` or a folder that holds or lies in one (`check_apart`)."""
     out = Path(out)
+    why = _protected(out.resolve()) if overwrite and out.is_dir() else None
+    if why:  # the root, a home or the working folder: named as such before what it holds
+        raise UsageError(f"{flag} {out}: {why}; --overwrite never replaces it (choose a new folder)")
     check_apart(out, inputs, flag)
     if _real_folder(out, flag):
         if not overwrite:

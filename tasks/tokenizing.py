@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from videolm.core.errors import ConfigError, UsageError
 from videolm.core.models import resolve_model
-from videolm.core.saving import CONFIG_NAME, saved_kind
+from videolm.core.saving import CONFIG_NAME, load_weights, saved_kind, weights_file
 from videolm.tasks.views import VIEW_FIELDS, clip_views
 from videolm.tokenizers.audio import AudioTokenizer
 from videolm.tokenizers.text import TextTokenizer
@@ -255,16 +255,24 @@ def load_tokenizer(model: str, modality: str | None = None):
         raise UsageError(f"{folder}: not a saved tokenizer folder (no {CONFIG_NAME})")
     kinds = {cls.kind: cls for cls in (VideoTokenizer, AudioTokenizer)}
     kind = saved_kind(folder)
+    if kind is None:  # weights missing, pickled, damaged, or of no kind videolm names
+        load_weights(weights_file(folder))
+        raise ConfigError(f"{folder}: not a video or audio tokenizer (its weights name no kind)")
     if kind not in kinds:
-        raise ConfigError(f"{folder}: holds a {kind!r}, not a video or audio tokenizer")
+        raise ConfigError(f"{folder}: holds {_a(kind)}, not a video or audio tokenizer")
     return kinds[kind].from_pretrained(folder)
+
+
+def _a(kind: str) -> str:
+    words = kind.replace("_", " ")
+    return f"{'an' if words[:1] in 'aeiou' else 'a'} {words}"
 
 
 def load_video_tokenizer(name: str | Path) -> VideoTokenizer:
     """The video tokenizer of a folder or model bundle."""
     tok = load_tokenizer(str(name), "video")
     if tok.kind != "video_tokenizer":
-        raise ConfigError(f"{name}: holds a {tok.kind}, not a video tokenizer")
+        raise ConfigError(f"{name}: holds {_a(tok.kind)}, not a video tokenizer")
     return tok
 
 

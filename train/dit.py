@@ -202,7 +202,8 @@ def build_model(cfg: DiTFitConfig, latents: torch.Tensor, text_tokens: int, text
                  "text_vocab": text_vocab, "latent_mean": mean, "latent_std": std, **cfg.model}
     config = DiTConfig.from_name(cfg.preset, **overrides)
     if text_tokens + 1 > config.text_len:
-        raise ConfigError(f"model.text_len={config.text_len} is too short for captions of {text_tokens} tokens")
+        raise ConfigError(f"model.text_len={config.text_len} is too short for captions of {text_tokens} tokens from "
+                          f"{cfg.data.model}'s text tokenizer (give --model '{{text_len: {text_tokens + 1}}}' or more)")
     return DiT(config)
 
 
