@@ -304,7 +304,8 @@ def test_init_starts_a_second_stage_from_saved_weights_with_a_fresh_schedule(tra
                  "--out", str(tmp_path / "swapped")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "another vocabulary" in err and len(err.splitlines()) == 1
-    cfg["init"] = str(tmp_path)
+    (tmp_path / "empty").mkdir()
+    cfg["init"] = str(tmp_path / "empty")
     (tmp_path / "nomodel.yaml").write_text(yaml.safe_dump(cfg))
     code = main(["lm", "fit", "--config", str(tmp_path / "nomodel.yaml"), "--shards", str(shards),
                  "--out", str(tmp_path / "nomodel")])
