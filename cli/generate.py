@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from videolm.cli.args import Command, media_input, progress
-from videolm.core.config import resolve
+from videolm.core.config import check_range, resolve
 from videolm.core.errors import UsageError, VideolmError
 from videolm.core.limits import MAX_PROMPT_CHARS
 from videolm.core.models import DEFAULT_MODEL
@@ -21,17 +22,19 @@ from videolm.tasks.pipeline import GenerateConfig, Pipeline
 
 @dataclass
 class GenerateArgs(GenerateConfig):
-    out: str = ""  # output folder (new or empty, or an earlier output of videolm with --overwrite)
+    out: str = field(kw_only=True)  # output folder (new or empty, or an earlier output of videolm with --overwrite)
     model: str = DEFAULT_MODEL  # a model folder or a shipped name
     prompt_rewriter: str | None = None  # rewrite the prompt with your own function, MODULE:FUNCTION (str -> str;
     #   e.g. a local LLM), before the model's own table reads it
     save_frames: bool = False  # also write the frames as sample_NNN.npy (T, H, W, 3)
     overwrite: bool = False  # replace an earlier output of videolm in --out
+    threads: int | None = None  # CPU threads for torch (default: torch's own, about one per core)
 
     def __post_init__(self):
         super().__post_init__()
         if not self.out:
             raise UsageError("--out is required")
+        check_range(self, 1, None, "threads")
 
 
 def _inputs_exist(args: GenerateArgs) -> None:
@@ -69,6 +72,8 @@ def run(args: GenerateArgs) -> int:
                           inputs=[*args.video, args.image, args.mask, args.audio, args.model])
     _inputs_exist(args)
     rewrite = _rewriter(args.prompt_rewriter)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     pipe = Pipeline.from_pretrained(args.model)
     pipe.task(args.task)  # an unknown task fails before any work
     settings = {f.name: getattr(args, f.name) for f in fields(GenerateConfig)}

@@ -143,7 +143,7 @@ COMMANDS = {
                            "of 8 pixels and 1 + 4k frames, said in a note). Prints one JSON object: psnr and ssim "
                            "against the input, baseline_psnr and baseline_ssim of the same-bits codec (every 4th "
                            "frame at 1/8 size, 4 bits per channel, upsampled linearly: the tokenizer's 12 bits per "
-                           "4x8x8 block), size, frames, notes. A model folder with a refiner (e.g. natural) cleans "
+                           "4x8x8 block), size, frames, notes. A model folder with a refiner (e.g. shapes-64) cleans "
                            "the decode by default (--no-refine: not); psnr_decoded then gives the decode alone."),
     "bundle": Command(BundleArgs, run_bundle, "assemble a model folder: tokenizers, a text tokenizer, the vocabulary",
                       "Copy trained video/audio tokenizers into OUT (stored as fp16), train the sentencepiece text "

@@ -340,8 +340,8 @@ class Pipeline:
                              "expect weaker results than at those")
         elif source is not None and fit in ("resize", "pad") and (source[0], source[1]) not in shapes:
             h, w = nearest_size(source, shapes)
-            why = "nearest its aspect" if len(shapes) > 1 else "the only one"
-            notes.append(f"made at {h}x{w}, the trained size {why} ({source[0]}x{source[1]} given; trained: "
+            why = "the trained size nearest its aspect" if len(shapes) > 1 else "the one size the model was trained at"
+            notes.append(f"made at {h}x{w}, {why} ({source[0]}x{source[1]} given; trained: "
                          f"{sizes_text}; --size HxW to choose)")
         elif source is not None and fit in ("resize", "pad"):
             h, w = source

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch.utils.data import Dataset
 
 from videolm.core.config import check_clip_numbers, check_keys, check_range, to_dict
-from videolm.core.errors import ConfigError
+from videolm.core.errors import ConfigError, UsageError
 from videolm.core.models import resolve_model
 from videolm.core.saving import CONFIG_NAME
 from videolm.data.sources import ClipSource
@@ -237,7 +237,10 @@ def probe_divergence(out: dict[str, torch.Tensor], ref: dict[str, torch.Tensor])
 def run_fit(cfg: RefinerFitConfig, progress=None) -> Path:
     """Build the pairs (or read them back), train, and export OUT/model; returns OUT/model."""
     out = Path(cfg.out)
-    start = None if cfg.init is None else load_refiner(cfg.init).float()
+    try:
+        start = None if cfg.init is None else load_refiner(cfg.init).float()
+    except UsageError as e:  # the loader speaks of --model; here the setting is init
+        raise UsageError(str(e).replace("--model ", "init: ", 1)) from None
     if start is None:
         model_cfg = RefinerConfig.from_name(cfg.preset, **cfg.model)
     else:

@@ -290,6 +290,8 @@ CASES = [
                                                         c.model("norefiner") + "/audio_tokenizer", "--video",
                                                         c.f("ex/clip.mp4"), "--out", "r.mp4"],
      2, ["holds an audio tokenizer, not a video tokenizer"]),
+    ("generate-threads-zero", lambda c: _gen("--task", "t2v", "--prompt", "a", "--threads", "0", "--out", "o"),
+     2, ["threads"]),
     ("model-is-a-file", lambda c: ["tokenizer", "reconstruct", "--model", c.f("ex/clip.mp4"), "--video",
                                    c.f("ex/clip.mp4"), "--out", "r.mp4"], 2, ["is a file, not a model folder"]),
     ("pack-out-holds-its-root", lambda c: ["data", "pack", c.examples(), "--out", c.tmp, "--overwrite"],
