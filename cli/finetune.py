@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 
 from videolm.cli.args import Command
-from videolm.core.outputs import check_apart
 from videolm.core.training import starting_run
 from videolm.train.finetune import FinetuneConfig, resolve_base, run_finetune
 
 
 def run(cfg: FinetuneConfig) -> int:
-    base = resolve_base(cfg.base)  # a missing base fails now, not after the slow first evaluation
-    check_apart(cfg.out, [base], "--out")  # OUT/model is rewritten: it may not be, hold or lie in the base
-    with starting_run(cfg, "finetune"):
+    resolve_base(cfg.base)  # a missing base fails now, not after the slow first evaluation
+    with starting_run(cfg, "finetune"):  # OUT may not be, hold or lie in the base (nor any other input)
         report = run_finetune(cfg)
     print(json.dumps(report["summary"]))
     return 0

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from videolm.core import clock
 from videolm.core.config import check_range, to_dict
 from videolm.core.errors import ConfigError, UsageError
+from videolm.core.models import shipped_models
 from videolm.core.outputs import MARKER, check_apart, check_run_dir, mark_run_dir
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -532,13 +533,15 @@ def check_hardware(cfg) -> None:
 
 
 def _named_paths(value) -> list[str]:
-    """Every setting's text that names an existing file or folder (data, tokenizers, models to
-    start from): a run's inputs, which its folder may neither be, hold nor lie in."""
+    """Every setting's text that names an existing file or folder or a shipped model (data,
+    tokenizers, models to start from): a run's inputs, which its folder may neither be, hold nor
+    lie in (`check_apart`)."""
     if isinstance(value, dict):
         return [p for v in value.values() for p in _named_paths(v)]
     if isinstance(value, (list, tuple)):
         return [p for v in value for p in _named_paths(v)]
-    return [value] if isinstance(value, str) and value and os.path.exists(value) else []
+    named = isinstance(value, str) and value and (os.path.exists(value) or value in shipped_models())
+    return [value] if named else []
 
 
 @contextlib.contextmanager
